@@ -1,0 +1,1 @@
+"""Keyward authz: the Envoy ext_authz gRPC service that answers every gateway request from memory."""

@@ -1,0 +1,3 @@
+from authz.server import main
+
+main()

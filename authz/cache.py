@@ -1,0 +1,120 @@
+"""The in-memory token index the hot path reads.
+
+Invariants:
+
+* keys are keyed hashes of PATs (:func:`authz.tokens.hash_token`); no secret is ever held here;
+* every mutation happens on the event loop that also serves Checks, so a Check sees either the
+  state before a change or after it, never half of it;
+* a revoked token stays as a tombstone until the next snapshot, so its denial can say "revoked"
+  rather than "unknown"; a snapshot holds only tokens that are not revoked.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+class ModelCatalog:
+    """The models a token may call: exact names plus shell-style patterns (``gpt-4o*``, ``claude-*``).
+
+    >>> ModelCatalog(["gpt-4o", "claude-3-*"]).allows("claude-3-haiku")
+    True
+    """
+
+    __slots__ = ("_exact", "_pattern", "entries")
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.entries = tuple(entries)
+        self._exact = frozenset(e for e in self.entries if not _is_pattern(e))
+        patterns = [fnmatch.translate(e) for e in self.entries if _is_pattern(e)]
+        self._pattern = re.compile("|".join(patterns)) if patterns else None
+
+    def allows(self, model: str) -> bool:
+        if model in self._exact:
+            return True
+        return self._pattern is not None and self._pattern.match(model) is not None
+
+
+def _is_pattern(entry: str) -> bool:
+    return any(c in entry for c in "*?[")
+
+
+_CATALOGS: dict[tuple[str, ...], ModelCatalog] = {}
+
+
+def catalog_for(entries: Iterable[str]) -> ModelCatalog:
+    """Share one compiled catalog between every token with the same list (1M tokens, a few lists)."""
+    key = tuple(entries)
+    catalog = _CATALOGS.get(key)
+    if catalog is None:
+        catalog = _CATALOGS[key] = ModelCatalog(key)
+    return catalog
+
+
+@dataclass(slots=True)
+class TokenRecord:
+    """Everything a Check needs to know about one token, with its owner's state folded in."""
+
+    token_id: str
+    token_hash: str
+    user_id: str
+    user_email: str
+    team: str | None
+    environment: str
+    catalog: ModelCatalog
+    #: Seconds since the epoch; ``None`` means the token never expires.
+    expires_at: float | None
+    owner_active: bool
+    revoked: bool = False
+    name: str = field(default="")
+
+
+class TokenCache:
+    """``hash → record`` for the hot path, with a ``token id → hash`` index for NOTIFY updates."""
+
+    __slots__ = ("_by_hash", "_hash_by_id", "generation")
+
+    def __init__(self) -> None:
+        self._by_hash: dict[str, TokenRecord] = {}
+        self._hash_by_id: dict[str, str] = {}
+        #: Bumped on every full snapshot, so tests and metrics can see reloads.
+        self.generation = 0
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def get(self, token_hash: str) -> TokenRecord | None:
+        return self._by_hash.get(token_hash)
+
+    def replace_all(self, records: Iterable[TokenRecord]) -> None:
+        by_hash: dict[str, TokenRecord] = {}
+        hash_by_id: dict[str, str] = {}
+        for record in records:
+            by_hash[record.token_hash] = record
+            hash_by_id[record.token_id] = record.token_hash
+        # Two assignments on one event loop: no Check runs between them.
+        self._by_hash, self._hash_by_id = by_hash, hash_by_id
+        self.generation += 1
+
+    def upsert(self, record: TokenRecord) -> None:
+        old_hash = self._hash_by_id.get(record.token_id)
+        if old_hash is not None and old_hash != record.token_hash:
+            self._by_hash.pop(old_hash, None)
+        self._by_hash[record.token_hash] = record
+        self._hash_by_id[record.token_id] = record.token_hash
+
+    def mark_revoked(self, token_id: str) -> None:
+        token_hash = self._hash_by_id.get(token_id)
+        if token_hash is not None:
+            self._by_hash[token_hash].revoked = True
+
+    def forget(self, token_id: str) -> None:
+        token_hash = self._hash_by_id.pop(token_id, None)
+        if token_hash is not None:
+            self._by_hash.pop(token_hash, None)
+
+    def token_ids(self) -> set[str]:
+        return set(self._hash_by_id)

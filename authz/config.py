@@ -1,0 +1,50 @@
+"""The authz process's settings: one object, read from the environment once and validated at start-up.
+
+Authz never reads provider keys: nothing here names one, and ``extra="ignore"`` only means unrelated
+variables in the environment are not looked at.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AuthzSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KEYWARD_", extra="ignore", populate_by_name=True)
+
+    database_url: str = Field(validation_alias="DATABASE_URL")
+    #: ``unix:/path/authz.sock`` (sidecar) or ``127.0.0.1:9191``.
+    authz_address: str = "127.0.0.1:9191"
+    #: Hex key for the HMAC of tokens; shared with the control plane, never with Envoy.
+    token_hash_key: str
+    #: Postgres channel the control plane NOTIFYs on every change that can alter a decision.
+    notify_channel: str = "keyward_changes"
+    #: How often batched ``last_used_at`` writes go out.
+    last_used_flush_seconds: float = Field(default=2.0, gt=0, le=60)
+    #: How often the listener proves its connection is alive when no NOTIFY arrives.
+    listener_keepalive_seconds: float = Field(default=5.0, gt=0, le=300)
+    #: Port for Prometheus metrics on 127.0.0.1; 0 turns the endpoint off.
+    authz_metrics_port: int = Field(default=0, ge=0, le=65535)
+    log_level: str = "info"
+
+    @field_validator("token_hash_key")
+    @classmethod
+    def _key_is_strong(cls, value: str) -> str:
+        try:
+            raw = bytes.fromhex(value)
+        except ValueError as exc:
+            raise ValueError("KEYWARD_TOKEN_HASH_KEY must be hex") from exc
+        if len(raw) < 32:
+            raise ValueError("KEYWARD_TOKEN_HASH_KEY must be at least 32 bytes (64 hex characters)")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _plain_asyncpg_dsn(cls, value: str) -> str:
+        # The control plane uses SQLAlchemy URLs; asyncpg wants the plain libpq form.
+        return value.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    @property
+    def hash_key(self) -> bytes:
+        return bytes.fromhex(self.token_hash_key)

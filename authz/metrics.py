@@ -1,0 +1,9 @@
+"""Prometheus metrics of the authz process (served on ``KEYWARD_AUTHZ_METRICS_PORT`` when set)."""
+
+from prometheus_client import Counter, Gauge
+
+DECISIONS = Counter("keyward_authz_decisions_total", "Check decisions by outcome", ["outcome"])
+SNAPSHOT_SECONDS = Gauge("keyward_authz_snapshot_seconds", "Duration of the last snapshot load")
+SNAPSHOT_TOKENS = Gauge("keyward_authz_snapshot_tokens", "Tokens in the last snapshot")
+LISTENER_RECONNECTS = Counter("keyward_authz_listener_reconnects_total", "Listener connection losses")
+LAST_USED_FLUSHES = Counter("keyward_authz_last_used_flushes_total", "Batched last_used_at writes")

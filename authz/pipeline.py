@@ -1,0 +1,135 @@
+"""The decision pipeline: identify → policy → respond, in that fixed order, entirely in memory.
+
+Each phase either lets the request through to the next one or ends it with an :class:`Outcome`.
+Authentication always runs before anything looks at the body, so an anonymous caller learns
+nothing about models or payload rules. Nothing here touches the network or the database; the
+only side effect is noting that a token was used, for the batched ``last_used_at`` writer.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from authz.cache import TokenCache, TokenRecord
+from authz.outcomes import Outcome
+from authz.request import GatewayRequest
+from authz.routes import Api, Endpoint, ModelSource, api_of, match
+from authz.tokens import hash_token, is_well_formed
+
+
+@dataclass(slots=True)
+class Decision:
+    outcome: Outcome
+    api: Api | None
+    record: TokenRecord | None = None
+    model: str | None = None
+    detail: str | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.outcome is Outcome.ALLOWED
+
+
+class UsageSink(Protocol):
+    """Where the pipeline reports that a token was used (:class:`authz.usage.LastUsedTracker`)."""
+
+    def touch(self, token_id: str, at: float) -> None: ...
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        cache: TokenCache,
+        hash_key: bytes,
+        usage: UsageSink,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._cache = cache
+        self._hash_key = hash_key
+        self._usage = usage
+        self._clock = clock
+
+    def decide(self, request: GatewayRequest) -> Decision:
+        api = api_of(request.path)
+        record, outcome = self._identify(request)
+        if outcome is not None:
+            return Decision(outcome, api, record)
+        assert record is not None
+        now = self._clock()
+        outcome = self._check_token(record, now)
+        if outcome is not None:
+            return Decision(outcome, api, record)
+        endpoint, path_model = match(request.method, request.path)
+        if endpoint is None:
+            return Decision(Outcome.ROUTE_UNKNOWN, api, record)
+        decision = self._check_model(request, endpoint, path_model, record)
+        if decision.allowed:
+            self._usage.touch(record.token_id, now)
+        return decision
+
+    # -- identify ---------------------------------------------------------------------------------
+
+    def _identify(self, request: GatewayRequest) -> tuple[TokenRecord | None, Outcome | None]:
+        if request.credential is None:
+            if request.credential_unreadable:
+                return None, Outcome.TOKEN_MALFORMED
+            return None, Outcome.TOKEN_MISSING
+        # The checksum rejects typos and other prefixes before any hashing or lookup.
+        if not is_well_formed(request.credential):
+            return None, Outcome.TOKEN_MALFORMED
+        record = self._cache.get(hash_token(request.credential, self._hash_key))
+        if record is None:
+            return None, Outcome.TOKEN_UNKNOWN
+        return record, None
+
+    # -- policy -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_token(record: TokenRecord, now: float) -> Outcome | None:
+        if record.revoked:
+            return Outcome.TOKEN_REVOKED
+        if not record.owner_active:
+            return Outcome.OWNER_DISABLED
+        if record.expires_at is not None and now >= record.expires_at:
+            return Outcome.TOKEN_EXPIRED
+        return None
+
+    @staticmethod
+    def _check_model(
+        request: GatewayRequest, endpoint: Endpoint, path_model: str | None, record: TokenRecord
+    ) -> Decision:
+        api = endpoint.api
+        if request.body_truncated:
+            return Decision(Outcome.BODY_TOO_LARGE, api, record)
+        if endpoint.model_source is ModelSource.NONE:
+            return Decision(Outcome.ALLOWED, api, record)
+        if endpoint.model_source is ModelSource.PATH:
+            model = path_model
+        else:
+            model, outcome = _model_from_body(request)
+            if outcome is not None:
+                return Decision(outcome, api, record)
+        assert model is not None
+        if not record.catalog.allows(model):
+            return Decision(Outcome.MODEL_NOT_ALLOWED, api, record, model, detail=f"Model: {model!r}.")
+        return Decision(Outcome.ALLOWED, api, record, model)
+
+
+def _model_from_body(request: GatewayRequest) -> tuple[str | None, Outcome | None]:
+    if request.content_type and not request.content_type.startswith("application/json"):
+        return None, Outcome.BODY_NOT_JSON
+    try:
+        document = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        return None, Outcome.BODY_NOT_JSON
+    if not isinstance(document, dict):
+        return None, Outcome.BODY_NOT_JSON
+    model = document.get("model")
+    if not isinstance(model, str) or not model:
+        return None, Outcome.MODEL_MISSING
+    return model, None

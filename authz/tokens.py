@@ -1,0 +1,73 @@
+"""Personal access token format.
+
+A PAT looks like ``kw_pat_<30 random base62 chars><6 base62 chars of CRC32>``:
+
+* ``kw_pat_`` is a fixed prefix so secret scanners (and people) recognise a leaked token;
+* 30 base62 characters carry ~178 bits of entropy from :mod:`secrets`;
+* the trailing checksum lets the gateway reject a mistyped or truncated token before any
+  lookup, the way GitHub's ``ghp_`` tokens do.
+
+Only :func:`hash_token` (HMAC-SHA256 under a server-side key) is ever stored or cached.
+The control plane mints with :func:`generate_token`; authz checks with :func:`is_well_formed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import zlib
+
+__all__ = [
+    "TOKEN_LENGTH",
+    "TOKEN_PREFIX",
+    "generate_token",
+    "hash_token",
+    "is_well_formed",
+    "token_hint",
+]
+
+TOKEN_PREFIX = "kw_pat_"
+_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_RANDOM_CHARS = 30
+_CHECKSUM_CHARS = 6
+TOKEN_LENGTH = len(TOKEN_PREFIX) + _RANDOM_CHARS + _CHECKSUM_CHARS
+
+
+def _base62(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, rest = divmod(number, 62)
+        digits.append(_ALPHABET[rest])
+    return "".join(reversed(digits))
+
+
+def _checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode("ascii")), _CHECKSUM_CHARS)
+
+
+def generate_token() -> str:
+    """Return a fresh PAT. The caller shows it once and stores only :func:`hash_token`."""
+    body = "".join(secrets.choice(_ALPHABET) for _ in range(_RANDOM_CHARS))
+    return f"{TOKEN_PREFIX}{body}{_checksum(body)}"
+
+
+def is_well_formed(token: str) -> bool:
+    """True when ``token`` has the prefix, the length, the alphabet and a valid checksum."""
+    if len(token) != TOKEN_LENGTH or not token.startswith(TOKEN_PREFIX):
+        return False
+    rest = token[len(TOKEN_PREFIX) :]
+    if not rest.isascii() or not rest.isalnum():
+        return False
+    body, checksum = rest[:_RANDOM_CHARS], rest[_RANDOM_CHARS:]
+    return hmac.compare_digest(_checksum(body), checksum)
+
+
+def hash_token(token: str, key: bytes) -> str:
+    """Keyed hash stored in Postgres and used as the cache key (hex, 64 chars)."""
+    return hmac.new(key, token.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def token_hint(token: str) -> str:
+    """What lists may show of a token: its prefix and its last four characters."""
+    return f"{TOKEN_PREFIX}…{token[-4:]}"

@@ -1,0 +1,64 @@
+"""``last_used_at`` without a database write per request.
+
+The pipeline calls :meth:`LastUsedTracker.touch` (a dict assignment); a background task writes
+everything touched since the last flush in one ``UPDATE … FROM unnest(…)`` every couple of seconds.
+A failed flush keeps its entries for the next one. The UPDATE only sets ``last_used_at``, which the
+NOTIFY trigger does not watch, so it never echoes back to the listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+
+from authz.metrics import LAST_USED_FLUSHES
+
+log = structlog.get_logger("authz.usage")
+
+_FLUSH_SQL = """
+    UPDATE tokens SET last_used_at = v.at
+    FROM unnest($1::uuid[], $2::timestamptz[]) AS v(id, at)
+    WHERE tokens.id = v.id AND (tokens.last_used_at IS NULL OR tokens.last_used_at < v.at)
+"""
+
+
+class LastUsedTracker:
+    def __init__(self) -> None:
+        self._pending: dict[str, float] = {}
+
+    def touch(self, token_id: str, at: float) -> None:
+        self._pending[token_id] = at
+
+    def take(self) -> dict[str, float]:
+        pending, self._pending = self._pending, {}
+        return pending
+
+    def restore(self, pending: dict[str, float]) -> None:
+        for token_id, at in pending.items():
+            if at > self._pending.get(token_id, 0.0):
+                self._pending[token_id] = at
+
+    async def flush(self, pool: asyncpg.Pool) -> int:
+        pending = self.take()
+        if not pending:
+            return 0
+        ids = list(pending)
+        stamps = [datetime.fromtimestamp(pending[i], tz=UTC) for i in ids]
+        try:
+            await pool.execute(_FLUSH_SQL, ids, stamps)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            self.restore(pending)
+            raise
+        LAST_USED_FLUSHES.inc()
+        return len(ids)
+
+    async def run(self, pool: asyncpg.Pool, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.flush(pool)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("last_used.flush_failed", error=f"{type(exc).__name__}: {exc}")

@@ -1,0 +1,1 @@
+"""Keyward control plane: identities, tokens and audit events behind an admin API (FastAPI)."""

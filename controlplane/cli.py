@@ -1,0 +1,101 @@
+"""``keyward``: the operator's command line.
+
+``keyward up`` runs the whole stack in the foreground (what ``make up`` calls); ``keyward migrate``
+applies database migrations to ``DATABASE_URL``.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from controlplane.stack.runner import Stack, StackError, StackInfo, StackSettings
+
+app = typer.Typer(
+    help="Keyward: one provider key at the proxy, one personal access token per person.", no_args_is_help=True
+)
+console = Console()
+
+
+def _banner(info: StackInfo, settings: StackSettings) -> str:
+    token_line = (
+        f"{info.admin_token}  (shown once; also in {settings.data_dir / 'secrets/admin_token'})"
+        if info.admin_token_is_new
+        else f"from KEYWARD_ADMIN_TOKEN or {settings.data_dir / 'secrets/admin_token'}"
+    )
+    providers = ", ".join(
+        f"{name}: {'mock ' + (info.mock_url or '') if name in info.mocked else 'real (key in Envoy secret)'}"
+        for name in ("openai", "anthropic")
+    )
+    api = info.api_url
+    return f"""Keyward is up.
+
+  Gateway      {info.gateway_url}
+                 OpenAI SDK:    base_url="{info.gateway_url}/openai/v1"
+                 Anthropic SDK: base_url="{info.gateway_url}/anthropic"
+  Admin API    {api}/api/v1   (OpenAPI docs: {api}/docs)
+  Admin token  {token_line}
+  Providers    {providers}
+  Logs         {info.logs_dir}  (access log: {info.access_log})
+
+Mint a first token:
+  export KEYWARD_ADMIN_TOKEN=$(cat {settings.data_dir / "secrets/admin_token"})
+  USER_ID=$(curl -s {api}/api/v1/users -H "Authorization: Bearer $KEYWARD_ADMIN_TOKEN" \\
+      -H 'content-type: application/json' -d '{{"email": "you@example.com"}}' \\
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  curl -s {api}/api/v1/tokens -H "Authorization: Bearer $KEYWARD_ADMIN_TOKEN" \\
+      -H 'content-type: application/json' -d "{{\\"user_id\\": \\"$USER_ID\\", \\"name\\": \\"laptop\\"}}"
+
+Ctrl-C stops everything."""
+
+
+@app.command()
+def up() -> None:
+    """Run Postgres, the control plane, authz, Envoy (and the mock provider) until Ctrl-C."""
+    settings = StackSettings()
+    stack = Stack(settings=settings)
+    stopping = False
+
+    def _stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    with console.status("Starting Postgres, control plane, authz and Envoy…"):
+        try:
+            info = stack.start()
+        except StackError as exc:
+            console.print(f"[red]Could not start:[/red] {exc}")
+            raise typer.Exit(1) from exc
+    # Plain text, never wrapped: the commands in it are meant to be copied.
+    console.print(_banner(info, settings), markup=False, highlight=False, soft_wrap=True)
+    code = 0
+    while not stopping:
+        dead = stack.first_dead()
+        if dead is not None:
+            console.print(f"[red]{dead.name} stopped unexpectedly; see {dead.log_path}[/red]")
+            code = 1
+            break
+        time.sleep(0.5)
+    console.print("Stopping…")
+    stack.stop()
+    console.print("Stopped. Data kept in " + str(settings.data_dir))
+    raise typer.Exit(code)
+
+
+@app.command()
+def migrate(database_url: Annotated[str, typer.Option(envvar="DATABASE_URL")]) -> None:
+    """Apply every pending database migration."""
+    from controlplane.migrate import upgrade
+
+    upgrade(database_url)
+    console.print("Database is at the latest migration.")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,83 @@
+"""The control plane's ASGI app: admin API under ``/api/v1``, health at ``/healthz`` and ``/readyz``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from controlplane import errors
+from controlplane.api.routes import events, health, tokens, users
+from controlplane.core.config import get_settings
+from controlplane.core.db import get_engine
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with a 413 before the route reads them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await _too_large(send, self.max_bytes)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _BodyTooLarge:
+            await _too_large(send, self.max_bytes)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = b'{"detail":"Request body larger than %d bytes.","code":"body_too_large"}' % limit
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@asynccontextmanager
+async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    yield
+    await get_engine().dispose()
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="Keyward control plane",
+        version="0.1.0",
+        description="Identities, personal access tokens and audit events for the Keyward AI gateway.",
+        lifespan=_lifespan,
+    )
+    errors.install(app)
+    app.include_router(health.router)
+    for module in (users, tokens, events):
+        app.include_router(module.router, prefix="/api/v1")
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,273 @@
+"""Render Envoy's configuration for the gateway and write the provider-key secrets it reads.
+
+Provider keys go into SDS files (mode 0600) in Envoy's own secrets directory and nowhere else: not
+into the rendered config, not into authz's environment, not into a log line. Envoy watches the
+directory, so rotating a key is a file replacement that no client notices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "gateway.yaml"
+
+_GENERIC_MESSAGE = "Gateway error (%RESPONSE_CODE_DETAILS%): %LOCAL_REPLY_BODY%"
+_OPENAI_ERROR = {
+    "error": {
+        "message": "%LOCAL_REPLY_BODY%",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "%RESPONSE_CODE_DETAILS%",
+        "request_id": "%REQ(X-REQUEST-ID)%",
+    }
+}
+
+
+def _anthropic_error(kind: str) -> dict:
+    return {
+        "type": "error",
+        "error": {"type": kind, "message": "%LOCAL_REPLY_BODY%", "code": "%RESPONSE_CODE_DETAILS%"},
+        "request_id": "%REQ(X-REQUEST-ID)%",
+    }
+
+
+# Envoy's own local replies (not authz denials, which carry their own body) by response flag:
+# downstream protocol errors, unreachable or failing upstreams, timeouts, and authz failures.
+_ENVOY_FLAGS = ["DPE", "UH", "UF", "UO", "URX", "NR", "UT", "UC", "UMSDR", "DT", "SI", "NC"]
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where a provider lives: scheme, host, port and base path of its API."""
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> Upstream:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"upstream URL must be http(s)://host[:port][/path], got {url!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return cls(parts.scheme, parts.hostname, port, parts.path.rstrip("/"))
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        return self.host if self.port == default else f"{self.host}:{self.port}"
+
+
+def _mapper(status: int | None, body: dict, *, anthropic: bool, flags: list[str] | None = None) -> dict:
+    filters: list[dict] = []
+    if status is not None:
+        filters.append(
+            {
+                "status_code_filter": {
+                    "comparison": {
+                        "op": "EQ",
+                        "value": {"default_value": status, "runtime_key": f"keyward.local_reply.{status}"},
+                    }
+                }
+            }
+        )
+    if flags:
+        filters.append({"response_flag_filter": {"flags": flags}})
+    if anthropic:
+        filters.append({"header_filter": {"header": {"name": ":path", "string_match": {"prefix": "/anthropic/"}}}})
+    match = filters[0] if len(filters) == 1 else {"and_filter": {"filters": filters}}
+    return {"filter": match, "body_format_override": {"json_format": body, "content_type": "application/json"}}
+
+
+def _with_message(body: dict, message: str) -> dict:
+    return json.loads(json.dumps(body).replace("%LOCAL_REPLY_BODY%", message))
+
+
+def local_reply_mappers() -> list[dict]:
+    """JSON bodies, in the called API's shape, for every reply Envoy makes up itself."""
+    unavailable = "The gateway's authorization service is unavailable; the request was not forwarded."
+    openai_503 = _with_message(_OPENAI_ERROR, unavailable)
+    anthropic_503 = _with_message(_anthropic_error("api_error"), unavailable)
+    too_large = "The request body is larger than the gateway accepts."
+    openai_413 = _with_message(_OPENAI_ERROR, too_large)
+    anthropic_413 = _with_message(_anthropic_error("request_too_large"), too_large)
+    no_route = "No provider route for this path: use /openai/v1/… or /anthropic/v1/…."
+    openai_404 = _with_message(_OPENAI_ERROR, no_route)
+    return [
+        _mapper(404, openai_404, anthropic=False, flags=["NR"]),
+        _mapper(503, anthropic_503, anthropic=True, flags=["UAEX"]),
+        _mapper(503, openai_503, anthropic=False, flags=["UAEX"]),
+        _mapper(413, anthropic_413, anthropic=True),
+        _mapper(413, openai_413, anthropic=False),
+        _mapper(
+            None, _with_message(_anthropic_error("api_error"), _GENERIC_MESSAGE), anthropic=True, flags=_ENVOY_FLAGS
+        ),
+        _mapper(None, _with_message(_OPENAI_ERROR, _GENERIC_MESSAGE), anthropic=False, flags=_ENVOY_FLAGS),
+    ]
+
+
+def _address(address: str) -> dict:
+    if address.startswith("unix:"):
+        return {"pipe": {"path": address[len("unix:") :]}}
+    host, _, port = address.rpartition(":")
+    return {"socket_address": {"address": host, "port_value": int(port)}}
+
+
+def provider_cluster(name: str, upstream: Upstream, *, secret_file: Path, header: str) -> dict:
+    """A provider cluster whose upstream filter injects the provider key from an SDS file."""
+    injector = {
+        "name": "envoy.filters.http.credential_injector",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
+            "overwrite": True,
+            "allow_request_without_credential": False,
+            "credential": {
+                "name": "envoy.http.injected_credentials.generic",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic",
+                    "credential": {
+                        "name": f"{name}-key",
+                        "sds_config": {
+                            "path_config_source": {
+                                "path": str(secret_file),
+                                "watched_directory": {"path": str(secret_file.parent)},
+                            }
+                        },
+                    },
+                    "header": header,
+                },
+            },
+        },
+    }
+    cluster: dict = {
+        "name": name,
+        "type": "STRICT_DNS" if not _is_ip(upstream.host) else "STATIC",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "5s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": {}},
+                "http_filters": [
+                    injector,
+                    {
+                        "name": "envoy.filters.http.upstream_codec",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+                        },
+                    },
+                ],
+            }
+        },
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {"socket_address": {"address": upstream.host, "port_value": upstream.port}}
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+    }
+    if upstream.scheme == "https":
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                "sni": upstream.host,
+                "common_tls_context": {
+                    "validation_context": {
+                        "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"},
+                        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": upstream.host}}],
+                    }
+                },
+            },
+        }
+    return cluster
+
+
+def _is_ip(host: str) -> bool:
+    return all(part.isdigit() for part in host.split(".")) and host.count(".") == 3
+
+
+def write_secret(path: Path, name: str, value: str) -> None:
+    """Write one SDS secret file atomically with mode 0600 (Envoy picks up the rename)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    document = {
+        "resources": [
+            {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+                "name": name,
+                "generic_secret": {"secret": {"inline_string": value}},
+            }
+        ]
+    }
+    staging = path.with_suffix(".tmp")
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(document, handle)
+    os.replace(staging, path)
+
+
+@dataclass(frozen=True)
+class GatewayLayout:
+    gateway_port: int
+    admin_port: int
+    authz_address: str
+    access_log_path: Path
+    secrets_dir: Path
+    openai: Upstream
+    anthropic: Upstream
+    listen_address: str = "127.0.0.1"
+    max_body_bytes: int = 1_048_576
+    authz_timeout: str = "1s"
+    node_id: str = "keyward-gateway-0"
+
+
+def render(layout: GatewayLayout) -> dict:
+    text = string.Template(TEMPLATE.read_text()).substitute(
+        node_id=layout.node_id,
+        admin_port=layout.admin_port,
+        listen_address=layout.listen_address,
+        gateway_port=layout.gateway_port,
+        access_log_path=layout.access_log_path,
+        local_reply_mappers=json.dumps(local_reply_mappers()),
+        authz_timeout=layout.authz_timeout,
+        max_body_bytes=layout.max_body_bytes,
+        openai_path_prefix=layout.openai.path + "/",
+        openai_host=layout.openai.host_header,
+        anthropic_path_prefix=layout.anthropic.path + "/",
+        anthropic_host=layout.anthropic.host_header,
+        authz_address=json.dumps(_address(layout.authz_address)),
+    )
+    config = yaml.safe_load(text)
+    clusters = config["static_resources"]["clusters"]
+    clusters.append(
+        provider_cluster(
+            "openai", layout.openai, secret_file=layout.secrets_dir / "openai.json", header="Authorization"
+        )
+    )
+    clusters.append(
+        provider_cluster(
+            "anthropic", layout.anthropic, secret_file=layout.secrets_dir / "anthropic.json", header="x-api-key"
+        )
+    )
+    return config
+
+
+def write_provider_secrets(secrets_dir: Path, *, openai_key: str, anthropic_key: str) -> None:
+    write_secret(secrets_dir / "openai.json", "openai-key", f"Bearer {openai_key}")
+    write_secret(secrets_dir / "anthropic.json", "anthropic-key", anthropic_key)

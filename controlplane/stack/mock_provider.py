@@ -1,0 +1,280 @@
+"""A stand-in for the OpenAI and Anthropic HTTP APIs, for tests and demos. The project's one fake.
+
+It answers the endpoints the gateway serves, streaming included (Server-Sent Events, one chunk
+every ``MOCK_STREAM_INTERVAL`` seconds, so a client can see that chunks arrive one by one), and it
+insists on the provider key Envoy must inject: a request without the right key gets the provider's
+own 401, which is how the tests see injection work. It records every request it receives (path,
+headers, body) and serves the log at ``GET /__mock__/requests`` so tests can prove what did and
+did not reach the provider.
+
+Requests carrying an ``anthropic-version`` header are answered in Anthropic's shapes, others in
+OpenAI's, because both APIs share paths such as ``/v1/models``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "claude-haiku-4-5", "claude-opus-4-6"]
+_WORDS = ["Hello", " from", " the", " mock", " provider", "."]
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+
+    async def record(self, request: Request) -> bytes:
+        body = await request.body()
+        self.requests.append(
+            {
+                "method": request.method,
+                "path": request.url.path,
+                "query": request.url.query,
+                "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.headers.raw],
+                "body": body.decode("utf-8", "replace"),
+                "at": time.time(),
+            }
+        )
+        return body
+
+
+def _is_anthropic(request: Request) -> bool:
+    return "anthropic-version" in request.headers
+
+
+def _key_error(request: Request) -> Response | None:
+    if _is_anthropic(request):
+        if request.headers.get("x-api-key") == os.environ.get("MOCK_ANTHROPIC_KEY"):
+            return None
+        return JSONResponse(
+            {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}},
+            status_code=401,
+        )
+    if request.headers.get("authorization") == f"Bearer {os.environ.get('MOCK_OPENAI_KEY')}":
+        return None
+    return JSONResponse(
+        {
+            "error": {
+                "message": "Incorrect API key provided.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        },
+        status_code=401,
+    )
+
+
+def _sse(events: list[tuple[str | None, dict | str]], interval: float) -> AsyncIterator[bytes]:
+    async def stream() -> AsyncIterator[bytes]:
+        for index, (event, data) in enumerate(events):
+            if index:
+                await asyncio.sleep(interval)
+            payload = data if isinstance(data, str) else json.dumps(data)
+            head = f"event: {event}\n" if event else ""
+            yield f"{head}data: {payload}\n\n".encode()
+
+    return stream()
+
+
+def create_app() -> Starlette:
+    recorder = Recorder()
+    interval = float(os.environ.get("MOCK_STREAM_INTERVAL", "0.1"))
+
+    async def chat_completions(request: Request) -> Response:
+        body = json.loads(await recorder.record(request) or b"{}")
+        if (denied := _key_error(request)) is not None:
+            return denied
+        model = body.get("model", "gpt-4o-mini")
+        ident = f"chatcmpl-{uuid.uuid4().hex[:12]}"
+        usage = {"prompt_tokens": 9, "completion_tokens": len(_WORDS), "total_tokens": 9 + len(_WORDS)}
+        if body.get("stream"):
+            chunks: list[tuple[str | None, dict | str]] = [
+                (
+                    None,
+                    {
+                        "id": ident,
+                        "object": "chat.completion.chunk",
+                        "created": int(time.time()),
+                        "model": model,
+                        "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
+                    },
+                )
+                for word in _WORDS
+            ]
+            final: dict = {
+                "id": ident,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            }
+            chunks.append((None, final))
+            if (body.get("stream_options") or {}).get("include_usage"):
+                chunks.append(
+                    (
+                        None,
+                        {
+                            "id": ident,
+                            "object": "chat.completion.chunk",
+                            "created": int(time.time()),
+                            "model": model,
+                            "choices": [],
+                            "usage": usage,
+                        },
+                    )
+                )
+            chunks.append((None, "[DONE]"))
+            return StreamingResponse(_sse(chunks, interval), media_type="text/event-stream")
+        return JSONResponse(
+            {
+                "id": ident,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": "".join(_WORDS)}, "finish_reason": "stop"}
+                ],
+                "usage": usage,
+            }
+        )
+
+    async def embeddings(request: Request) -> Response:
+        body = json.loads(await recorder.record(request) or b"{}")
+        if (denied := _key_error(request)) is not None:
+            return denied
+        inputs = body.get("input", "")
+        inputs = inputs if isinstance(inputs, list) else [inputs]
+        return JSONResponse(
+            {
+                "object": "list",
+                "model": body.get("model"),
+                "data": [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))],
+                "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+            }
+        )
+
+    async def models(request: Request) -> Response:
+        await recorder.record(request)
+        if (denied := _key_error(request)) is not None:
+            return denied
+        if _is_anthropic(request):
+            data = [
+                {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+                for m in MODELS
+                if m.startswith("claude")
+            ]
+            return JSONResponse({"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": m, "object": "model", "created": 1700000000, "owned_by": "mock"} for m in MODELS],
+            }
+        )
+
+    async def model(request: Request) -> Response:
+        await recorder.record(request)
+        if (denied := _key_error(request)) is not None:
+            return denied
+        name = request.path_params["name"]
+        if _is_anthropic(request):
+            return JSONResponse(
+                {"type": "model", "id": name, "display_name": name, "created_at": "2025-01-01T00:00:00Z"}
+            )
+        return JSONResponse({"id": name, "object": "model", "created": 1700000000, "owned_by": "mock"})
+
+    async def messages(request: Request) -> Response:
+        body = json.loads(await recorder.record(request) or b"{}")
+        if (denied := _key_error(request)) is not None:
+            return denied
+        model_name = body.get("model", "claude-haiku-4-5")
+        ident = f"msg_{uuid.uuid4().hex[:12]}"
+        if body.get("stream"):
+            events: list[tuple[str | None, dict | str]] = [
+                (
+                    "message_start",
+                    {
+                        "type": "message_start",
+                        "message": {
+                            "id": ident,
+                            "type": "message",
+                            "role": "assistant",
+                            "model": model_name,
+                            "content": [],
+                            "stop_reason": None,
+                            "stop_sequence": None,
+                            "usage": {"input_tokens": 9, "output_tokens": 1},
+                        },
+                    },
+                ),
+                (
+                    "content_block_start",
+                    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+                ),
+            ]
+            events += [
+                (
+                    "content_block_delta",
+                    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}},
+                )
+                for word in _WORDS
+            ]
+            events += [
+                ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+                (
+                    "message_delta",
+                    {
+                        "type": "message_delta",
+                        "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                        "usage": {"output_tokens": len(_WORDS)},
+                    },
+                ),
+                ("message_stop", {"type": "message_stop"}),
+            ]
+            return StreamingResponse(_sse(events, interval), media_type="text/event-stream")
+        return JSONResponse(
+            {
+                "id": ident,
+                "type": "message",
+                "role": "assistant",
+                "model": model_name,
+                "content": [{"type": "text", "text": "".join(_WORDS)}],
+                "stop_reason": "end_turn",
+                "stop_sequence": None,
+                "usage": {"input_tokens": 9, "output_tokens": len(_WORDS)},
+            }
+        )
+
+    async def count_tokens(request: Request) -> Response:
+        await recorder.record(request)
+        if (denied := _key_error(request)) is not None:
+            return denied
+        return JSONResponse({"input_tokens": 9})
+
+    async def recorded(request: Request) -> Response:
+        if request.method == "DELETE":
+            recorder.requests.clear()
+            return Response(status_code=204)
+        return JSONResponse(recorder.requests)
+
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", embeddings, methods=["POST"]),
+            Route("/v1/models", models, methods=["GET"]),
+            Route("/v1/models/{name:path}", model, methods=["GET"]),
+            Route("/v1/messages", messages, methods=["POST"]),
+            Route("/v1/messages/count_tokens", count_tokens, methods=["POST"]),
+            Route("/__mock__/requests", recorded, methods=["GET", "DELETE"]),
+        ]
+    )

@@ -1,0 +1,167 @@
+"""The real stack for end-to-end tests: embedded Postgres, control plane, authz, Envoy, mock provider.
+
+Started once per session on free ports in a temporary directory, with the same runner ``make up``
+uses. The mock provider is the only fake.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controlplane.stack.runner import Stack, StackInfo, StackSettings
+
+STREAM_INTERVAL = 0.15
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Minted:
+    user: dict
+    token: dict
+
+    @property
+    def secret(self) -> str:
+        return self.token["token"]
+
+    @property
+    def id(self) -> str:
+        return self.token["id"]
+
+
+class Gateway:
+    """What a test needs of the running stack, in one place."""
+
+    def __init__(self, stack: Stack, info: StackInfo) -> None:
+        self.stack = stack
+        self.info = info
+        self.url = info.gateway_url
+        self.openai_base = f"{info.gateway_url}/openai/v1"
+        self.anthropic_base = f"{info.gateway_url}/anthropic"
+        self.admin = httpx.Client(
+            base_url=f"{info.api_url}/api/v1", headers={"Authorization": f"Bearer {info.admin_token}"}, timeout=10
+        )
+        self.http = httpx.Client(base_url=info.gateway_url, timeout=10)
+        assert info.mock_url is not None
+        self.mock = httpx.Client(base_url=info.mock_url, timeout=10)
+
+    def close(self) -> None:
+        for client in (self.admin, self.http, self.mock):
+            client.close()
+
+    # -- identities -------------------------------------------------------------------------------
+
+    def user(self, **fields: object) -> dict:
+        body = {"email": f"u-{uuid.uuid4().hex[:10]}@example.com", **fields}
+        reply = self.admin.post("/users", json=body)
+        assert reply.status_code == 201, reply.text
+        return reply.json()
+
+    def mint(self, user: dict | None = None, **fields: object) -> Minted:
+        user = user or self.user()
+        reply = self.admin.post("/tokens", json={"user_id": user["id"], "name": "test", **fields})
+        assert reply.status_code == 201, reply.text
+        minted = Minted(user, reply.json())
+        self.wait_until(lambda: self.known(minted.secret), what="token to reach authz")
+        return minted
+
+    def known(self, secret: str) -> bool:
+        """Whether authz knows the token, without using it: an unlisted endpoint is refused after
+        authentication (404) and counts as no use, so last_used_at and the provider see nothing."""
+        reply = self.http.get("/openai/v1/keyward-probe", headers={"Authorization": f"Bearer {secret}"})
+        return reply.status_code == 404
+
+    def revoke(self, token_id: str, reason: str = "test") -> dict:
+        reply = self.admin.post(f"/tokens/{token_id}/revoke", json={"reason": reason})
+        assert reply.status_code == 200, reply.text
+        return reply.json()
+
+    # -- gateway ----------------------------------------------------------------------------------
+
+    def chat(self, secret: str | None, model: str = "gpt-4o-mini", **kwargs: object) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {secret}"} if secret is not None else {}
+        return self.http.post(
+            "/openai/v1/chat/completions",
+            headers=headers,
+            json={"model": model, "messages": [{"role": "user", "content": "hi"}]},
+            **kwargs,
+        )
+
+    def status_of(self, secret: str) -> int:
+        return self.chat(secret).status_code
+
+    # -- provider view ----------------------------------------------------------------------------
+
+    @property
+    def provider_keys(self) -> dict[str, str]:
+        env = self.stack.services["mock-provider"].env
+        return {"openai": env["MOCK_OPENAI_KEY"], "anthropic": env["MOCK_ANTHROPIC_KEY"]}
+
+    def received(self) -> list[dict]:
+        return self.mock.get("/__mock__/requests").json()
+
+    def forget_received(self) -> None:
+        self.mock.delete("/__mock__/requests")
+
+    def access_log(self) -> list[dict]:
+        import json
+
+        path: Path = self.info.access_log
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+    def log_record(self, request_id: str, timeout: float = 5) -> dict:
+        found: list[dict] = []
+
+        def seen() -> bool:
+            found[:] = [r for r in self.access_log() if r.get("request_id") == request_id]
+            return bool(found)
+
+        self.wait_until(seen, timeout=timeout, what=f"access-log record {request_id}")
+        return found[0]
+
+    @staticmethod
+    def wait_until(condition: Callable[[], bool], *, timeout: float = 5, what: str = "condition") -> float:
+        started = time.monotonic()
+        while not condition():
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            time.sleep(0.01)
+        return time.monotonic() - started
+
+
+@pytest.fixture(scope="session")
+def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    data_dir = tmp_path_factory.mktemp("stack")
+    settings = StackSettings(
+        data_dir=data_dir,
+        gateway_port=free_port(),
+        api_port=free_port(),
+        envoy_admin_port=free_port(),
+        mock_port=free_port(),
+        admin_token=None,
+        openai_api_key=None,
+        anthropic_api_key=None,
+        database_url=None,
+        mock_stream_interval=STREAM_INTERVAL,
+        envoy_concurrency=2,
+    )
+    stack = Stack(settings=settings)
+    info = stack.start(timeout=90)
+    try:
+        gateway = Gateway(stack, info)
+        yield gateway
+        gateway.close()
+    finally:
+        stack.stop()
