@@ -125,11 +125,16 @@ def _model_from_body(request: GatewayRequest) -> tuple[str | None, Outcome | Non
         return None, Outcome.BODY_NOT_JSON
     try:
         document = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: hostile nesting, far below the size limit
         return None, Outcome.BODY_NOT_JSON
     if not isinstance(document, dict):
         return None, Outcome.BODY_NOT_JSON
     model = document.get("model")
     if not isinstance(model, str) or not model:
         return None, Outcome.MODEL_MISSING
+    try:
+        # JSON allows lone surrogates ("\ud800"); they are not text and cannot go into metadata.
+        model.encode("utf-8")
+    except UnicodeEncodeError:
+        return None, Outcome.BODY_NOT_JSON
     return model, None

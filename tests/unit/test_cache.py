@@ -1,0 +1,197 @@
+"""The in-memory token index and the model catalogs it points at."""
+
+from __future__ import annotations
+
+import pytest
+
+from authz.cache import ModelCatalog, TokenCache, TokenRecord, catalog_for
+
+# -- ModelCatalog ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("entries", "model", "allowed"),
+    [
+        (["gpt-4o"], "gpt-4o", True),
+        (["gpt-4o"], "gpt-4o-mini", False),  # an exact name is not a prefix
+        (["gpt-4o"], "GPT-4O", False),
+        (["gpt-4o"], "gpt-4o ", False),
+        (["gpt-4o", "o1"], "o1", True),
+        (["gpt-4o.1"], "gpt-4oX1", False),  # a dot is literal, not a regex wildcard
+    ],
+)
+def test_exact_entries(entries: list[str], model: str, allowed: bool) -> None:
+    assert ModelCatalog(entries).allows(model) is allowed
+
+
+@pytest.mark.parametrize(
+    ("entries", "model", "allowed"),
+    [
+        (["gpt-4o*"], "gpt-4o", True),
+        (["gpt-4o*"], "gpt-4o-mini-2024-07-18", True),
+        (["gpt-4o*"], "my-gpt-4o", False),  # anchored at the start
+        (["claude-3-*"], "claude-3-haiku", True),
+        (["claude-3-*"], "claude-2.1", False),
+        (["*-haiku"], "claude-3-haiku-20240307", False),  # anchored at the end
+        (["o?-mini"], "o1-mini", True),
+        (["o?-mini"], "o10-mini", False),
+        (["gpt-[34]*"], "gpt-3.5-turbo", True),
+        (["gpt-[34]*"], "gpt-5", False),
+        # several patterns compile into one expression: each alternative must stay anchored
+        (["gpt-4o*", "*-haiku"], "claude-3-haiku", True),
+        (["gpt-4o*", "*-haiku"], "xgpt-4o", False),
+        (["gpt-4o*", "*-haiku"], "claude-3-haiku-x", False),
+        (["claude-*-haiku-*", "gpt-*-mini-*"], "gpt-4o-mini-2024", True),
+        (["claude-*-haiku-*", "gpt-*-mini-*"], "claude-3-5-haiku-latest", True),
+        (["claude-*-haiku-*", "gpt-*-mini-*"], "claude-3-opus-latest", False),
+        # exact names and patterns together
+        (["o1", "claude-*"], "o1", True),
+        (["o1", "claude-*"], "claude-3-opus", True),
+        (["o1", "claude-*"], "o1-pro", False),
+    ],
+)
+def test_patterns(entries: list[str], model: str, allowed: bool) -> None:
+    assert ModelCatalog(entries).allows(model) is allowed
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "", "*"])
+def test_empty_catalog_allows_nothing(model: str) -> None:
+    assert not ModelCatalog([]).allows(model)
+
+
+def test_catalog_keeps_its_entries_in_order() -> None:
+    assert ModelCatalog(iter(["b*", "a"])).entries == ("b*", "a")
+
+
+def test_catalog_for_shares_one_instance_per_list() -> None:
+    first = catalog_for(["gpt-4o", "claude-*"])
+    assert catalog_for(("gpt-4o", "claude-*")) is first
+    assert catalog_for(e for e in ["gpt-4o", "claude-*"]) is first
+    assert catalog_for(["gpt-4o"]) is not first
+    assert first.allows("claude-3-haiku")
+
+
+# -- TokenCache -----------------------------------------------------------------------------------
+
+
+def record(token_id: str, token_hash: str | None = None, **fields: object) -> TokenRecord:
+    values: dict = {
+        "user_id": f"user-of-{token_id}",
+        "user_email": f"{token_id}@example.com",
+        "team": "platform",
+        "environment": "dev",
+        "catalog": catalog_for(["gpt-4o"]),
+        "expires_at": None,
+        "owner_active": True,
+        **fields,
+    }
+    return TokenRecord(token_id=token_id, token_hash=token_hash or f"hash-of-{token_id}", **values)
+
+
+def is_revoked(cache: TokenCache, token_hash: str) -> bool:
+    found = cache.get(token_hash)
+    assert found is not None, f"{token_hash} is not cached"
+    return found.revoked
+
+
+@pytest.fixture
+def cache() -> TokenCache:
+    return TokenCache()
+
+
+def test_empty_cache(cache: TokenCache) -> None:
+    assert len(cache) == 0
+    assert cache.get("hash-of-a") is None
+    assert cache.token_ids() == set()
+    assert cache.generation == 0
+
+
+def test_upsert_adds(cache: TokenCache) -> None:
+    a = record("a")
+    cache.upsert(a)
+    assert cache.get("hash-of-a") is a
+    assert cache.token_ids() == {"a"}
+    assert len(cache) == 1
+
+
+def test_upsert_with_the_same_hash_replaces_the_record(cache: TokenCache) -> None:
+    cache.upsert(record("a"))
+    disabled = record("a", owner_active=False)
+    cache.upsert(disabled)
+    assert cache.get("hash-of-a") is disabled
+    assert len(cache) == 1
+
+
+def test_upsert_with_a_changed_hash_drops_the_old_hash(cache: TokenCache) -> None:
+    cache.upsert(record("a", "old"))
+    cache.upsert(record("b", "other"))
+    rotated = record("a", "new")
+    cache.upsert(rotated)
+    assert cache.get("old") is None
+    assert cache.get("new") is rotated
+    assert cache.get("other") is not None
+    assert len(cache) == 2
+    assert cache.token_ids() == {"a", "b"}
+
+
+def test_replace_all_swaps_everything_and_bumps_generation(cache: TokenCache) -> None:
+    cache.upsert(record("a"))
+    cache.replace_all([record("b"), record("c")])
+    assert cache.get("hash-of-a") is None
+    assert cache.get("hash-of-b") is not None
+    assert cache.token_ids() == {"b", "c"}
+    assert cache.generation == 1
+    cache.replace_all([])
+    assert len(cache) == 0
+    assert cache.token_ids() == set()
+    assert cache.generation == 2
+
+
+def test_only_snapshots_bump_generation(cache: TokenCache) -> None:
+    cache.replace_all([record("a")])
+    cache.upsert(record("b"))
+    cache.mark_revoked("a")
+    cache.forget("b")
+    assert cache.generation == 1
+
+
+def test_mark_revoked_leaves_a_tombstone(cache: TokenCache) -> None:
+    cache.upsert(record("a"))
+    cache.upsert(record("b"))
+    cache.mark_revoked("a")
+    assert is_revoked(cache, "hash-of-a")  # still there, as a tombstone
+    assert not is_revoked(cache, "hash-of-b")
+    assert len(cache) == 2
+
+
+def test_mark_revoked_follows_a_changed_hash(cache: TokenCache) -> None:
+    cache.upsert(record("a", "old"))
+    cache.upsert(record("a", "new"))
+    cache.mark_revoked("a")
+    assert is_revoked(cache, "new")
+
+
+def test_next_snapshot_drops_the_tombstone(cache: TokenCache) -> None:
+    cache.replace_all([record("a"), record("b")])
+    cache.mark_revoked("a")
+    cache.replace_all([record("b")])
+    assert cache.get("hash-of-a") is None
+
+
+def test_mark_revoked_of_an_unknown_token_is_a_no_op(cache: TokenCache) -> None:
+    cache.upsert(record("a"))
+    cache.mark_revoked("nope")
+    assert not is_revoked(cache, "hash-of-a")
+
+
+def test_forget(cache: TokenCache) -> None:
+    cache.upsert(record("a", "old"))
+    cache.upsert(record("a", "new"))
+    cache.upsert(record("b"))
+    cache.forget("a")
+    cache.forget("never-seen")
+    assert cache.get("new") is None
+    assert cache.get("old") is None
+    assert cache.token_ids() == {"b"}
+    assert len(cache) == 1
+    cache.mark_revoked("a")  # a NOTIFY for a forgotten token must not fail

@@ -1,0 +1,449 @@
+"""Decisions end to end: canned CheckRequest -> request.parse -> Pipeline.decide -> response.build.
+
+One scenario per :class:`Outcome`, then the ordering guarantees (authentication before anything
+looks at the body, the checksum before any lookup) and the usage side effect.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pytest
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+
+from authz import request as request_codec
+from authz import response as response_codec
+from authz.cache import TokenCache, TokenRecord, catalog_for
+from authz.outcomes import Outcome
+from authz.pipeline import Decision, Pipeline
+from authz.tokens import generate_token, hash_token
+from tests.unit import checkrequests as cr
+
+HASH_KEY = bytes.fromhex("6b" * 32)
+NOW = 1_750_000_000.0
+CATALOG = ("gpt-4o-mini", "claude-3-5-haiku-*")
+
+
+class RecordingCache(TokenCache):
+    """A real cache that remembers every lookup."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lookups: list[str] = []
+
+    def get(self, token_hash: str) -> TokenRecord | None:
+        self.lookups.append(token_hash)
+        return super().get(token_hash)
+
+
+@dataclass
+class RecordingSink:
+    touches: list[tuple[str, float]] = field(default_factory=list)
+
+    def touch(self, token_id: str, at: float) -> None:
+        self.touches.append((token_id, at))
+
+
+@dataclass
+class Result:
+    decision: Decision
+    response: CheckResponse
+
+    @property
+    def outcome(self) -> Outcome:
+        return self.decision.outcome
+
+    @property
+    def token_id(self) -> str | None:
+        return self.decision.record.token_id if self.decision.record else None
+
+    @property
+    def status(self) -> int:
+        if self.response.HasField("ok_response"):
+            return 200
+        return self.response.denied_response.status.code
+
+    @property
+    def error_code(self) -> str:
+        document = json.loads(self.response.denied_response.body)
+        return document["error"]["code"]
+
+
+class Gateway:
+    """authz's decision path with an in-memory cache, a recording usage sink and a settable clock."""
+
+    def __init__(self) -> None:
+        self.now = NOW
+        self.cache = RecordingCache()
+        self.usage = RecordingSink()
+        self.pipeline = Pipeline(cache=self.cache, hash_key=HASH_KEY, usage=self.usage, clock=self.clock)
+        self._ids = 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def mint(self, models: tuple[str, ...] = CATALOG, *, hash_key: bytes = HASH_KEY, **fields: object) -> str:
+        """Put a fresh token into the cache the way a snapshot would, and return its secret."""
+        self._ids += 1
+        token = generate_token()
+        values: dict = {
+            "token_id": f"tok-{self._ids}",
+            "user_id": f"user-{self._ids}",
+            "user_email": f"dev{self._ids}@example.com",
+            "team": "platform",
+            "environment": "dev",
+            "expires_at": None,
+            "owner_active": True,
+            **fields,
+        }
+        self.cache.upsert(
+            TokenRecord(token_hash=hash_token(token, hash_key), catalog=catalog_for(models), **values)
+        )
+        return token
+
+    def check(self, check: CheckRequest) -> Result:
+        gateway_request = request_codec.parse(check)
+        decision = self.pipeline.decide(gateway_request)
+        return Result(decision, response_codec.build(decision, gateway_request.request_id))
+
+
+@pytest.fixture
+def gw() -> Gateway:
+    return Gateway()
+
+
+def assert_denied(result: Result, outcome: Outcome, status: int) -> None:
+    assert result.outcome is outcome
+    assert result.status == status
+    assert result.error_code == outcome.value
+
+
+# -- one scenario per outcome ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("canned", "model"),
+    [
+        pytest.param(cr.openai_chat, "gpt-4o-mini", id="openai-chat"),
+        pytest.param(cr.anthropic_messages, "claude-3-5-haiku-latest", id="anthropic-messages"),
+        pytest.param(cr.openai_model, "gpt-4o-mini", id="openai-model-in-path"),
+        pytest.param(cr.openai_models, None, id="openai-list-models"),
+        pytest.param(cr.anthropic_models, None, id="anthropic-list-models"),
+    ],
+)
+def test_allowed(gw: Gateway, canned, model: str | None) -> None:
+    token = gw.mint(token_id="tok-ok")
+    result = gw.check(canned(token))
+    assert result.outcome is Outcome.ALLOWED
+    assert result.status == 200
+    assert result.token_id == "tok-ok"
+    assert result.decision.model == model
+
+
+def test_allowed_without_raw_headers(gw: Gateway) -> None:
+    """Older Envoy configs send the plain ``headers`` map and a string ``body``."""
+    token = gw.mint()
+    assert gw.check(cr.openai_chat(token, raw_headers=False)).outcome is Outcome.ALLOWED
+    assert gw.check(cr.openai_chat(token, "gpt-4o", raw_headers=False)).outcome is Outcome.MODEL_NOT_ALLOWED
+
+
+@pytest.mark.parametrize(
+    "canned",
+    [
+        pytest.param(cr.no_credential, id="no-header"),
+        pytest.param(lambda: cr.with_authorization(b"Bearer "), id="empty-bearer"),
+        pytest.param(lambda: cr.with_authorization(b"Bearer"), id="bare-bearer-scheme"),
+        pytest.param(lambda: cr.with_authorization(b"   "), id="blank-authorization"),
+        pytest.param(cr.empty_x_api_key, id="empty-x-api-key"),
+    ],
+)
+def test_token_missing(gw: Gateway, canned) -> None:
+    assert_denied(gw.check(canned()), Outcome.TOKEN_MISSING, 401)
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        pytest.param(lambda token: f"Bearer {cr.mistyped(token)}", id="bad-checksum"),
+        pytest.param(lambda token: f"Bearer {token[:-1]}", id="truncated"),
+        pytest.param(lambda token: b"Bearer \xff\xfe", id="non-utf8"),
+        pytest.param(lambda token: "Bearer " + token.encode().hex()[:43], id="hex-garbage"),
+        pytest.param(lambda token: "Bearer ghp_" + token[7:] + "abc", id="github-token"),
+        pytest.param(lambda token: "Bearer sk-proj-" + token[8:], id="openai-key"),
+        pytest.param(lambda token: f"Basic {token}", id="other-scheme"),
+        pytest.param(cr.mistyped, id="typo-without-scheme"),
+    ],
+)
+def test_token_malformed(gw: Gateway, authorization) -> None:
+    token = gw.mint()
+    assert_denied(gw.check(cr.with_authorization(authorization(token))), Outcome.TOKEN_MALFORMED, 401)
+
+
+def test_token_unknown(gw: Gateway) -> None:
+    gw.mint()
+    stranger = generate_token()  # well formed, never stored
+    assert_denied(gw.check(cr.openai_chat(stranger)), Outcome.TOKEN_UNKNOWN, 401)
+
+
+def test_token_hashed_under_another_key_is_unknown(gw: Gateway) -> None:
+    token = gw.mint(hash_key=bytes(32))
+    assert_denied(gw.check(cr.openai_chat(token)), Outcome.TOKEN_UNKNOWN, 401)
+
+
+def test_token_revoked(gw: Gateway) -> None:
+    token = gw.mint(token_id="tok-r")
+    assert gw.check(cr.openai_chat(token)).outcome is Outcome.ALLOWED
+    gw.cache.mark_revoked("tok-r")
+    assert_denied(gw.check(cr.openai_chat(token)), Outcome.TOKEN_REVOKED, 401)
+
+
+@pytest.mark.parametrize("late_by", [0.0, 0.001, 86_400.0])
+def test_token_expired(gw: Gateway, late_by: float) -> None:
+    token = gw.mint(expires_at=NOW + 60)
+    gw.now = NOW + 60 - 0.001
+    assert gw.check(cr.openai_chat(token)).outcome is Outcome.ALLOWED
+    gw.now = NOW + 60 + late_by
+    assert_denied(gw.check(cr.openai_chat(token)), Outcome.TOKEN_EXPIRED, 401)
+
+
+def test_owner_disabled(gw: Gateway) -> None:
+    token = gw.mint(owner_active=False)
+    assert_denied(gw.check(cr.anthropic_messages(token)), Outcome.OWNER_DISABLED, 401)
+
+
+@pytest.mark.parametrize(
+    "canned", [cr.openai_files, cr.delete_model, cr.unprefixed_chat, cr.anthropic_legacy_complete]
+)
+def test_route_unknown(gw: Gateway, canned) -> None:
+    token = gw.mint()
+    assert_denied(gw.check(canned(token)), Outcome.ROUTE_UNKNOWN, 404)
+
+
+def test_body_too_large(gw: Gateway) -> None:
+    token = gw.mint()
+    assert_denied(gw.check(cr.truncated_chat(token)), Outcome.BODY_TOO_LARGE, 413)
+
+
+@pytest.mark.parametrize("value", ["false", ""])
+def test_only_partial_body_true_means_too_large(gw: Gateway, value: str) -> None:
+    token = gw.mint()
+    check = cr.check_request(
+        "POST", "/openai/v1/chat/completions",
+        {"authorization": f"Bearer {token}", "content-type": "application/json", cr.PARTIAL_BODY_HEADER: value},
+        cr.chat_body(),
+    )
+    assert gw.check(check).outcome is Outcome.ALLOWED
+
+
+@pytest.mark.parametrize(
+    "canned",
+    [
+        pytest.param(cr.garbage_body, id="garbage"),
+        pytest.param(cr.array_body, id="json-array"),
+        pytest.param(cr.form_encoded_body, id="form-content-type"),
+        pytest.param(lambda token: cr.chat_with_body(token, b'"gpt-4o-mini"'), id="json-string"),
+        pytest.param(lambda token: cr.chat_with_body(token, b""), id="empty"),
+        pytest.param(lambda token: cr.chat_with_body(token, b'{"model":"gpt-4o-mini"'), id="cut-short"),
+        pytest.param(lambda token: cr.chat_with_body(token, b'{"model":"\xff"}'), id="not-utf8"),
+    ],
+)
+def test_body_not_json(gw: Gateway, canned) -> None:
+    token = gw.mint()
+    assert_denied(gw.check(canned(token)), Outcome.BODY_NOT_JSON, 400)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"messages":[{"role":"user","content":"Say hi"}]}', id="absent"),
+        pytest.param(cr.chat_body(None), id="null"),
+        pytest.param(cr.chat_body(""), id="empty-string"),
+        pytest.param(cr.chat_body(4), id="number"),
+        pytest.param(cr.chat_body(["gpt-4o-mini"]), id="list"),
+    ],
+)
+def test_model_missing(gw: Gateway, body: bytes) -> None:
+    token = gw.mint()
+    assert_denied(gw.check(cr.chat_with_body(token, body)), Outcome.MODEL_MISSING, 400)
+
+
+def test_model_missing_from_canned_request(gw: Gateway) -> None:
+    token = gw.mint()
+    assert_denied(gw.check(cr.body_without_model(token)), Outcome.MODEL_MISSING, 400)
+
+
+@pytest.mark.parametrize(
+    ("canned", "model"),
+    [
+        pytest.param(lambda token: cr.openai_chat(token, "gpt-4o"), "gpt-4o", id="body"),
+        pytest.param(lambda token: cr.anthropic_messages(token, "claude-3-opus-latest"),
+                     "claude-3-opus-latest", id="anthropic-body"),
+        pytest.param(lambda token: cr.openai_model(token, "o1-pro"), "o1-pro", id="path"),
+    ],
+)
+def test_model_not_allowed(gw: Gateway, canned, model: str) -> None:
+    token = gw.mint()
+    result = gw.check(canned(token))
+    assert_denied(result, Outcome.MODEL_NOT_ALLOWED, 403)
+    assert result.decision.model == model
+
+
+def test_every_outcome_has_a_scenario() -> None:
+    scenario_tests = {name for name in globals() if name.startswith("test_")}
+    missing = {o for o in Outcome if f"test_{o.value}" not in scenario_tests}
+    assert missing == set()
+
+
+# -- credentials as the SDKs send them ------------------------------------------------------------
+
+
+def test_openai_sdk_bearer_and_anthropic_sdk_x_api_key_both_work(gw: Gateway) -> None:
+    token = gw.mint(token_id="tok-both", models=("*",))
+    assert gw.check(cr.openai_chat(token)).token_id == "tok-both"
+    assert gw.check(cr.anthropic_messages(token)).token_id == "tok-both"
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "Bearer ", ""], ids=["lower", "upper", "two-spaces", "none"])
+def test_bearer_scheme_is_case_insensitive_and_optional(gw: Gateway, scheme: str) -> None:
+    token = gw.mint()
+    assert gw.check(cr.with_authorization(f"{scheme} {token}")).outcome is Outcome.ALLOWED
+
+
+def _chat(path: str, **headers: str) -> CheckRequest:
+    return cr.check_request("POST", path, {"content-type": "application/json", **headers}, cr.chat_body())
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer ", "Bearer"])
+def test_x_api_key_works_on_openai_paths_too(gw: Gateway, authorization: str | None) -> None:
+    token = gw.mint()
+    headers = {"x-api-key": token} if authorization is None else {"x-api-key": token, "authorization": authorization}
+    assert gw.check(_chat("/openai/v1/chat/completions", **headers)).outcome is Outcome.ALLOWED
+
+
+@pytest.mark.parametrize(
+    ("path", "winner"),
+    [("/openai/v1/chat/completions", "tok-bearer"), ("/anthropic/v1/messages", "tok-header")],
+    ids=["openai", "anthropic"],
+)
+def test_the_apis_native_header_wins_when_both_carry_a_pat(gw: Gateway, path: str, winner: str) -> None:
+    bearer, header = gw.mint(token_id="tok-bearer", models=("*",)), gw.mint(token_id="tok-header", models=("*",))
+    result = gw.check(_chat(path, authorization=f"Bearer {bearer}", **{"x-api-key": header}))
+    assert result.token_id == winner
+
+
+@pytest.mark.parametrize(
+    ("path", "pat_in", "provider_key"),
+    [
+        pytest.param("/anthropic/v1/messages", "authorization", "sk-ant-api03-" + "x" * 40, id="anthropic"),
+        pytest.param("/openai/v1/chat/completions", "x-api-key", "sk-proj-" + "x" * 40, id="openai"),
+    ],
+)
+def test_a_pat_wins_over_a_stale_provider_key(gw: Gateway, path: str, pat_in: str, provider_key: str) -> None:
+    token = gw.mint(models=("*",))
+    values = {"authorization": f"Bearer {provider_key}", "x-api-key": provider_key}
+    values[pat_in] = f"Bearer {token}" if pat_in == "authorization" else token
+    assert gw.check(_chat(path, **values)).outcome is Outcome.ALLOWED
+
+
+# -- ordering -------------------------------------------------------------------------------------
+
+
+def test_unauthenticated_garbage_body_is_401_not_400(gw: Gateway) -> None:
+    assert_denied(gw.check(cr.no_credential_garbage_body()), Outcome.TOKEN_MISSING, 401)
+
+
+@pytest.mark.parametrize("canned", [cr.garbage_body, cr.openai_files, cr.truncated_chat])
+def test_bad_token_is_judged_before_route_and_body(gw: Gateway, canned) -> None:
+    token = gw.mint(token_id="tok-r")
+    gw.cache.mark_revoked("tok-r")
+    assert_denied(gw.check(canned(token)), Outcome.TOKEN_REVOKED, 401)
+    assert_denied(gw.check(canned(cr.mistyped(token))), Outcome.TOKEN_MALFORMED, 401)
+
+
+@pytest.mark.parametrize(
+    "canned",
+    [
+        pytest.param(lambda token: cr.openai_chat(cr.mistyped(token)), id="bad-checksum"),
+        pytest.param(lambda token: cr.openai_chat("ghp_" + token[7:] + "abc"), id="wrong-prefix"),
+        pytest.param(lambda token: cr.non_utf8_bearer(), id="non-utf8"),
+        pytest.param(lambda token: cr.no_credential(), id="missing"),
+    ],
+)
+def test_rejected_credential_is_never_looked_up(gw: Gateway, canned) -> None:
+    token = gw.mint()
+    result = gw.check(canned(token))
+    assert result.status == 401
+    assert gw.cache.lookups == []
+
+
+def test_well_formed_credential_is_looked_up_once_by_its_keyed_hash(gw: Gateway) -> None:
+    token = gw.mint()
+    gw.check(cr.openai_chat(token))
+    assert gw.cache.lookups == [hash_token(token, HASH_KEY)]
+
+
+# -- usage ----------------------------------------------------------------------------------------
+
+
+def test_usage_is_touched_with_the_clock_time_when_allowed(gw: Gateway) -> None:
+    token = gw.mint(token_id="tok-u")
+    gw.now = NOW + 12.5
+    gw.check(cr.openai_chat(token))
+    gw.now = NOW + 20
+    gw.check(cr.openai_models(token))
+    assert gw.usage.touches == [("tok-u", NOW + 12.5), ("tok-u", NOW + 20)]
+
+
+def _denied(outcome: Outcome, canned, **state: object):
+    return pytest.param(outcome, canned, state, id=outcome.value)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "canned", "state"),
+    [
+        _denied(Outcome.MODEL_NOT_ALLOWED, lambda token: cr.openai_chat(token, "gpt-4o")),
+        _denied(Outcome.MODEL_MISSING, cr.body_without_model),
+        _denied(Outcome.BODY_NOT_JSON, cr.garbage_body),
+        _denied(Outcome.BODY_TOO_LARGE, cr.truncated_chat),
+        _denied(Outcome.ROUTE_UNKNOWN, cr.openai_files),
+        _denied(Outcome.OWNER_DISABLED, cr.openai_chat, owner_active=False),
+        _denied(Outcome.TOKEN_EXPIRED, cr.openai_chat, expires_at=NOW),
+        _denied(Outcome.TOKEN_REVOKED, cr.openai_chat, revoked=True),
+        _denied(Outcome.TOKEN_MALFORMED, lambda token: cr.openai_chat(cr.mistyped(token))),
+        _denied(Outcome.TOKEN_UNKNOWN, lambda token: cr.openai_chat(generate_token())),
+        _denied(Outcome.TOKEN_MISSING, lambda token: cr.no_credential()),
+    ],
+)
+def test_usage_is_not_touched_when_denied(gw: Gateway, outcome: Outcome, canned, state: dict) -> None:
+    token = gw.mint(**state)
+    result = gw.check(canned(token))
+    assert result.outcome is outcome
+    assert result.status >= 400
+    assert gw.usage.touches == []
+
+
+# -- hostile bodies --------------------------------------------------------------------------------
+
+
+def test_deeply_nested_json_body_is_body_not_json(gw: Gateway) -> None:
+    token = gw.mint()
+    body = b'{"model":"gpt-4o-mini","messages":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    assert_denied(gw.check(cr.chat_with_body(token, body)), Outcome.BODY_NOT_JSON, 400)
+
+
+@pytest.mark.parametrize(
+    ("models", "acceptable"),
+    [
+        pytest.param(("gpt-4o-mini",), {400, 403}, id="not-in-catalog"),
+        pytest.param(("gpt-*",), {200, 400, 403}, id="matches-pattern"),
+    ],
+)
+def test_model_with_lone_surrogate_gets_an_answer(
+    gw: Gateway, models: tuple[str, ...], acceptable: set[int]
+) -> None:
+    token = gw.mint(models=models)
+    result = gw.check(cr.chat_with_body(token, b'{"model":"gpt-\\ud800"}'))
+    assert result.response.SerializeToString()
+    assert result.status in acceptable
+    assert gw.usage.touches == []
