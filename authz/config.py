@@ -24,6 +24,13 @@ class AuthzSettings(BaseSettings):
     last_used_flush_seconds: float = Field(default=2.0, gt=0, le=60)
     #: How often the listener proves its connection is alive when no NOTIFY arrives.
     listener_keepalive_seconds: float = Field(default=5.0, gt=0, le=300)
+    #: Directory of the audit spool (decision and outcome lines waiting to be shipped).
+    audit_spool_dir: str
+    #: The control plane's ingest endpoint and the credential for it.
+    ingest_url: str
+    ingest_token: str = Field(min_length=16)
+    audit_batch_lines: int = Field(default=2000, gt=0, le=20_000)
+    audit_fsync_seconds: float = Field(default=0.2, gt=0, le=10)
     #: Port for Prometheus metrics on 127.0.0.1; 0 turns the endpoint off.
     authz_metrics_port: int = Field(default=0, ge=0, le=65535)
     log_level: str = "info"

@@ -25,6 +25,7 @@ class Outcome(enum.Enum):
     BODY_NOT_JSON = "body_not_json"
     MODEL_MISSING = "model_missing"
     MODEL_NOT_ALLOWED = "model_not_allowed"
+    AUDIT_UNAVAILABLE = "audit_unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +38,7 @@ class Denial:
 
 
 # google.rpc.Code values
-_INVALID_ARGUMENT, _NOT_FOUND, _PERMISSION_DENIED, _UNAUTHENTICATED = 3, 5, 7, 16
+_INVALID_ARGUMENT, _NOT_FOUND, _PERMISSION_DENIED, _UNAVAILABLE, _UNAUTHENTICATED = 3, 5, 7, 14, 16
 
 _AUTH = ("invalid_request_error", "authentication_error")
 
@@ -94,6 +95,13 @@ DENIALS: dict[Outcome, Denial] = {
         "invalid_request_error",
         "permission_error",
         "This API key may not use the requested model.",
+    ),
+    Outcome.AUDIT_UNAVAILABLE: Denial(
+        503,
+        _UNAVAILABLE,
+        "api_error",
+        "api_error",
+        "The gateway cannot record this request, so it does not serve it. Try again shortly.",
     ),
 }
 

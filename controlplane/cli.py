@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -95,6 +96,56 @@ def migrate(database_url: Annotated[str, typer.Option(envvar="DATABASE_URL")]) -
 
     upgrade(database_url)
     console.print("Database is at the latest migration.")
+
+
+audit_app = typer.Typer(help="Verify and maintain the audit store.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+OwnerUrl = Annotated[
+    str,
+    typer.Option("--database-url", envvar=["KEYWARD_MIGRATION_DATABASE_URL", "DATABASE_URL"],
+                 help="A connection with read access (verify) or the owner's rights (retention)."),
+]
+
+
+@audit_app.command("verify")
+def audit_verify(database_url: OwnerUrl) -> None:
+    """Walk every hash chain; name the first record modified, deleted or out of order. Exit 1 if any."""
+    import asyncio
+
+    from controlplane.audit.verify import verify_all
+
+    reports = asyncio.run(verify_all(database_url))
+    broken = False
+    for report in reports:
+        if report.findings:
+            broken = True
+            for finding in report.findings:
+                console.print(f"[red]TAMPERED[/red] {finding}", markup=True, highlight=False)
+        else:
+            console.print(f"[green]ok[/green] {report.chain}: {report.records} records, chain intact")
+    raise typer.Exit(1 if broken else 0)
+
+
+@audit_app.command("retention")
+def audit_retention(
+    database_url: OwnerUrl,
+    keep_months: Annotated[int, typer.Option(min=1, help="Months of ingest to keep, besides the current one.")],
+    export_dir: Annotated[Path, typer.Option(help="Where each dropped partition is exported first.")],
+) -> None:
+    """Export, then drop, audit partitions older than the kept months; each drop is an event."""
+    import asyncio
+
+    from controlplane.audit.retention import apply_retention
+    from controlplane.services import Actor
+
+    dropped = asyncio.run(apply_retention(database_url, keep_months=keep_months, export_dir=export_dir,
+                                          actor=Actor(name="cli:retention", mechanism="cli")))
+    for item in dropped:
+        console.print(f"dropped {item.partition}: {item.rows} rows exported to {item.export_file} "
+                      f"(sha256 {item.export_sha256})")
+    if not dropped:
+        console.print("Nothing older than the kept months.")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane import errors
-from controlplane.api.routes import events, health, tokens, users
+from controlplane.api.routes import audit, health, tokens, users
 from controlplane.core.config import get_settings
 from controlplane.core.db import get_engine
 
@@ -77,7 +77,7 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     app.include_router(health.router)
-    for module in (users, tokens, events):
+    for module in (users, tokens, audit):
         app.include_router(module.router, prefix="/api/v1")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -95,7 +95,7 @@ class TokenIssued(TokenPublic):
 
 
 class EventPublic(_Output):
-    id: int
+    seq: int
     at: datetime
     actor: str
     mechanism: str
@@ -109,3 +109,43 @@ class EventPublic(_Output):
 class Page(BaseModel, Generic[T]):
     items: list[T]
     next_cursor: str | None = Field(description="Pass as ?cursor= to get the next page; null on the last page.")
+
+
+class RequestRecord(_Output):
+    """One gateway request: who, when, what, the decision, and what happened next."""
+
+    seq: int
+    at: datetime
+    request_id: str
+    source: Literal["authz", "envoy"]
+    token_id: uuid.UUID | None
+    user_id: uuid.UUID | None
+    user_email: str | None
+    team: str | None
+    environment: str | None
+    provider: str | None
+    method: str | None
+    route: str | None
+    model: str | None
+    decision: str
+    status: int | None
+    upstream_status: int | None
+    response_flags: str | None
+    duration_ms: int | None
+    upstream_ms: int | None
+    bytes_in: int | None
+    bytes_out: int | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+class UserActivity(BaseModel):
+    user: UserPublic
+    last_request: RequestRecord | None
+    last_allowed_request: RequestRecord | None
+    disabled_at: datetime | None = Field(description="When the user was last suspended or deprovisioned.")
+    disabled_by: EventPublic | None
+    allowed_after_disabled: int | None = Field(
+        description="Requests allowed after disabled_at; null when the user was never disabled."
+    )
+    allowed_after_disabled_examples: list[RequestRecord]

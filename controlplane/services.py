@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, func, select, tuple_, update
+from sqlalchemy import Select, func, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authz.tokens import generate_token, hash_token, token_hint
 from controlplane import schemas
+from controlplane.audit import chain
 from controlplane.errors import Conflict, Invalid, NotFound
 from controlplane.models import Event, Token, User
 
@@ -40,18 +41,35 @@ async def record_event(
     target_id: str,
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
-) -> None:
-    session.add(
-        Event(
-            actor=actor.name,
-            mechanism=actor.mechanism,
-            action=action,
-            target_type=target_type,
-            target_id=target_id,
-            before=before,
-            after=after,
-        )
+) -> Event:
+    """Append one event to the events hash chain, inside the caller's transaction.
+
+    The advisory lock serialises writers until commit, so seq and prev_hash always name the row
+    committed just before; it is released with the transaction, whatever its outcome.
+    """
+    await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": chain.LOCKS[chain.EVENTS]})
+    head = (await session.execute(select(Event.seq, Event.hash).order_by(Event.seq.desc()).limit(1))).first()
+    seq, prev_hash = (head[0] + 1, head[1]) if head else (1, chain.GENESIS)
+    event = Event(
+        seq=seq,
+        at=datetime.now(UTC),
+        actor=actor.name,
+        mechanism=actor.mechanism,
+        action=action,
+        target_type=target_type,
+        target_id=target_id,
+        before=before,
+        after=after,
+        prev_hash=prev_hash,
     )
+    event.hash = chain.link(chain.EVENTS, prev_hash, _event_fields(event))
+    session.add(event)
+    await session.flush()
+    return event
+
+
+def _event_fields(event: Event) -> dict[str, Any]:
+    return {field: getattr(event, field) for field in chain.FIELDS[chain.EVENTS]}
 
 
 def _public(model: type[schemas._Output], row: Any) -> dict[str, Any]:
@@ -61,11 +79,11 @@ def _public(model: type[schemas._Output], row: Any) -> dict[str, Any]:
 # -- pagination -----------------------------------------------------------------------------------
 
 
-def _encode_cursor(created_at: datetime, row_id: Any) -> str:
+def encode_cursor(created_at: datetime, row_id: Any) -> str:
     return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode()
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         created, _, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
         return datetime.fromisoformat(created), row_id
@@ -78,7 +96,7 @@ async def paginate(
 ) -> tuple[list[Any], str | None]:
     """Keyset pagination on ``(created_at, id)``: stable under inserts, no OFFSET scans."""
     if cursor:
-        created_at, row_id = _decode_cursor(cursor)
+        created_at, row_id = decode_cursor(cursor)
         try:
             key: Any = id_col.type.python_type(row_id)
         except (ValueError, TypeError) as exc:
@@ -89,7 +107,7 @@ async def paginate(
         return rows, None
     rows = rows[:limit]
     last = rows[-1]
-    return rows, _encode_cursor(getattr(last, created_col.key), getattr(last, id_col.key))
+    return rows, encode_cursor(getattr(last, created_col.key), getattr(last, id_col.key))
 
 
 # -- users ----------------------------------------------------------------------------------------

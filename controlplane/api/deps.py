@@ -35,8 +35,20 @@ def _admin(
 
 
 # scope="function": commit before the response is sent, so a 201 always means "it is in the database".
+def _ingest(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    settings: Annotated[Settings, Depends(get_settings)],
+) -> Actor:
+    presented = credentials.credentials if credentials else ""
+    expected = settings.ingest_token or ""
+    if not expected or not presented or not hmac.compare_digest(presented.encode(), expected.encode()):
+        raise Unauthorized("ingest_token_invalid", "A valid data-plane ingest token is required.")
+    return Actor(name="dataplane", mechanism="system")
+
+
 SessionDep = Annotated[AsyncSession, Depends(_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 AdminActor = Annotated[Actor, Depends(_admin)]
+IngestCaller = Annotated[Actor, Depends(_ingest)]
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
 Cursor = Annotated[str | None, Query(max_length=400, description="next_cursor from the previous page.")]

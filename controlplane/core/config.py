@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     #: Break-glass credential for automation; every use is recorded as actor ``admin:bootstrap``.
     admin_token: str = Field(min_length=16)
     token_hash_key: str
+    #: Credential the data plane's audit shipper presents to /api/v1/audit/ingest (unset: no ingest).
+    ingest_token: str | None = Field(default=None, min_length=16)
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8000, ge=1, le=65535)
     #: Largest admin API request body, in bytes.

@@ -14,6 +14,14 @@ import asyncpg
 import pgserver
 
 DATABASE = "keyward"
+#: The application's login role, created by migration 0002 (append-only on audit tables).
+APP_ROLE = "keyward_app"
+
+
+def with_user(url: str, user: str) -> str:
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
 
 
 class EmbeddedPostgres:

@@ -66,7 +66,9 @@ class Upstream:
         return self.host if self.port == default else f"{self.host}:{self.port}"
 
 
-def _mapper(status: int | None, body: dict, *, anthropic: bool, flags: list[str] | None = None) -> dict:
+def _mapper(
+    status: int | None, body: dict, *, anthropic: bool, flags: list[str] | None = None, details: str | None = None
+) -> dict:
     filters: list[dict] = []
     if status is not None:
         filters.append(
@@ -81,6 +83,15 @@ def _mapper(status: int | None, body: dict, *, anthropic: bool, flags: list[str]
         )
     if flags:
         filters.append({"response_flag_filter": {"flags": flags}})
+    if details:
+        # Envoy's own reason for the reply; tells "authz unreachable" from an authz denial with a body.
+        filters.append({"extension_filter": {
+            "name": "envoy.access_loggers.extension_filters.cel",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+                "expression": f"response.code_details == '{details}'",
+            },
+        }})
     if anthropic:
         filters.append({"header_filter": {"header": {"name": ":path", "string_match": {"prefix": "/anthropic/"}}}})
     match = filters[0] if len(filters) == 1 else {"and_filter": {"filters": filters}}
@@ -103,14 +114,34 @@ def local_reply_mappers() -> list[dict]:
     openai_404 = _with_message(_OPENAI_ERROR, no_route)
     return [
         _mapper(404, openai_404, anthropic=False, flags=["NR"]),
-        _mapper(503, anthropic_503, anthropic=True, flags=["UAEX"]),
-        _mapper(503, openai_503, anthropic=False, flags=["UAEX"]),
+        _mapper(503, anthropic_503, anthropic=True, flags=["UAEX"], details="ext_authz_error"),
+        _mapper(503, openai_503, anthropic=False, flags=["UAEX"], details="ext_authz_error"),
         _mapper(413, anthropic_413, anthropic=True),
         _mapper(413, openai_413, anthropic=False),
         _mapper(
             None, _with_message(_anthropic_error("api_error"), _GENERIC_MESSAGE), anthropic=True, flags=_ENVOY_FLAGS
         ),
         _mapper(None, _with_message(_OPENAI_ERROR, _GENERIC_MESSAGE), anthropic=False, flags=_ENVOY_FLAGS),
+    ]
+
+
+USAGE_NAMESPACE = "keyward.usage"
+
+# (JSON path in the provider's response, metadata key): both APIs' names map onto one pair.
+_USAGE_PATHS = [
+    (("usage", "prompt_tokens"), "prompt_tokens"),
+    (("usage", "completion_tokens"), "completion_tokens"),
+    (("usage", "input_tokens"), "prompt_tokens"),
+    (("usage", "output_tokens"), "completion_tokens"),
+    (("message", "usage", "input_tokens"), "prompt_tokens"),
+]
+
+
+def usage_rules() -> list[dict]:
+    return [
+        {"selectors": [{"key": part} for part in path],
+         "on_present": {"metadata_namespace": USAGE_NAMESPACE, "key": key, "type": "NUMBER"}}
+        for path, key in _USAGE_PATHS
     ]
 
 
@@ -252,6 +283,8 @@ def render(layout: GatewayLayout) -> dict:
         anthropic_path_prefix=layout.anthropic.path + "/",
         anthropic_host=layout.anthropic.host_header,
         authz_address=json.dumps(_address(layout.authz_address)),
+        json_usage_rules=json.dumps(usage_rules()),
+        sse_usage_rules=json.dumps([{"rule": rule} for rule in usage_rules()]),
     )
     config = yaml.safe_load(text)
     clusters = config["static_resources"]["clusters"]

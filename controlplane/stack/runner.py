@@ -30,7 +30,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from controlplane.migrate import upgrade
-from controlplane.stack.embedded_pg import EmbeddedPostgres
+from controlplane.stack.embedded_pg import APP_ROLE, EmbeddedPostgres, with_user
 from controlplane.stack.envoy_config import GatewayLayout, Upstream, render, write_provider_secrets
 
 #: Variables no child process may inherit: provider credentials belong to Envoy's secret files only.
@@ -48,6 +48,9 @@ class StackSettings(BaseSettings):
     #: Empty: a Unix socket in the data directory (authz as Envoy's sidecar).
     authz_address: str = ""
     database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    #: Owner credentials for migrations and retention; defaults to DATABASE_URL. When DATABASE_URL is
+    #: the owner too, the audit tables are not append-only for the application: use two roles.
+    migration_database_url: str | None = None
     admin_token: str | None = None
     openai_api_key: str | None = Field(default=None, validation_alias="OPENAI_API_KEY")
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
@@ -97,6 +100,7 @@ class StackInfo:
     admin_token: str
     admin_token_is_new: bool
     database_url: str
+    owner_database_url: str
     mocked: list[str]
     mock_url: str | None
     access_log: Path
@@ -172,10 +176,13 @@ class Stack:
 
         if s.database_url:
             database_url = s.database_url
+            owner_url = s.migration_database_url or database_url
         else:
             self._postgres = EmbeddedPostgres(data / "pgdata")
-            database_url = self._postgres.start()
-        upgrade(database_url)
+            owner_url = self._postgres.start()
+            database_url = with_user(owner_url, APP_ROLE)
+        upgrade(owner_url)
+        ingest_token, _ = _read_or_create(secrets_dir / "ingest_token", lambda: secrets.token_urlsafe(32))
 
         base_env = {k: v for k, v in os.environ.items() if k not in _PROVIDER_SECRETS and not k.startswith("MOCK_")}
         python = sys.executable
@@ -207,7 +214,8 @@ class Stack:
                 )
             )
 
-        common = {**base_env, "DATABASE_URL": database_url, "KEYWARD_TOKEN_HASH_KEY": hash_key}
+        common = {**base_env, "DATABASE_URL": database_url, "KEYWARD_TOKEN_HASH_KEY": hash_key,
+                  "KEYWARD_INGEST_TOKEN": ingest_token}
         self._add(
             Service(
                 "controlplane",
@@ -228,15 +236,13 @@ class Stack:
         )
 
         authz_address = s.authz_address or f"unix:{data / 'authz.sock'}"
-        authz_env = {k: v for k, v in common.items() if k != "KEYWARD_ADMIN_TOKEN"}
-        self._add(
-            Service(
-                "authz",
-                [python, "-m", "authz"],
-                {**authz_env, "KEYWARD_AUTHZ_ADDRESS": authz_address},
-                logs / "authz.log",
-            )
-        )
+        authz_env = {
+            **common,
+            "KEYWARD_AUTHZ_ADDRESS": authz_address,
+            "KEYWARD_AUDIT_SPOOL_DIR": str(data / "spool"),
+            "KEYWARD_INGEST_URL": f"http://127.0.0.1:{s.api_port}/api/v1/audit/ingest",
+        }
+        self._add(Service("authz", [python, "-m", "authz"], authz_env, logs / "authz.log"))
 
         envoy_dir = data / "envoy"
         write_provider_secrets(
@@ -279,6 +285,7 @@ class Stack:
             admin_token=admin_token,
             admin_token_is_new=admin_new,
             database_url=database_url,
+            owner_database_url=owner_url,
             mocked=mocked,
             mock_url=mock_url if mocked else None,
             access_log=logs / "access.log",

@@ -6,7 +6,9 @@ uses. The mock provider is the only fake.
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -142,8 +144,9 @@ class Gateway:
 
 
 @pytest.fixture(scope="session")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    data_dir = tmp_path_factory.mktemp("stack")
+def gateway() -> Iterator[Gateway]:
+    # Not pytest's tmp_path: its directories are root-only, and Postgres runs as its own user.
+    data_dir = Path(tempfile.mkdtemp(prefix="keyward-e2e-"))
     settings = StackSettings(
         data_dir=data_dir,
         gateway_port=free_port(),
@@ -165,3 +168,4 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         gateway.close()
     finally:
         stack.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)

@@ -90,7 +90,7 @@ def test_tokens_cannot_be_minted_for_inactive_users(gateway: Gateway) -> None:
     response = gateway.admin.post("/tokens", json={"user_id": user["id"], "name": "x"})
     assert response.status_code == 409
     assert response.json()["code"] == "user_not_active"
-    events = gateway.admin.get("/events", params={"target_type": "token", "action": "token.issued"}).json()
+    events = gateway.admin.get("/audit/events", params={"target_type": "token", "action": "token.issued"}).json()
     assert all(e["after"]["user_id"] != user["id"] for e in events["items"])
 
 
@@ -114,8 +114,8 @@ def test_pagination_walks_every_item_once(gateway: Gateway) -> None:
 def test_every_action_is_an_event_with_actor_and_mechanism(gateway: Gateway) -> None:
     minted = gateway.mint()
     gateway.revoke(minted.id, reason="left the company")
-    user_events = gateway.admin.get("/events", params={"target_id": minted.user["id"]}).json()["items"]
-    token_events = gateway.admin.get("/events", params={"target_id": minted.id}).json()["items"]
+    user_events = gateway.admin.get("/audit/events", params={"target_id": minted.user["id"]}).json()["items"]
+    token_events = gateway.admin.get("/audit/events", params={"target_id": minted.id}).json()["items"]
     assert [e["action"] for e in user_events] == ["user.created"]
     assert [e["action"] for e in token_events] == ["token.issued", "token.revoked"]
     for event in user_events + token_events:
@@ -138,7 +138,7 @@ def test_health_endpoints(gateway: Gateway) -> None:
 
 def test_openapi_document_lists_the_admin_api(gateway: Gateway) -> None:
     spec = httpx.get(f"{gateway.info.api_url}/openapi.json").json()
-    for path in ("/api/v1/users", "/api/v1/tokens", "/api/v1/tokens/{token_id}/revoke", "/api/v1/events"):
+    for path in ("/api/v1/users", "/api/v1/tokens", "/api/v1/tokens/{token_id}/revoke", "/api/v1/audit/events"):
         assert path in spec["paths"]
     issued = spec["components"]["schemas"]["TokenIssued"]["properties"]
     public = spec["components"]["schemas"]["TokenPublic"]["properties"]

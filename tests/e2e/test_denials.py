@@ -17,9 +17,13 @@ CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 MESSAGE = {"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 
 
-def sql(gateway: Gateway, query: str, *args: object) -> object:
+def sql(gateway: Gateway, query: str, *args: object, as_app: bool = False) -> object:
+    """Run SQL as the database owner (an operator, or an attacker with superuser rights), or as the
+    application's own role when ``as_app``."""
+
     async def run() -> object:
-        connection = await asyncpg.connect(gateway.info.database_url)
+        url = gateway.info.database_url if as_app else gateway.info.owner_database_url
+        connection = await asyncpg.connect(url)
         try:
             return await connection.fetch(query, *args)
         finally:

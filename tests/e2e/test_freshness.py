@@ -36,7 +36,7 @@ def test_revoke_is_idempotent(gateway: Gateway) -> None:
     second = gateway.revoke(minted.id, reason="second")
     assert first["revoked_at"] == second["revoked_at"]
     assert second["revoke_reason"] == "first"
-    events = gateway.admin.get("/events", params={"target_id": minted.id, "action": "token.revoked"}).json()
+    events = gateway.admin.get("/audit/events", params={"target_id": minted.id, "action": "token.revoked"}).json()
     assert len(events["items"]) == 1
 
 
@@ -83,7 +83,7 @@ def test_last_used_at_is_batched_not_written_per_request(gateway: Gateway) -> No
     sql(gateway, "CREATE TABLE IF NOT EXISTS test_flushes (at timestamptz DEFAULT clock_timestamp())")
     sql(
         gateway,
-        """CREATE OR REPLACE FUNCTION test_count_flush() RETURNS trigger LANGUAGE plpgsql AS $$
+        """CREATE OR REPLACE FUNCTION test_count_flush() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$
                     BEGIN INSERT INTO test_flushes DEFAULT VALUES; RETURN NULL; END $$""",
     )
     sql(

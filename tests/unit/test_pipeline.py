@@ -6,6 +6,7 @@ looks at the body, the checksum before any lookup) and the usage side effect.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 
@@ -17,6 +18,7 @@ from authz import response as response_codec
 from authz.cache import TokenCache, TokenRecord, catalog_for
 from authz.outcomes import Outcome
 from authz.pipeline import Decision, Pipeline
+from authz.server import AuthorizationServicer
 from authz.tokens import generate_token, hash_token
 from tests.unit import checkrequests as cr
 
@@ -287,6 +289,32 @@ def test_model_not_allowed(gw: Gateway, canned, model: str) -> None:
     result = gw.check(canned(token))
     assert_denied(result, Outcome.MODEL_NOT_ALLOWED, 403)
     assert result.decision.model == model
+
+
+class FullSpool:
+    """A spool on a full disk: every append fails, as ENOSPC or EFBIG would."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    def append(self, record: dict) -> None:
+        self.attempts += 1
+        raise OSError(28, "No space left on device")
+
+
+async def test_audit_unavailable(gw: Gateway) -> None:
+    token = gw.mint()
+    ready = asyncio.Event()
+    ready.set()
+    spool = FullSpool()
+    servicer = AuthorizationServicer(gw.pipeline, ready, spool)  # type: ignore[arg-type]
+    response = await servicer.Check(cr.openai_chat(token), context=None)
+    assert spool.attempts == 1
+    assert response.denied_response.status.code == 503
+    assert response.status.code == 14  # UNAVAILABLE
+    body = json.loads(response.denied_response.body)
+    assert body["error"]["code"] == "audit_unavailable"
+    assert token.encode() not in response.SerializeToString()
 
 
 def test_every_outcome_has_a_scenario() -> None:

@@ -1,0 +1,81 @@
+"""An append-only spool of JSON lines in numbered segment files.
+
+Invariants:
+
+* :meth:`Spool.append` either writes one whole line or raises :class:`OSError` and leaves the file
+  as it was (a short write is truncated away), so a caller that must not serve unrecorded requests
+  can rely on the exception alone;
+* lines go to the kernel with ``os.write`` at once, so they survive the process dying; ``fsync``
+  runs on a short timer (:meth:`sync`) for the machine dying;
+* a segment is deleted only after the shipper's persisted position has passed its end.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+_SUFFIX = ".jsonl"
+
+
+class Spool:
+    def __init__(self, directory: Path, *, segment_bytes: int = 8 << 20) -> None:
+        self.directory = directory
+        self._segment_bytes = segment_bytes
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        existing = self.segments()
+        self.current = existing[-1] if existing else self._path(1)
+        self._fd = self._open(self.current)
+        self._size = os.fstat(self._fd).st_size
+
+    def _path(self, number: int) -> Path:
+        return self.directory / f"{number:016d}{_SUFFIX}"
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def segments(self) -> list[Path]:
+        return sorted(self.directory.glob(f"*{_SUFFIX}"))
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        if self._size >= self._segment_bytes:
+            # Rotate before writing, so a failed rotation fails this append (nothing written) and
+            # the next append simply tries again.
+            self._rotate()
+        try:
+            written = os.write(self._fd, line)
+        except OSError:
+            self._truncate()
+            raise
+        if written != len(line):
+            self._truncate()
+            raise OSError(errno.ENOSPC, "short write to the audit spool")
+        self._size += written
+
+    def _truncate(self) -> None:
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:
+            pass  # the append already failed; the caller is told by the original error
+
+    def _rotate(self) -> None:
+        path = self._path(int(self.current.stem) + 1)
+        fd = self._open(path)  # if this fails, the current segment stays open and usable
+        old = self._fd
+        self.current, self._fd, self._size = path, fd, 0
+        try:
+            os.fsync(old)
+        finally:
+            os.close(old)
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.fsync(self._fd)
+        os.close(self._fd)

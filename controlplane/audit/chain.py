@@ -1,0 +1,56 @@
+"""The hash chains that make the audit store tamper-evident.
+
+Each audit table is one chain ordered by ``seq``. A record's hash is
+``sha256(prev_hash || canonical(record))`` where the canonical form is compact JSON of the chain's
+name and the record's fields in a fixed order, timestamps in UTC with microseconds, UUIDs as text.
+The first record's predecessor is :data:`GENESIS`; after retention drops old partitions, the
+predecessor of the first remaining record is the hash pinned by a ``retention`` checkpoint.
+
+The same :func:`link` is used when records are written (ingest, events) and when they are
+verified (``keyward audit verify``), so both sides agree by construction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+GENESIS = b"\x00" * 32
+
+EVENTS = "events"
+REQUESTS = "request_records"
+OUTCOMES = "request_outcomes"
+
+FIELDS: dict[str, tuple[str, ...]] = {
+    EVENTS: ("seq", "at", "actor", "mechanism", "action", "target_type", "target_id", "before", "after"),
+    REQUESTS: ("seq", "at", "request_id", "source", "token_id", "user_id", "user_email", "team", "environment",
+               "provider", "method", "route", "model", "decision", "status"),
+    OUTCOMES: ("seq", "at", "request_id", "status", "upstream_status", "response_flags", "duration_ms",
+               "upstream_ms", "bytes_in", "bytes_out", "prompt_tokens", "completion_tokens"),
+}
+
+#: Keys for pg_advisory_xact_lock: one writer per chain at a time, across every control-plane replica.
+LOCKS = {EVENTS: 0x4B57_0001, REQUESTS: 0x4B57_0002, OUTCOMES: 0x4B57_0003}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    return value
+
+
+def canonical(chain: str, record: Mapping[str, Any]) -> bytes:
+    values = [chain, *(_plain(record[field]) for field in FIELDS[chain])]
+    return json.dumps(values, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def link(chain: str, prev_hash: bytes, record: Mapping[str, Any]) -> bytes:
+    return hashlib.sha256(bytes(prev_hash) + canonical(chain, record)).digest()

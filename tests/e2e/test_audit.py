@@ -1,0 +1,313 @@
+"""The audit store end to end: every request and every action, append-only, tamper-evident, nothing lost."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import anthropic
+import asyncpg
+import httpx
+import openai
+import pytest
+
+from tests.e2e.conftest import Gateway
+from tests.e2e.test_denials import sql
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_for_records(gateway: Gateway, request_ids: list[str], timeout: float = 20) -> dict[str, dict]:
+    """Poll the audit API until every request id is stored with its outcome; return them by id."""
+    found: dict[str, dict] = {}
+
+    def complete() -> bool:
+        start = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+        page = gateway.admin.get("/audit/requests", params={"start": start, "limit": 500,
+                                                            "format": "jsonl"})
+        rows = [json.loads(line) for line in page.text.splitlines()]
+        found.update({r["request_id"]: r for r in rows if r["request_id"] in request_ids})
+        return all(rid in found and found[rid]["duration_ms"] is not None for rid in request_ids)
+
+    gateway.wait_until(complete, timeout=timeout, what=f"{len(request_ids)} audit records")
+    return found
+
+
+def test_allowed_denied_and_envoy_answered_requests_are_recorded(gateway: Gateway) -> None:
+    minted = gateway.mint(models=["gpt-4o-mini"], team="research", environment="prod")
+    allowed = gateway.chat(minted.secret)
+    denied = gateway.chat(minted.secret, model="gpt-4o")
+    too_large = gateway.http.post("/openai/v1/chat/completions", content=b"x" * 1_200_000,
+                                  headers={"Authorization": f"Bearer {minted.secret}"})
+    ids = [r.headers["x-request-id"] for r in (allowed, denied, too_large)]
+    records = wait_for_records(gateway, ids)
+
+    ok = records[ids[0]]
+    assert ok["source"] == "authz"
+    assert ok["decision"] == "allowed"
+    assert ok["token_id"] == minted.id and ok["user_id"] == minted.user["id"]
+    assert ok["user_email"] == minted.user["email"]
+    assert (ok["team"], ok["environment"], ok["provider"], ok["model"]) == ("research", "prod", "openai",
+                                                                            "gpt-4o-mini")
+    assert (ok["method"], ok["route"]) == ("POST", "/openai/v1/chat/completions")
+    assert ok["status"] == 200 and ok["upstream_status"] == 200
+    assert (ok["prompt_tokens"], ok["completion_tokens"]) == (9, 6)
+    assert ok["bytes_out"] > 0 and ok["duration_ms"] >= 0
+
+    no = records[ids[1]]
+    assert (no["decision"], no["status"], no["model"]) == ("model_not_allowed", 403, "gpt-4o")
+    assert no["upstream_status"] is None and no["prompt_tokens"] is None
+
+    big = records[ids[2]]
+    assert big["source"] == "envoy"
+    assert big["status"] == 413
+    assert big["decision"].startswith("envoy:")
+
+
+def test_streamed_usage_is_recorded_for_both_apis(gateway: Gateway) -> None:
+    minted = gateway.mint()
+    with openai.OpenAI(base_url=gateway.openai_base, api_key=minted.secret) as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True,
+            stream_options={"include_usage": True},
+        )
+        for _chunk in raw.parse():
+            pass
+    with anthropic.Anthropic(base_url=gateway.anthropic_base, api_key=minted.secret) as claude:
+        with claude.messages.with_streaming_response.create(
+            model="claude-haiku-4-5", max_tokens=32, messages=[{"role": "user", "content": "hi"}], stream=True,
+        ) as streamed:
+            anthropic_id = streamed.headers["x-request-id"]
+            for _line in streamed.iter_lines():
+                pass
+    records = wait_for_records(gateway, [raw.headers["x-request-id"], anthropic_id])
+    for record in records.values():
+        assert record["decision"] == "allowed" and record["status"] == 200
+        assert (record["prompt_tokens"], record["completion_tokens"]) == (9, 6), record
+
+
+def test_every_mutating_admin_endpoint_records_an_event(gateway: Gateway) -> None:
+    spec = httpx.get(f"{gateway.info.api_url}/openapi.json").json()
+    mutating = {(method.upper(), path) for path, ops in spec["paths"].items() for method in ops
+                if method in ("post", "put", "patch", "delete") and path != "/api/v1/audit/ingest"}
+    user = gateway.user()
+    minted = gateway.mint(user)
+    gateway.admin.patch(f"/users/{user['id']}", json={"display_name": "Ada"})
+    gateway.revoke(minted.id)
+    exercised = {
+        ("POST", "/api/v1/users"): ("user", user["id"], "user.created"),
+        ("PATCH", "/api/v1/users/{user_id}"): ("user", user["id"], "user.updated"),
+        ("POST", "/api/v1/tokens"): ("token", minted.id, "token.issued"),
+        ("POST", "/api/v1/tokens/{token_id}/revoke"): ("token", minted.id, "token.revoked"),
+    }
+    assert mutating == set(exercised), "a mutating endpoint has no event test: add it here"
+    for target_type, target_id, action in exercised.values():
+        events = gateway.admin.get("/audit/events", params={"target_id": target_id, "action": action}).json()
+        [event] = events["items"]
+        assert event["target_type"] == target_type
+        assert event["actor"] == "admin:bootstrap" and event["mechanism"] == "api"
+
+
+def test_nothing_is_lost_when_the_control_plane_is_killed_under_load(gateway: Gateway) -> None:
+    minted = gateway.mint()
+    request_ids: list[str] = []
+    statuses: list[int] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + 8
+
+    def load() -> None:
+        with httpx.Client(base_url=gateway.url, timeout=10) as client:
+            while time.monotonic() < stop_at:
+                reply = client.post("/openai/v1/chat/completions",
+                                    headers={"Authorization": f"Bearer {minted.secret}"},
+                                    json={"model": "gpt-4o-mini", "messages": []})
+                with lock:
+                    request_ids.append(reply.headers["x-request-id"])
+                    statuses.append(reply.status_code)
+
+    workers = [threading.Thread(target=load) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    time.sleep(2)
+    controlplane = gateway.stack.services["controlplane"]
+    controlplane.stop(signal.SIGKILL)
+    time.sleep(3)  # down while requests keep flowing: the gateway does not need the control plane
+    gateway.stack.restart("controlplane")
+    for worker in workers:
+        worker.join()
+    assert set(statuses) == {200}
+    expected = len(request_ids)
+    assert expected > 100
+
+    def stored() -> tuple[int, int, int]:
+        rows = sql(gateway, """
+            SELECT (SELECT count(*) FROM request_records WHERE request_id = ANY($1::text[])) AS records,
+                   (SELECT count(DISTINCT request_id) FROM request_records WHERE request_id = ANY($1::text[])) AS ids,
+                   (SELECT count(*) FROM request_outcomes WHERE request_id = ANY($1::text[])) AS outcomes
+        """, request_ids)
+        return tuple(rows[0].values())  # type: ignore[index,return-value]
+
+    gateway.wait_until(lambda: stored()[2] >= expected, timeout=30, what="spool to drain")
+    records, distinct, outcomes = stored()
+    print(f"\n{expected} requests under load with the control plane SIGKILLed for 3 s: "
+          f"{records} records, {distinct} distinct, {outcomes} outcomes")
+    assert (records, distinct, outcomes) == (expected, expected, expected)
+
+
+def verify(gateway: Gateway) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "controlplane.cli", "audit", "verify",
+                           "--database-url", gateway.info.owner_database_url],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _settled(gateway: Gateway) -> None:
+    minted = gateway.mint()
+    response = gateway.chat(minted.secret)
+    wait_for_records(gateway, [response.headers["x-request-id"]])
+
+
+def test_verify_passes_on_an_untouched_store(gateway: Gateway) -> None:
+    _settled(gateway)
+    result = verify(gateway)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "request_records" in result.stdout and "chain intact" in result.stdout
+
+
+@pytest.mark.parametrize("attack", ["update", "delete", "reorder"])
+def test_verify_names_the_tampered_record(gateway: Gateway, attack: str) -> None:
+    _settled(gateway)
+    [victim, neighbour] = sql(gateway, "SELECT * FROM request_records ORDER BY seq DESC LIMIT 2 OFFSET 1")  # type: ignore[misc]
+    seq = victim["seq"]
+    columns = list(victim.keys())
+    placeholders = ", ".join(f"${i + 1}" for i in range(len(columns)))
+    restore = f"INSERT INTO request_records ({', '.join(columns)}) VALUES ({placeholders})"
+    if attack == "update":
+        sql(gateway, "UPDATE request_records SET model = 'gpt-5-secret' WHERE seq = $1", seq)
+        undo = [("UPDATE request_records SET model = $2 WHERE seq = $1", seq, victim["model"])]
+        named = seq
+    elif attack == "delete":
+        sql(gateway, "DELETE FROM request_records WHERE seq = $1", seq)
+        undo = [(restore, *victim.values())]
+        named = seq + 1
+    else:
+        sql(gateway, "UPDATE request_records SET seq = CASE seq WHEN $1 THEN $2 ELSE $1 END WHERE seq IN ($1, $2)",
+            seq, neighbour["seq"])
+        undo = [("UPDATE request_records SET seq = CASE seq WHEN $1 THEN $2 ELSE $1 END WHERE seq IN ($1, $2)",
+                 seq, neighbour["seq"])]
+        named = neighbour["seq"]
+    try:
+        result = verify(gateway)
+        assert result.returncode == 1, result.stdout
+        assert f"request_records seq {named}" in result.stdout, result.stdout
+        assert "TAMPERED" in result.stdout
+    finally:
+        for statement, *args in undo:
+            sql(gateway, statement, *args)
+    assert verify(gateway).returncode == 0
+
+
+def test_verify_detects_a_modified_event(gateway: Gateway) -> None:
+    minted = gateway.mint()
+    [event] = sql(gateway, "SELECT seq, actor FROM events WHERE target_id = $1", minted.id)  # type: ignore[misc]
+    sql(gateway, "UPDATE events SET actor = 'someone-else' WHERE seq = $1", event["seq"])
+    try:
+        result = verify(gateway)
+        assert result.returncode == 1
+        assert f"events seq {event['seq']}" in result.stdout
+    finally:
+        sql(gateway, "UPDATE events SET actor = $2 WHERE seq = $1", event["seq"], event["actor"])
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE request_records SET model = 'x'",
+    "DELETE FROM request_records",
+    "UPDATE request_outcomes SET status = 200",
+    "DELETE FROM events",
+    "UPDATE events SET actor = 'x'",
+    "TRUNCATE request_records",
+    "DROP TABLE request_outcomes",
+    "DELETE FROM audit_checkpoints",
+])
+def test_the_application_role_cannot_rewrite_history(gateway: Gateway, statement: str) -> None:
+    with pytest.raises((asyncpg.InsufficientPrivilegeError, asyncpg.exceptions.InsufficientPrivilegeError)):
+        sql(gateway, statement, as_app=True)
+
+
+def test_requests_are_denied_when_they_cannot_be_recorded(gateway: Gateway) -> None:
+    minted = gateway.mint()
+    authz = gateway.stack.services["authz"].process
+    assert authz is not None
+    spool = gateway.stack.data_dir / "spool"
+    current = max(spool.glob("*.jsonl"))
+    gateway.forget_received()
+    # The spool file may not grow: every append fails with EFBIG, as on a full disk.
+    resource.prlimit(authz.pid, resource.RLIMIT_FSIZE, (current.stat().st_size, resource.RLIM_INFINITY))
+    try:
+        response = gateway.chat(minted.secret)
+        assert response.status_code == 503, response.text
+        assert response.json()["error"]["code"] == "audit_unavailable"
+        assert gateway.received() == [], "an unrecorded request reached the provider"
+    finally:
+        resource.prlimit(authz.pid, resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    assert gateway.chat(minted.secret).status_code == 200
+
+
+def test_a_deprovisioned_contractor_has_zero_requests_allowed_afterwards(gateway: Gateway) -> None:
+    minted = gateway.mint()
+    before = gateway.chat(minted.secret)
+    assert before.status_code == 200
+    gateway.admin.patch(f"/users/{minted.user['id']}", json={"status": "deprovisioned"})
+    gateway.wait_until(lambda: gateway.status_of(minted.secret) == 401, timeout=1, what="deprovision")
+    after = gateway.chat(minted.secret)
+    wait_for_records(gateway, [before.headers["x-request-id"], after.headers["x-request-id"]])
+    activity = gateway.admin.get(f"/audit/users/{minted.user['id']}/activity").json()
+    assert activity["disabled_at"] is not None
+    assert activity["disabled_by"]["action"] == "user.deprovisioned"
+    assert activity["allowed_after_disabled"] == 0
+    assert activity["allowed_after_disabled_examples"] == []
+    assert activity["last_allowed_request"]["request_id"] == before.headers["x-request-id"]
+    assert activity["last_request"]["request_id"] == after.headers["x-request-id"]
+    assert activity["last_request"]["decision"] == "token_revoked"
+
+
+def test_who_made_the_request_at_a_given_minute_and_exports(gateway: Gateway) -> None:
+    minted = gateway.mint(team="night-shift")
+    response = gateway.chat(minted.secret)
+    request_id = response.headers["x-request-id"]
+    record = wait_for_records(gateway, [request_id])[request_id]
+    at = datetime.fromisoformat(record["at"])
+    window = {"start": (at - timedelta(seconds=30)).isoformat(), "end": (at + timedelta(seconds=30)).isoformat(),
+              "team": "night-shift", "decision": "allowed"}  # mint() probed the token once: route_unknown
+    page = gateway.admin.get("/audit/requests", params=window).json()
+    assert [r["request_id"] for r in page["items"]] == [request_id]
+    assert page["items"][0]["user_email"] == minted.user["email"]
+    exported = gateway.admin.get("/audit/requests", params=window | {"format": "csv"})
+    assert exported.headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert [r["request_id"] for r in rows] == [request_id]
+    lines = gateway.admin.get("/audit/requests", params=window | {"format": "jsonl"}).text.splitlines()
+    assert [json.loads(line)["request_id"] for line in lines] == [request_id]
+    events = gateway.admin.get("/audit/events", params={"target_id": minted.id, "format": "jsonl"}).text
+    assert [json.loads(line)["action"] for line in events.splitlines()] == ["token.issued"]
+
+
+def test_bad_audit_queries_are_422(gateway: Gateway) -> None:
+    for params in ({"start": "2026-01-02T00:00:00Z", "end": "2026-01-01T00:00:00Z"},
+                   {"start": "2026-01-01T00:00:00"}, {"status": "999"}, {"format": "xml"}, {"cursor": "!!"}):
+        response = gateway.admin.get("/audit/requests", params=params)
+        assert response.status_code == 422, (params, response.text)
+
+
+def test_ingest_requires_the_data_plane_credential(gateway: Gateway) -> None:
+    url = f"{gateway.info.api_url}/api/v1/audit/ingest"
+    assert httpx.post(url, json={"records": []}).status_code == 401
+    admin = {"Authorization": f"Bearer {gateway.info.admin_token}"}
+    assert httpx.post(url, json={"records": []}, headers=admin).status_code == 401
