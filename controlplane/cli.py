@@ -9,12 +9,14 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from controlplane.stack.runner import Stack, StackError, StackInfo, StackSettings
+
+if TYPE_CHECKING:
+    from controlplane.stack.runner import StackInfo, StackSettings
 
 app = typer.Typer(
     help="Keyward: one provider key at the proxy, one personal access token per person.", no_args_is_help=True
@@ -57,6 +59,8 @@ Ctrl-C stops everything."""
 @app.command()
 def up() -> None:
     """Run Postgres, the control plane, authz, Envoy (and the mock provider) until Ctrl-C."""
+    from controlplane.stack.runner import Stack, StackError, StackSettings
+
     settings = StackSettings()
     stack = Stack(settings=settings)
     stopping = False

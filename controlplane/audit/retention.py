@@ -42,6 +42,17 @@ class Dropped:
     export_sha256: str
 
 
+@dataclass
+class _Export:
+    table: str
+    partition: str
+    rows: int
+    last_seq: int | None
+    last_hash: bytes | None
+    path: Path
+    sha256: str
+
+
 def _month_of(partition: str) -> date:
     year, month = partition.rsplit("_", 2)[-2:]
     return date(int(year), int(month), 1)
@@ -77,13 +88,15 @@ async def apply_retention(owner_url: str, *, keep_months: int, export_dir: Path,
                 if _month_of(name) >= cutoff:
                     continue
                 async with sessions() as session, session.begin():
-                    dropped.append(await _drop_one(session, table, name, export_dir, actor))
+                    exported = await _export(session, table, name, export_dir)
+                async with sessions() as session, session.begin():
+                    dropped.append(await _drop(session, exported, actor))
     finally:
         await engine.dispose()
     return dropped
 
 
-async def _drop_one(session: Any, table: str, partition: str, export_dir: Path, actor: Actor) -> Dropped:
+async def _export(session: Any, table: str, partition: str, export_dir: Path) -> _Export:
     path = export_dir / f"{table}-{partition.rsplit('_', 2)[-2]}_{partition.rsplit('_', 1)[-1]}.jsonl.gz"
     digest = hashlib.sha256()
     rows = 0
@@ -96,14 +109,24 @@ async def _drop_one(session: Any, table: str, partition: str, export_dir: Path, 
             digest.update(line)
             rows += 1
             last = dict(row)
-    if last is not None:
+    return _Export(table, partition, rows, last["seq"] if last else None, bytes(last["hash"]) if last else None,
+                   path, digest.hexdigest())
+
+
+async def _drop(session: Any, exported: _Export, actor: Actor) -> Dropped:
+    # Old partitions only receive rows through the owner: still, drop only what was exported.
+    count = (await session.execute(text(f'SELECT count(*) FROM "{exported.partition}"'))).scalar_one()  # noqa: S608
+    if count != exported.rows:
+        raise RuntimeError(f"{exported.partition} changed during export ({exported.rows} exported, {count} now)")
+    if exported.last_seq is not None:
         await session.execute(
             text("INSERT INTO audit_checkpoints (chain, seq, hash, kind) VALUES (:chain, :seq, :hash, 'retention')"),
-            {"chain": table, "seq": last["seq"], "hash": bytes(last["hash"])},
+            {"chain": exported.table, "seq": exported.last_seq, "hash": exported.last_hash},
         )
-    outcome = Dropped(table, partition, rows, last["seq"] if last else None, path, digest.hexdigest())
     await record_event(session, actor=actor, action="retention.applied", target_type="partition",
-                       target_id=partition, after={"table": table, "rows": rows, "last_seq": outcome.last_seq,
-                                                   "export_file": str(path), "export_sha256": outcome.export_sha256})
-    await session.execute(text(f'DROP TABLE "{partition}"'))
-    return outcome
+                       target_id=exported.partition,
+                       after={"table": exported.table, "rows": exported.rows, "last_seq": exported.last_seq,
+                              "export_file": str(exported.path), "export_sha256": exported.sha256})
+    await session.execute(text(f'DROP TABLE "{exported.partition}"'))
+    return Dropped(exported.table, exported.partition, exported.rows, exported.last_seq, exported.path,
+                   exported.sha256)
