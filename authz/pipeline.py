@@ -120,6 +120,10 @@ class Pipeline:
         return Decision(Outcome.ALLOWED, api, record, model)
 
 
+#: No provider names a model this long; a longer "model" is garbage, not a name to check or record.
+MAX_MODEL_CHARS = 256
+
+
 def _model_from_body(request: GatewayRequest) -> tuple[str | None, Outcome | None]:
     if request.content_type and not request.content_type.startswith("application/json"):
         return None, Outcome.BODY_NOT_JSON
@@ -130,7 +134,7 @@ def _model_from_body(request: GatewayRequest) -> tuple[str | None, Outcome | Non
     if not isinstance(document, dict):
         return None, Outcome.BODY_NOT_JSON
     model = document.get("model")
-    if not isinstance(model, str) or not model:
+    if not isinstance(model, str) or not model or len(model) > MAX_MODEL_CHARS:
         return None, Outcome.MODEL_MISSING
     try:
         # JSON allows lone surrogates ("\ud800"); they are not text and cannot go into metadata.

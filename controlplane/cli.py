@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-
 if TYPE_CHECKING:
     from controlplane.stack.runner import StackInfo, StackSettings
 

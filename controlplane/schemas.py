@@ -131,6 +131,7 @@ class RequestRecord(_Output):
     status: int | None
     upstream_status: int | None
     response_flags: str | None
+    details: str | None = Field(description="Envoy's reason for the response (via_upstream, ext_authz_denied, …).")
     duration_ms: int | None
     upstream_ms: int | None
     bytes_in: int | None

@@ -12,6 +12,8 @@ from authz.request import GatewayRequest
 
 EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 USAGE_NAMESPACE = "keyward.usage"
+#: The ingest schema's limit for free text; client-chosen values are cut to it, never rejected whole.
+_TEXT = 512
 
 
 def _iso(seconds: float) -> str:
@@ -31,8 +33,8 @@ def decision_line(decision: Decision, request: GatewayRequest, at: float, status
         "environment": record.environment if record else None,
         "provider": decision.api.value if decision.api else None,
         "method": request.method,
-        "route": request.path.split("?", 1)[0][:512],
-        "model": decision.model,
+        "route": request.path.split("?", 1)[0][:_TEXT],
+        "model": decision.model[:_TEXT] if decision.model else None,
         "decision": decision.outcome.value,
         "status": status,
     }
@@ -46,7 +48,8 @@ def _ms(duration: Any) -> int | None:
 
 def _flags(entry: HTTPAccessLogEntry) -> str | None:
     flags = entry.common_properties.response_flags
-    names = [field.name for field, value in flags.ListFields() if value is True]
+    # Most flags are booleans; "unauthorized by the external service" (UAEX) is a nested message.
+    names = [field.name for field, value in flags.ListFields() if value is True or hasattr(value, "ByteSize")]
     return ",".join(names) or None
 
 
@@ -70,7 +73,7 @@ def outcome_line(entry: HTTPAccessLogEntry) -> dict[str, Any]:
         "status": status,
         "upstream_status": status if reached_upstream and status >= 100 else None,
         "response_flags": _flags(entry),
-        "details": entry.response.response_code_details or None,
+        "details": entry.response.response_code_details[:_TEXT] or None,
         "duration_ms": _ms(common.duration) if common.HasField("duration") else _ms(
             common.time_to_last_downstream_tx_byte),
         "upstream_ms": last_rx - first_tx if first_tx is not None and last_rx is not None else None,
@@ -81,5 +84,5 @@ def outcome_line(entry: HTTPAccessLogEntry) -> dict[str, Any]:
         "decided": decided,
         "method": HTTPRequestProperties.DESCRIPTOR.fields_by_name["request_method"].enum_type.values_by_number[
             entry.request.request_method].name,
-        "route": (entry.request.original_path or entry.request.path).split("?", 1)[0][:512],
+        "route": (entry.request.original_path or entry.request.path).split("?", 1)[0][:_TEXT],
     }

@@ -16,7 +16,7 @@ import httpx
 import structlog
 
 from authz.audit.spool import Spool
-from authz.metrics import AUDIT_LINES_SHIPPED, AUDIT_SHIP_FAILURES
+from authz.metrics import AUDIT_LINES_QUARANTINED, AUDIT_LINES_SHIPPED, AUDIT_SHIP_FAILURES
 
 log = structlog.get_logger("authz.audit.shipper")
 
@@ -44,7 +44,9 @@ class Shipper:
 
     def _save(self, name: str, offset: int) -> None:
         staging = self._position_file.with_suffix(".tmp")
-        staging.write_text(f"{name} {offset}\n")
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{name} {offset}\n")
         os.replace(staging, self._position_file)
 
     # -- reading ----------------------------------------------------------------------------------
@@ -82,26 +84,38 @@ class Shipper:
         lines, name, offset = self._read_batch()
         if not lines:
             return 0
+        await self._send(lines)
+        self._save(name, offset)
+        self._release_shipped_segments(name)
+        return len(lines)
+
+    async def _send(self, lines: list[bytes]) -> None:
         body = b'{"records":[' + b",".join(lines) + b"]}"
         response = await self._client.post(
             self._url, content=body,
             headers={"Authorization": f"Bearer {self._token}", "content-type": "application/json"},
         )
-        if response.status_code == 422:
-            self._quarantine(lines, response.text)
-        elif response.status_code != 200:
+        if response.status_code == 200:
+            AUDIT_LINES_SHIPPED.inc(len(lines))
+            return
+        if response.status_code != 422:
             raise httpx.HTTPStatusError(f"ingest answered {response.status_code}", request=response.request,
                                         response=response)
-        self._save(name, offset)
-        self._release_shipped_segments(name)
-        AUDIT_LINES_SHIPPED.inc(len(lines))
-        return len(lines)
+        # Refused as malformed: halve until the bad lines are alone, so the good ones still land.
+        if len(lines) == 1:
+            self._quarantine(lines, response.text)
+            return
+        middle = len(lines) // 2
+        await self._send(lines[:middle])
+        await self._send(lines[middle:])
 
     def _quarantine(self, lines: list[bytes], reason: str) -> None:
         rejected = self._spool.directory / "rejected"
         rejected.mkdir(mode=0o700, exist_ok=True)
-        with (rejected / "rejected.jsonl").open("ab") as handle:
+        fd = os.open(rejected / "rejected.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as handle:
             handle.write(b"\n".join(lines) + b"\n")
+        AUDIT_LINES_QUARANTINED.inc(len(lines))
         log.error("audit.batch_rejected", lines=len(lines), reason=reason[:2000])
 
     async def run(self) -> None:

@@ -26,10 +26,25 @@ class Spool:
         self.directory = directory
         self._segment_bytes = segment_bytes
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)
         existing = self.segments()
         self.current = existing[-1] if existing else self._path(1)
         self._fd = self._open(self.current)
-        self._size = os.fstat(self._fd).st_size
+        self._size = self._drop_torn_tail()
+
+    def _drop_torn_tail(self) -> int:
+        """A crash mid-write can leave a partial last line; cut it so the next line starts clean."""
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return 0
+        with self.current.open("rb") as handle:
+            handle.seek(max(0, size - (1 << 20)))
+            tail = handle.read()
+        if tail.endswith(b"\n"):
+            return size
+        keep = size - len(tail) + tail.rfind(b"\n") + 1
+        os.ftruncate(self._fd, keep)
+        return keep
 
     def _path(self, number: int) -> Path:
         return self.directory / f"{number:016d}{_SUFFIX}"

@@ -29,7 +29,7 @@ FIELDS: dict[str, tuple[str, ...]] = {
     EVENTS: ("seq", "at", "actor", "mechanism", "action", "target_type", "target_id", "before", "after"),
     REQUESTS: ("seq", "at", "request_id", "source", "token_id", "user_id", "user_email", "team", "environment",
                "provider", "method", "route", "model", "decision", "status"),
-    OUTCOMES: ("seq", "at", "request_id", "status", "upstream_status", "response_flags", "duration_ms",
+    OUTCOMES: ("seq", "at", "request_id", "status", "upstream_status", "response_flags", "details", "duration_ms",
                "upstream_ms", "bytes_in", "bytes_out", "prompt_tokens", "completion_tokens"),
 }
 

@@ -14,14 +14,14 @@ from typing import Any
 
 REQUEST_COLUMNS = (
     "seq", "at", "request_id", "source", "token_id", "user_id", "user_email", "team", "environment", "provider",
-    "method", "route", "model", "decision", "status", "upstream_status", "response_flags", "duration_ms",
+    "method", "route", "model", "decision", "status", "upstream_status", "response_flags", "details", "duration_ms",
     "upstream_ms", "bytes_in", "bytes_out", "prompt_tokens", "completion_tokens",
 )
 
 _SELECT_REQUESTS = """
 SELECT r.seq, r.at, r.request_id, r.source, r.token_id, r.user_id, r.user_email, r.team, r.environment,
        r.provider, r.method, r.route, r.model, r.decision, COALESCE(o.status, r.status) AS status,
-       o.upstream_status, o.response_flags, o.duration_ms, o.upstream_ms, o.bytes_in, o.bytes_out,
+       o.upstream_status, o.response_flags, o.details, o.duration_ms, o.upstream_ms, o.bytes_in, o.bytes_out,
        o.prompt_tokens, o.completion_tokens
 FROM request_records r
 LEFT JOIN LATERAL (

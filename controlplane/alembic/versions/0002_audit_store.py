@@ -71,6 +71,7 @@ def upgrade() -> None:
             status integer NOT NULL,
             upstream_status integer,
             response_flags text,
+            details text,
             duration_ms integer,
             upstream_ms integer,
             bytes_in bigint,
