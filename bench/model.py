@@ -1,0 +1,146 @@
+"""What one benchmark run measured: plain data, filled in by ``run.py`` and rendered by ``report.py``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+from dataclasses import dataclass, field
+
+from authzbench import CheckResult, LoadMeasurement
+from loadgen import LoadResult
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    #: Seconds per measured load-generator run, and how many interleaved rounds of them.
+    duration: float
+    rounds: int
+    warmup: float
+    check_duration: float
+    revocations: int
+    token_counts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    label: str
+    port: int
+    path: str
+    #: The reverse proxy in front of the upstream, by its name in the CPU table (None: no proxy).
+    proxy: str | None
+    measures_authz: bool = False
+
+
+@dataclass
+class Round:
+    result: LoadResult
+    #: CPU seconds per measured process over the run.
+    cpu: dict[str, float]
+    #: CPU seconds the whole machine was busy over the run.
+    machine_cpu: float
+
+    @property
+    def other_cpu(self) -> float:
+        """CPU seconds used by anything but the load generator and the measured processes."""
+        return max(0.0, self.machine_cpu - sum(self.cpu.values()) - self.result.generator_cpu)
+
+
+@dataclass
+class HttpCell:
+    """One (concurrency, target) pair: its rounds and their medians."""
+
+    concurrency: int
+    target: Target
+    rounds: list[Round] = field(default_factory=list)
+
+    def _median(self, attribute: str) -> float:
+        return statistics.median(getattr(r.result, attribute) for r in self.rounds)
+
+    @property
+    def rps(self) -> float:
+        return self._median("rps")
+
+    @property
+    def p50_ms(self) -> float:
+        return self._median("p50_ms")
+
+    @property
+    def p99_ms(self) -> float:
+        return self._median("p99_ms")
+
+    @property
+    def max_ms(self) -> float:
+        return max(r.result.max_ms for r in self.rounds)
+
+    @property
+    def rps_range(self) -> tuple[float, float]:
+        values = [r.result.rps for r in self.rounds]
+        return min(values), max(values)
+
+    @property
+    def requests(self) -> int:
+        return sum(r.result.requests for r in self.rounds)
+
+    @property
+    def seconds(self) -> float:
+        return sum(r.result.seconds for r in self.rounds)
+
+    @property
+    def errors(self) -> int:
+        return sum(r.result.errors for r in self.rounds)
+
+    @property
+    def error_detail(self) -> str:
+        return "; ".join(r.result.error_detail for r in self.rounds if r.result.error_detail)
+
+    def cpu_us(self, name: str) -> float:
+        """CPU microseconds per request of one process, over all rounds."""
+        return sum(r.cpu[name] for r in self.rounds) / self.requests * 1e6
+
+    def cores(self, name: str) -> float:
+        return sum(r.cpu[name] for r in self.rounds) / self.seconds
+
+    @property
+    def generator_cpu_us(self) -> float:
+        return sum(r.result.generator_cpu for r in self.rounds) / self.requests * 1e6
+
+    @property
+    def machine_cores(self) -> float:
+        return sum(r.machine_cpu for r in self.rounds) / self.seconds
+
+    @property
+    def other_cores(self) -> float:
+        return sum(r.other_cpu for r in self.rounds) / self.seconds
+
+
+@dataclass
+class Revocations:
+    propagation_ms: list[float] = field(default_factory=list)
+    api_ms: list[float] = field(default_factory=list)
+    first_poll_denied: int = 0
+    mint_seconds: float = 0.0
+
+
+@dataclass
+class Results:
+    profile: Profile
+    started: dt.datetime
+    machine: dict[str, str]
+    loadgen: str
+    http: list[HttpCell] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    wrk_script: str = ""
+    checks: list[CheckResult] = field(default_factory=list)
+    check_request_bytes: int = 0
+    revocations: Revocations = field(default_factory=Revocations)
+    loads: list[LoadMeasurement] = field(default_factory=list)
+    insert_seconds: list[float] = field(default_factory=list)
+    #: How the bulk COPY ran (whether per-row triggers were off).
+    bulk_note: str = ""
+    finished: dt.datetime | None = None
+    load_average_end: str = ""
+
+    def cell(self, concurrency: int, key: str) -> HttpCell | None:
+        return next((c for c in self.http if c.concurrency == concurrency and c.target.key == key), None)

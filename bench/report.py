@@ -1,0 +1,302 @@
+"""Render the benchmark's results as ``bench/RESULTS.md``: machine, targets, tables, method."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+from loadgen import percentile
+from model import HttpCell, Results
+
+#: Targets. Memory: "1.5 GB" read as 1.5e9 bytes, the stricter reading.
+MAX_ADDED_P50_MS = 1.0
+MIN_THROUGHPUT_RATIO = 0.40
+MAX_REVOCATION_P99_MS = 100.0
+MAX_LOAD_SECONDS = 15.0
+MAX_RSS_MIB = 1.5e9 / 2**20
+TARGET_TOKENS = 1_000_000
+
+_ANALYSIS = "ANALYSIS: _(lead developer: confirm the cause and say what would close the gap)_"
+
+
+@dataclass
+class Verdict:
+    target: str
+    measured: str
+    passed: bool | None  # None: not evaluated in this run
+    why: str = ""
+
+    @property
+    def label(self) -> str:
+        return {True: "**PASS**", False: "**MISS**", None: "n/a"}[self.passed]
+
+
+def _row(cells: list[object]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _table(header: list[str], rows: list[list[object]], align: str = "") -> str:
+    align = align or "l" + "r" * (len(header) - 1)
+    rule = ["---:" if a == "r" else "---" for a in align]
+    return "\n".join([_row(header), _row(rule), *(_row(r) for r in rows)])
+
+
+def _cpu_story(results: Results, concurrency: int) -> str:
+    plain, gateway = results.cell(concurrency, "b"), results.cell(concurrency, "c")
+    if plain is None or gateway is None:
+        return ""
+    check = results.checks[-1] if results.checks else None
+    alone = (f" Alone, a Check costs authz {check.cpu_us_per_check:.0f} µs of CPU, most of it gRPC per-call "
+             "overhead (see the Check RPC section)." if check else "")
+    return (f"At concurrency {concurrency} a gateway request cost {gateway.cpu_us('authz'):.0f} µs of authz "
+            f"CPU plus {gateway.cpu_us('gateway Envoy'):.0f} µs in the gateway Envoy, against "
+            f"{plain.cpu_us('plain Envoy'):.0f} µs in plain Envoy; with every process on the same "
+            f"{results.machine['nproc']} cores, throughput follows total CPU per request.{alone}")
+
+
+def verdicts(results: Results) -> list[Verdict]:
+    out: list[Verdict] = []
+    plain1, gateway1 = results.cell(1, "b"), results.cell(1, "c")
+    if plain1 and gateway1:
+        added = gateway1.p50_ms - plain1.p50_ms
+        out.append(Verdict(
+            f"gateway adds ≤ {MAX_ADDED_P50_MS:g} ms p50 over plain Envoy at concurrency 1",
+            f"+{added:.3f} ms ({gateway1.p50_ms:.3f} vs {plain1.p50_ms:.3f} ms)",
+            added <= MAX_ADDED_P50_MS,
+            why=(f"The ext_authz round trip (Envoy → authz over a Unix socket → Envoy) adds {added:.2f} ms "
+                 f"at p50; one Check alone takes {results.checks[0].p50_ms:.2f} ms at p50 from a Python "
+                 "client."
+                 if results.checks else ""),
+        ))
+    for concurrency in sorted({cell.concurrency for cell in results.http}):
+        plain, gateway = results.cell(concurrency, "b"), results.cell(concurrency, "c")
+        if plain and gateway:
+            ratio = gateway.rps / plain.rps
+            out.append(Verdict(
+                f"gateway throughput ≥ {MIN_THROUGHPUT_RATIO:.0%} of plain Envoy "
+                f"at concurrency {concurrency}",
+                f"{ratio:.0%} ({gateway.rps:,.0f} vs {plain.rps:,.0f} req/s)",
+                ratio >= MIN_THROUGHPUT_RATIO, why=_cpu_story(results, concurrency)))
+    propagation = sorted(results.revocations.propagation_ms)
+    if propagation:
+        p99 = percentile(propagation, 0.99)
+        out.append(Verdict(f"revocation p99 < {MAX_REVOCATION_P99_MS:g} ms",
+                           f"{p99:.1f} ms over {len(propagation)} revocations", p99 < MAX_REVOCATION_P99_MS,
+                           why="Time from the revoke API response to the first 401 at the gateway."))
+    target = f"1M tokens load in < {MAX_LOAD_SECONDS:g} s within 1.5 GB RSS"
+    big = [m for m in results.loads if m.live_tokens >= TARGET_TOKENS]
+    if big:
+        m = big[-1]
+        ok = m.serving_seconds < MAX_LOAD_SECONDS and m.hwm_mib <= MAX_RSS_MIB
+        out.append(Verdict(
+            target,
+            f"{m.serving_seconds:.1f} s to SERVING; RSS {m.rss_mib:,.0f} MiB, peak {m.hwm_mib:,.0f} MiB "
+            f"(limit {MAX_RSS_MIB:,.0f} MiB)", ok,
+            why=(f"Start to SERVING took {m.serving_seconds:.1f} s, {m.snapshot_seconds:.1f} s of it the "
+                 f"snapshot (query, rows to records, index); peak RSS was {m.hwm_mib:,.0f} MiB, "
+                 f"{m.hwm_mib * 2**20 / m.snapshot_tokens:,.0f} bytes per token in all."),
+        ))
+    else:
+        largest = max((m.live_tokens for m in results.loads), default=0)
+        out.append(Verdict(target, f"not measured in this run (largest: {largest:,} tokens)", None))
+    return out
+
+
+def _rps_cell(cell: HttpCell) -> str:
+    low, high = cell.rps_range
+    return f"{cell.rps:,.0f}" if len(cell.rounds) == 1 else f"{cell.rps:,.0f} ({low:,.0f} to {high:,.0f})"
+
+
+def _http_section(results: Results) -> str:
+    rows = []
+    for cell in results.http:
+        plain = results.cell(cell.concurrency, "b")
+        ratio = added = ""
+        if cell.target.key == "c" and plain:
+            ratio = f"{cell.rps / plain.rps:.0%}"
+            added = f"{cell.p50_ms - plain.p50_ms:+.3f}"
+        errors = str(cell.errors) + (f" ({cell.error_detail})" if cell.error_detail else "")
+        rows.append([cell.concurrency, f"({cell.target.key}) {cell.target.label}", _rps_cell(cell),
+                     f"{cell.p50_ms:.3f}", f"{cell.p99_ms:.3f}", f"{cell.max_ms:.1f}", f"{cell.requests:,}",
+                     errors, ratio, added])
+    main = _table(["concurrency", "target", "req/s (range)", "p50 ms", "p99 ms", "max ms", "requests",
+                   "errors", "throughput vs plain", "added p50 ms vs plain"], rows, "llrrrrrrrr")
+    nproc = int(results.machine["nproc"])
+    cpu_rows = []
+    for cell in results.http:
+        proxy = cell.target.proxy
+        cpu_rows.append([
+            cell.concurrency, f"({cell.target.key}) {cell.target.label}", f"{cell.generator_cpu_us:.0f}",
+            f"{cell.cpu_us('upstream Envoy'):.0f}", f"{cell.cpu_us(proxy):.0f}" if proxy else "-",
+            f"{cell.cpu_us('authz'):.0f}" if cell.target.measures_authz else "-",
+            f"{cell.cores('authz'):.2f}" if cell.target.measures_authz else "-",
+            f"{cell.cpu_us('control plane'):.0f} + {cell.cpu_us('Postgres'):.0f}"
+            if cell.target.measures_authz else "-",
+            f"{cell.machine_cores / nproc:.0%}", f"{cell.other_cores:.2f}",
+        ])
+    cpu = _table(["concurrency", "target", "load generator µs/req", "upstream Envoy µs/req",
+                  "proxy Envoy µs/req", "authz µs/req", "authz cores", "control plane + Postgres µs/req",
+                  "machine busy", "other CPU (cores)"], cpu_rows, "llrrrrrrrr")
+    rounds = results.profile.rounds
+    how = (f"each figure is the median of {rounds} interleaved rounds of {results.profile.duration:g} s "
+           "(req/s range in brackets; max is the maximum over rounds)" if rounds > 1
+           else f"each row is one run of {results.profile.duration:g} s")
+    return (
+        "## HTTP: (a) upstream directly, (b) plain Envoy, (c) full gateway\n\n"
+        f"POST chat completion, closed loop, keep-alive; {how}, each run after a "
+        f"{results.profile.warmup:g} s warm-up. \"vs plain\" compares (c) with (b) at the same concurrency. "
+        "Errors counts non-2xx responses, socket errors and timeouts.\n\n"
+        f"{main}\n\n"
+        "CPU per request over all rounds, from `/proc/<pid>/stat` (Postgres: the postmaster's whole process "
+        "tree). The control plane and Postgres columns are what the stack's background work (usage and "
+        "audit writes) costs per gateway request. \"Machine busy\" is the share of all cores busy "
+        "(`/proc/stat`); \"other CPU\" is what neither the load generator nor the measured processes used: "
+        "loopback softirq time, this script, and anything else running on the machine. A large value "
+        "means the run shared the machine.\n\n"
+        f"{cpu}\n"
+    )
+
+
+def _check_section(results: Results) -> str:
+    rows = [[c.channels, c.in_flight, f"{c.rps:,.0f}", f"{c.p50_ms:.3f}", f"{c.p99_ms:.3f}",
+             f"{c.cpu_us_per_check:.0f}", f"{c.authz_cpu / c.seconds:.2f}", f"{c.client_cpu / c.seconds:.2f}",
+             f"{c.other_cores:.2f}", f"{c.calls:,}", c.failures] for c in results.checks]
+    table = _table(["channels", "in flight", "Checks/s", "p50 ms", "p99 ms", "authz CPU µs/Check",
+                    "authz cores", "client cores", "other cores", "Checks", "failures"], rows)
+    return (
+        "## Check RPC alone\n\n"
+        "A grpc.aio client in the benchmark process calls the stack's authz Unix socket directly with the "
+        f"same pre-serialized CheckRequest ({results.check_request_bytes} bytes: allowed token; raw headers "
+        "`authorization`, `content-type`, `x-request-id`; raw JSON body) on every call, so the client does "
+        f"no protobuf work. {results.profile.check_duration:g} s per row. The client shares the machine's "
+        "cores with authz, so Checks/s is a floor; CPU per Check is authz's own.\n\n"
+        f"{table}\n"
+    )
+
+
+def _revocation_section(results: Results) -> str:
+    r = results.revocations
+    if not r.propagation_ms:
+        return ""
+    prop, api = sorted(r.propagation_ms), sorted(r.api_ms)
+    table = _table(["", "p50 ms", "p99 ms", "max ms", "mean ms"], [
+        ["revoke response → first 401 at the gateway", f"{percentile(prop, 0.5):.2f}",
+         f"{percentile(prop, 0.99):.2f}", f"{prop[-1]:.2f}", f"{statistics.fmean(prop):.2f}"],
+        ["revoke API call itself (request → response)", f"{percentile(api, 0.5):.2f}",
+         f"{percentile(api, 0.99):.2f}", f"{api[-1]:.2f}", f"{statistics.fmean(api):.2f}"],
+    ])
+    return (
+        "## Revocation propagation\n\n"
+        f"{len(prop)} tokens minted through the admin API and each seen allowed at the gateway "
+        f"({r.mint_seconds:.1f} s in all). Then, one by one: `POST /api/v1/tokens/{{id}}/revoke`, followed "
+        "by chat requests with that token, back to back on one keep-alive connection, until the first 401. "
+        f"{r.first_poll_denied} of {len(prop)} were already refused on the first request after the revoke "
+        "response.\n\n"
+        f"{table}\n"
+    )
+
+
+def _marginal_bytes(results: Results, index: int) -> float | None:
+    """RSS bytes each extra token cost between the previous snapshot size and this one (peak RSS)."""
+    if index == 0:
+        return None
+    before, after = results.loads[index - 1], results.loads[index]
+    tokens = after.snapshot_tokens - before.snapshot_tokens
+    return (after.hwm_mib - before.hwm_mib) * 2**20 / tokens if tokens else None
+
+
+def _snapshot_section(results: Results) -> str:
+    rows = []
+    for index, (m, insert) in enumerate(zip(results.loads, results.insert_seconds, strict=True)):
+        marginal = _marginal_bytes(results, index)
+        rows.append([f"{m.live_tokens:,}", f"{m.serving_seconds:.2f}", f"{m.snapshot_seconds:.2f}",
+                     f"{m.rss_mib:,.0f}", f"{m.hwm_mib:,.0f}", f"{marginal:,.0f}" if marginal else "-",
+                     "yes" if m.sanity_allowed else "**no**", f"{insert:.1f}"])
+    table = _table(["live tokens", "start → SERVING s", "snapshot.loaded s", "RSS MiB (VmRSS)",
+                    "peak RSS MiB (VmHWM)", "peak bytes per extra token", "bench PAT allowed",
+                    "COPY s (not part of load)"], rows)
+    return (
+        "## Snapshot load and authz memory\n\n"
+        "Users (one per four tokens) and tokens (varied team, environment, model list, expiry) are COPYed "
+        f"into the stack's Postgres as the database owner: {results.bulk_note}; then `ANALYZE`. The "
+        "stack's own Envoy and authz are stopped first. A fresh `python -m authz`, with the environment "
+        "the stack gave its own authz but its own socket and audit spool, is timed from process start "
+        "until gRPC health reports SERVING (polled every 20 ms); its RSS is read at that moment. "
+        "\"snapshot.loaded s\" is the figure authz logs itself (query, records, index). As a sanity check "
+        "the fresh process must then allow the bench PAT minted through the API. \"Peak bytes per extra "
+        "token\" is the growth of peak RSS from the previous row, per token. The memory target is judged "
+        "on the peak (VmHWM), because a memory limit is hit by the peak, not by what is left after it.\n\n"
+        f"{table}\n"
+    )
+
+
+def _targets_section(checks: list[Verdict]) -> str:
+    table = _table(["target", "measured", "result"], [[v.target, v.measured, v.label] for v in checks], "lll")
+    misses = [v for v in checks if v.passed is False]
+    text = f"## Targets\n\n{table}\n"
+    if misses:
+        text += "\n### Misses\n\n"
+        for v in misses:
+            text += f"- **{v.target}**: {v.why} {_ANALYSIS}\n"
+    return text
+
+
+def _method_section(results: Results) -> str:
+    commands = "\n".join(dict.fromkeys(results.commands))
+    script = (f"\nLua script (`$WORK/chat.lua`, PAT redacted):\n\n```lua\n{results.wrk_script}```\n"
+              if results.wrk_script else "")
+    p = results.profile
+    return (
+        "## Method\n\n"
+        "- Everything on loopback (127.0.0.1) in a temporary directory; the benchmark's own Envoys bind "
+        "port 0.\n"
+        "- (a) fixed upstream: Envoy `--concurrency 1`, one route with `direct_response` (200, a small "
+        "chat completion), behind a buffer filter. The filter makes Envoy read the whole POST before "
+        "answering; without it Envoy closes the keep-alive connection after every response.\n"
+        "- (b) plain Envoy: `controlplane.stack.envoy_config.render()` output with the ext_authz filter "
+        "and the `keyward_authz` cluster removed, `--concurrency 2`. It keeps the gateway's listener, "
+        "connection manager, JSON access log, route rewrite and credential injector.\n"
+        "- (c) full gateway: `Stack` with dummy OpenAI/Anthropic keys and both upstreams at (a) (nothing "
+        "mocked), Envoy `--concurrency 2`; a PAT minted via `POST /api/v1/users` and "
+        "`POST /api/v1/tokens`.\n"
+        "- All three share the same cores as the load generator, so throughput is bounded by total CPU per "
+        "request; the CPU table shows where that CPU goes.\n"
+        f"- Load generator: {results.loadgen}. Per run: a {p.warmup:g} s warm-up (dropped), then "
+        f"{p.duration:g} s measured; {p.rounds} round(s), each running every (concurrency, target) pair "
+        "in turn. wrk threads = min(2, connections).\n"
+        "- Request: `POST …/v1/chat/completions`, `Content-Type: application/json`, `Authorization: "
+        "Bearer <PAT>`, body `{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":"
+        "\"Say hello.\"}]}`.\n"
+        f"- Check RPC: {p.check_duration:g} s per shape. Revocations: {p.revocations}. Snapshot sizes: "
+        f"{', '.join(f'{n:,}' for n in p.token_counts)} bulk tokens.\n\n"
+        f"Measured commands (`$WORK` is the temporary directory; each runs {p.rounds} time(s)):\n\n"
+        f"```\n{commands}\n```\n{script}"
+    )
+
+
+def render(results: Results) -> str:
+    checks = verdicts(results)
+    assert results.finished is not None
+    elapsed = (results.finished - results.started).total_seconds()
+    machine = dict(results.machine)
+    machine["load average at end (1/5/15 min)"] = results.load_average_end
+    machine["load generator"] = results.loadgen
+    other = [cell.other_cores for cell in results.http]
+    if other:
+        machine["other CPU during HTTP runs (cores)"] = (f"mean {statistics.fmean(other):.2f}, "
+                                                         f"max {max(other):.2f} (see the CPU table)")
+    quick = results.profile.name == "quick"
+    mode = ("**quick** (`--quick`, for development: short runs, small token counts; not the reference "
+            "figures)" if quick else "full (default)")
+    command = ".venv/bin/python bench/run.py" + (" --quick" if quick else "")
+    header = (
+        "# Keyward benchmark results\n\n"
+        f"Command: `{command}` (`make bench` runs it without `--quick`). Mode: {mode}. "
+        f"Started {results.started:%Y-%m-%d %H:%M:%S} UTC, took {elapsed / 60:.1f} min. The method is in "
+        "the docstring of `bench/run.py` and at the end of this file.\n\n"
+        "## Machine\n\n"
+        + _table(["", ""], [[k, v] for k, v in machine.items()], "ll") + "\n"
+    )
+    parts = [header, _targets_section(checks), _http_section(results), _check_section(results),
+             _revocation_section(results), _snapshot_section(results), _method_section(results)]
+    return "\n".join(p for p in parts if p)
