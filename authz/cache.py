@@ -45,6 +45,54 @@ def _is_pattern(entry: str) -> bool:
 _CATALOGS: dict[tuple[str, ...], ModelCatalog] = {}
 
 
+class ProfileCatalog:
+    """A team's access profile as the hot path needs it: which token environments it allows, and
+    which models each provider offers in which environment.
+
+    Entries are ``(provider, pattern, environments)``; provider ``*`` means every provider and
+    ``environments`` of ``None`` means every environment the profile allows.
+    """
+
+    __slots__ = ("_entries", "environments")
+
+    def __init__(self, entries: Iterable[tuple[str, str, tuple[str, ...] | None]], environments: Iterable[str]):
+        self.environments = frozenset(environments)
+        self._entries = tuple(
+            (provider, ModelCatalog([pattern]), frozenset(envs) if envs is not None else None)
+            for provider, pattern, envs in entries
+        )
+
+    def model_in(self, provider: str, environment: str, model: str) -> bool | None:
+        """True: allowed here. False: offered, but only in other environments. None: not offered."""
+        offered = False
+        for entry_provider, catalog, envs in self._entries:
+            if entry_provider not in ("*", provider) or not catalog.allows(model):
+                continue
+            if envs is None or environment in envs:
+                return True
+            offered = True
+        return False if offered else None
+
+    def only_in(self, provider: str, model: str) -> list[str]:
+        found: set[str] = set()
+        for entry_provider, catalog, envs in self._entries:
+            if entry_provider in ("*", provider) and catalog.allows(model):
+                found |= envs if envs is not None else self.environments
+        return sorted(found)
+
+
+_PROFILES: dict[str, ProfileCatalog] = {}
+
+
+def profile_for(key: str, entries: Iterable[tuple[str, str, tuple[str, ...] | None]],
+                environments: Iterable[str]) -> ProfileCatalog:
+    """Share one compiled profile between every token of every team that uses it (keyed by content)."""
+    profile = _PROFILES.get(key)
+    if profile is None:
+        profile = _PROFILES[key] = ProfileCatalog(entries, environments)
+    return profile
+
+
 def catalog_for(entries: Iterable[str]) -> ModelCatalog:
     """Share one compiled catalog between every token with the same list (1M tokens, a few lists)."""
     key = tuple(entries)
@@ -70,6 +118,11 @@ class TokenRecord:
     owner_active: bool
     revoked: bool = False
     name: str = field(default="")
+    #: The team's access profile; ``None`` for tokens minted before teams existed (their own
+    #: model list is then the whole policy).
+    profile: ProfileCatalog | None = None
+    #: The owner still belongs to the token's team (a user's membership, a service account's team).
+    member: bool = True
 
 
 class TokenCache:

@@ -25,6 +25,8 @@ class Outcome(enum.Enum):
     BODY_NOT_JSON = "body_not_json"
     MODEL_MISSING = "model_missing"
     MODEL_NOT_ALLOWED = "model_not_allowed"
+    ENVIRONMENT_NOT_ALLOWED = "environment_not_allowed"
+    NOT_A_MEMBER = "not_a_member"
     AUDIT_UNAVAILABLE = "audit_unavailable"
 
 
@@ -95,6 +97,20 @@ DENIALS: dict[Outcome, Denial] = {
         "invalid_request_error",
         "permission_error",
         "This API key may not use the requested model.",
+    ),
+    Outcome.ENVIRONMENT_NOT_ALLOWED: Denial(
+        403,
+        _PERMISSION_DENIED,
+        "invalid_request_error",
+        "permission_error",
+        "This API key's environment may not use the requested model or endpoint.",
+    ),
+    Outcome.NOT_A_MEMBER: Denial(
+        403,
+        _PERMISSION_DENIED,
+        "invalid_request_error",
+        "permission_error",
+        "The owner of this API key no longer belongs to the key's team.",
     ),
     Outcome.AUDIT_UNAVAILABLE: Denial(
         503,

@@ -97,6 +97,10 @@ class Pipeline:
             return Outcome.OWNER_DISABLED
         if record.expires_at is not None and now >= record.expires_at:
             return Outcome.TOKEN_EXPIRED
+        if not record.member:
+            return Outcome.NOT_A_MEMBER
+        if record.profile is not None and record.environment not in record.profile.environments:
+            return Outcome.ENVIRONMENT_NOT_ALLOWED
         return None
 
     @staticmethod
@@ -115,6 +119,17 @@ class Pipeline:
             if outcome is not None:
                 return Decision(outcome, api, record)
         assert model is not None
+        profile = record.profile
+        if profile is not None:
+            offered = profile.model_in(api.value, record.environment, model)
+            if offered is False:
+                where = ", ".join(profile.only_in(api.value, model))
+                detail = f"Model {model!r} is available to {where} keys; this key is {record.environment}."
+                return Decision(Outcome.ENVIRONMENT_NOT_ALLOWED, api, record, model, detail=detail)
+            if offered is None:
+                return Decision(Outcome.MODEL_NOT_ALLOWED, api, record, model,
+                                detail=f"Model {model!r} is not in the team's access profile.")
+        # The token's own list can only narrow what the profile offers.
         if not record.catalog.allows(model):
             return Decision(Outcome.MODEL_NOT_ALLOWED, api, record, model, detail=f"Model: {model!r}.")
         return Decision(Outcome.ALLOWED, api, record, model)

@@ -13,28 +13,64 @@ All of this runs off the request path; a Check only ever reads the cache.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Iterable
 
 import asyncpg
 import structlog
 
-from authz.cache import TokenCache, TokenRecord, catalog_for
+from authz.cache import ProfileCatalog, TokenCache, TokenRecord, catalog_for, profile_for
 from authz.metrics import LISTENER_RECONNECTS, SNAPSHOT_SECONDS, SNAPSHOT_TOKENS
 
 log = structlog.get_logger("authz.store")
 
+# One row per token with everything a Check needs: the owner's state (a user or a service account),
+# whether the owner still belongs to the token's team, and the team's access profile.
 _RECORD_COLUMNS = """
-    SELECT t.id::text AS token_id, t.token_hash, t.user_id::text AS user_id, u.email, t.team,
+    SELECT t.id::text AS token_id, t.token_hash, t.user_id::text AS user_id,
+           COALESCE(u.email, 'service-account:' || sa.name) AS email, tm.name AS team,
            t.environment, t.models, extract(epoch FROM t.expires_at)::float8 AS expires_at,
-           u.status = 'active' AS owner_active, t.revoked_at IS NOT NULL AS revoked, t.name
-    FROM tokens t JOIN users u ON u.id = t.user_id
+           COALESCE(u.status = 'active', sa.status = 'active') AS owner_active,
+           t.revoked_at IS NOT NULL AS revoked, t.name,
+           t.team_id IS NOT NULL AS has_team, p.id::text AS profile_id, p.catalog::text AS catalog,
+           p.environments AS profile_environments,
+           CASE WHEN t.team_id IS NULL THEN true
+                WHEN t.user_id IS NOT NULL THEN EXISTS (
+                    SELECT 1 FROM memberships m WHERE m.user_id = t.user_id AND m.team_id = t.team_id)
+                ELSE sa.team_id = t.team_id END AS member
+    FROM tokens t
+    LEFT JOIN users u ON u.id = t.user_id
+    LEFT JOIN service_accounts sa ON sa.id = t.service_account_id
+    LEFT JOIN teams tm ON tm.id = t.team_id
+    LEFT JOIN access_profiles p ON p.id = tm.profile_id
 """
 SNAPSHOT_SQL = _RECORD_COLUMNS + " WHERE t.revoked_at IS NULL"
 _BY_TOKEN_SQL = _RECORD_COLUMNS + " WHERE t.id = ANY($1::uuid[])"
-_BY_USER_SQL = _RECORD_COLUMNS + " WHERE t.user_id = ANY($1::uuid[]) AND t.revoked_at IS NULL"
+_LIVE = " AND t.revoked_at IS NULL"
+#: NOTIFY payload kind -> the tokens it can affect.
+_AFFECTED_SQL = {
+    "user": _RECORD_COLUMNS + " WHERE t.user_id = ANY($1::uuid[])" + _LIVE,
+    "team": _RECORD_COLUMNS + " WHERE t.team_id = ANY($1::uuid[])" + _LIVE,
+    "profile": _RECORD_COLUMNS + " WHERE tm.profile_id = ANY($1::uuid[])" + _LIVE,
+    "sa": _RECORD_COLUMNS + " WHERE t.service_account_id = ANY($1::uuid[])" + _LIVE,
+    # "member:<user>:<team>": the user's tokens of that team (filtered below; one query per batch).
+    "member": _RECORD_COLUMNS + " WHERE t.user_id = ANY($1::uuid[])" + _LIVE,
+}
+_NO_PROFILE = profile_for("none", (), ())
 
 _CONNECTION_LOST = "__connection_lost__"
+
+
+def _profile(row: asyncpg.Record) -> ProfileCatalog | None:
+    if not row["has_team"]:
+        return None  # a token from before teams: its own model list is its policy
+    if row["profile_id"] is None:
+        return _NO_PROFILE  # a team without a profile may use nothing
+    key = row["profile_id"] + row["catalog"] + ",".join(row["profile_environments"])
+    entries = [(e["provider"], e["pattern"], tuple(e["environments"]) if e.get("environments") else None)
+               for e in json.loads(row["catalog"])]
+    return profile_for(key, entries, row["profile_environments"])
 
 
 def record_from_row(row: asyncpg.Record) -> TokenRecord:
@@ -50,6 +86,8 @@ def record_from_row(row: asyncpg.Record) -> TokenRecord:
         owner_active=row["owner_active"],
         revoked=row["revoked"],
         name=row["name"],
+        profile=_profile(row),
+        member=row["member"],
     )
 
 
@@ -137,13 +175,15 @@ class ChangeListener:
     async def apply(self, connection: asyncpg.Connection, payloads: Iterable[str]) -> None:
         """Re-read the tokens and users named by ``payloads`` and fold them into the cache."""
         token_ids: set[str] = set()
-        user_ids: set[str] = set()
+        affected: dict[str, set[str]] = {kind: set() for kind in _AFFECTED_SQL}
         for payload in payloads:
             kind, _, ident = payload.partition(":")
             if kind == "token":
                 token_ids.add(ident)
-            elif kind == "user":
-                user_ids.add(ident)
+            elif kind == "member":
+                affected[kind].add(ident.partition(":")[0])
+            elif kind in affected:
+                affected[kind].add(ident)
             elif kind == "reload":
                 self._cache.replace_all(await load_snapshot(connection))
                 return
@@ -156,7 +196,8 @@ class ChangeListener:
                 self._cache.upsert(record)
             for token_id in token_ids - found:
                 self._cache.forget(token_id)
-        if user_ids:
-            for row in await connection.fetch(_BY_USER_SQL, list(user_ids)):
-                self._cache.upsert(record_from_row(row))
-        log.debug("changes.applied", tokens=len(token_ids), users=len(user_ids))
+        for kind, idents in affected.items():
+            if idents:
+                for row in await connection.fetch(_AFFECTED_SQL[kind], list(idents)):
+                    self._cache.upsert(record_from_row(row))
+        log.debug("changes.applied", tokens=len(token_ids), **{k: len(v) for k, v in affected.items() if v})

@@ -46,17 +46,21 @@ def _checksum(body: str) -> str:
     return _base62(zlib.crc32(body.encode("ascii")), _CHECKSUM_CHARS)
 
 
-def generate_token() -> str:
-    """Return a fresh PAT. The caller shows it once and stores only :func:`hash_token`."""
+def generate_token(prefix: str = TOKEN_PREFIX) -> str:
+    """Return a fresh PAT. The caller shows it once and stores only :func:`hash_token`.
+
+    Other Keyward credentials (admin-API credentials, ``kw_api_``) share the format under their
+    own prefix, so neither can be mistaken for the other.
+    """
     body = "".join(secrets.choice(_ALPHABET) for _ in range(_RANDOM_CHARS))
-    return f"{TOKEN_PREFIX}{body}{_checksum(body)}"
+    return f"{prefix}{body}{_checksum(body)}"
 
 
-def is_well_formed(token: str) -> bool:
+def is_well_formed(token: str, prefix: str = TOKEN_PREFIX) -> bool:
     """True when ``token`` has the prefix, the length, the alphabet and a valid checksum."""
-    if len(token) != TOKEN_LENGTH or not token.startswith(TOKEN_PREFIX):
+    if len(token) != len(prefix) + _RANDOM_CHARS + _CHECKSUM_CHARS or not token.startswith(prefix):
         return False
-    rest = token[len(TOKEN_PREFIX) :]
+    rest = token[len(prefix) :]
     if not rest.isascii() or not rest.isalnum():
         return False
     body, checksum = rest[:_RANDOM_CHARS], rest[_RANDOM_CHARS:]
@@ -68,6 +72,6 @@ def hash_token(token: str, key: bytes) -> str:
     return hmac.new(key, token.encode("ascii"), hashlib.sha256).hexdigest()
 
 
-def token_hint(token: str) -> str:
+def token_hint(token: str, prefix: str = TOKEN_PREFIX) -> str:
     """What lists may show of a token: its prefix and its last four characters."""
-    return f"{TOKEN_PREFIX}…{token[-4:]}"
+    return f"{prefix}…{token[-4:]}"

@@ -4,11 +4,15 @@ The pipeline calls :meth:`LastUsedTracker.touch` (a dict assignment); a backgrou
 everything touched since the last flush in one ``UPDATE … FROM unnest(…)`` every couple of seconds.
 A failed flush keeps its entries for the next one. The UPDATE only sets ``last_used_at``, which the
 NOTIFY trigger does not watch, so it never echoes back to the listener.
+
+``touch`` runs on gRPC worker threads while ``take`` and ``restore`` run on the event loop's thread,
+so the pending dict is only read, written or swapped under a lock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime
 
 import asyncpg
@@ -28,18 +32,23 @@ _FLUSH_SQL = """
 class LastUsedTracker:
     def __init__(self) -> None:
         self._pending: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def touch(self, token_id: str, at: float) -> None:
-        self._pending[token_id] = at
+        with self._lock:
+            self._pending[token_id] = at
 
     def take(self) -> dict[str, float]:
-        pending, self._pending = self._pending, {}
+        with self._lock:
+            pending, self._pending = self._pending, {}
         return pending
 
     def restore(self, pending: dict[str, float]) -> None:
-        for token_id, at in pending.items():
-            if at > self._pending.get(token_id, 0.0):
-                self._pending[token_id] = at
+        with self._lock:
+            current = self._pending
+            for token_id, at in pending.items():
+                if at > current.get(token_id, 0.0):
+                    current[token_id] = at
 
     async def flush(self, pool: asyncpg.Pool) -> int:
         pending = self.take()

@@ -4,8 +4,8 @@
     ├── NotFound          404  <resource>_not_found
     ├── Conflict          409  <resource>_exists, token_revoked, …
     ├── Invalid           422  validation beyond the schema (lifetime too long, …)
-    └── Unauthorized      401  admin_token_invalid
-        (403 forbidden comes with roles)
+    ├── Unauthorized      401  credential_invalid, ingest_token_invalid
+    └── Forbidden         403  role_forbidden, team_forbidden
 
 Responses keep FastAPI's shape (``{"detail": …}``) and add ``code``, so clients can branch on it.
 """
@@ -39,6 +39,10 @@ class Invalid(KeywardError):
 
 class Unauthorized(KeywardError):
     status_code = 401
+
+
+class Forbidden(KeywardError):
+    status_code = 403
 
 
 async def _handle(_request: Request, exc: Exception) -> JSONResponse:

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import structlog
 from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane import errors
-from controlplane.api.routes import audit, health, tokens, users
+from controlplane import tokens as lifecycle
+from controlplane.api.routes import (
+    audit,
+    credentials,
+    health,
+    profiles,
+    service_accounts,
+    teams,
+    tokens,
+    usage,
+    users,
+)
 from controlplane.core.config import get_settings
-from controlplane.core.db import get_engine
+from controlplane.core.db import get_engine, get_sessionmaker
 
 
 class BodyLimit:
@@ -61,9 +76,28 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _lifecycle_duties(interval: float) -> None:
+    """Expiry events and the dormant-token policy, off the request path. One replica at a time does
+    the work (a transaction-scoped advisory lock); the others skip that round."""
+    log = structlog.get_logger("controlplane.lifecycle")
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with get_sessionmaker()() as session, session.begin():
+                if await session.scalar(text("SELECT pg_try_advisory_xact_lock(4924001)")):
+                    expired = await lifecycle.record_expirations(session)
+                    retired = await lifecycle.retire_dormant(session)
+                    if expired or retired:
+                        log.info("lifecycle.applied", expired=expired, dormant_revoked=retired)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("lifecycle.failed", error=f"{type(exc).__name__}: {exc}")
+
+
 @asynccontextmanager
 async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    duties = asyncio.create_task(_lifecycle_duties(get_settings().lifecycle_interval_seconds))
     yield
+    duties.cancel()
     await get_engine().dispose()
 
 
@@ -77,7 +111,7 @@ def create_app() -> FastAPI:
     )
     errors.install(app)
     app.include_router(health.router)
-    for module in (users, tokens, audit):
+    for module in (users, teams, profiles, service_accounts, tokens, credentials, usage, audit):
         app.include_router(module.router, prefix="/api/v1")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

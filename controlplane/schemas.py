@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
 
 UserStatus = Literal["active", "suspended", "deprovisioned"]
 Environment = Literal["dev", "staging", "prod", "ci"]
@@ -51,20 +52,55 @@ class UserPublic(_Output):
 
 
 class TokenCreate(_Input):
-    user_id: uuid.UUID
+    """A token acts for one team and gets that team's access profile; ``models`` can only narrow it."""
+
+    user_id: uuid.UUID | None = Field(default=None, description="The owner, if a person (exactly one owner).")
+    service_account_id: uuid.UUID | None = Field(default=None, description="The owner, if a workload.")
+    team_id: uuid.UUID | None = Field(
+        default=None, description="The team the token acts for; defaults to the owner's only team."
+    )
     name: Name
     environment: Environment = "dev"
     models: list[ModelPattern] = Field(
         default_factory=lambda: ["*"],
         min_length=1,
         max_length=200,
-        description="Model names or shell-style patterns the token may call; ['*'] allows every model.",
+        description="Narrows the team profile's catalog (names or shell-style patterns); ['*'] keeps all of it.",
     )
     scopes: list[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")]] = Field(
         default_factory=list, max_length=50
     )
-    team: Name | None = None
-    expires_in_days: int | None = Field(default=None, gt=0, description="Defaults to the server's default lifetime.")
+    expires_in_days: int | None = Field(
+        default=None, gt=0, description="Defaults to the profile's default lifetime; at most its maximum."
+    )
+
+    @model_validator(mode="after")
+    def _one_owner(self) -> TokenCreate:
+        if (self.user_id is None) == (self.service_account_id is None):
+            raise ValueError("give exactly one of user_id and service_account_id")
+        return self
+
+
+class TokenNarrow(_Input):
+    """Narrow a live token without re-issuing it. Widening needs a new token."""
+
+    models: list[ModelPattern] | None = Field(default=None, min_length=1, max_length=200)
+    expires_at: AwareDatetime | None = None
+
+
+class TokenRotate(_Input):
+    grace_hours: float = Field(
+        default=24, ge=0, le=24 * 30, description="How long the old token keeps working after the new one exists."
+    )
+    name: Name | None = None
+
+
+class BulkRevoke(_Input):
+    reason: Reason | None = None
+
+
+class BulkRevoked(BaseModel):
+    revoked: int
 
 
 class TokenRevoke(_Input):
@@ -75,8 +111,9 @@ class TokenPublic(_Output):
     id: uuid.UUID
     name: str
     hint: str = Field(description="The token's prefix and last four characters; the secret is never shown again.")
-    user_id: uuid.UUID
-    team: str | None
+    user_id: uuid.UUID | None
+    service_account_id: uuid.UUID | None
+    team_id: uuid.UUID | None
     environment: Environment
     models: list[str]
     scopes: list[str]
@@ -92,6 +129,11 @@ class TokenPublic(_Output):
 
 class TokenIssued(TokenPublic):
     token: str = Field(description="The secret. Shown once: store it now, Keyward keeps only a hash.")
+
+
+class TokenRotated(BaseModel):
+    new: TokenIssued
+    old: TokenPublic
 
 
 class EventPublic(_Output):
@@ -150,3 +192,171 @@ class UserActivity(BaseModel):
         description="Requests allowed after disabled_at; null when the user was never disabled."
     )
     allowed_after_disabled_examples: list[RequestRecord]
+
+
+Provider = Literal["openai", "anthropic", "*"]
+
+
+class CatalogEntry(_Input):
+    provider: Provider = Field(description="'*' for every provider.")
+    pattern: ModelPattern
+    environments: list[Environment] | None = Field(
+        default=None, description="Token environments that may use these models; null: all the profile allows."
+    )
+
+
+class ProfileCreate(_Input):
+    name: Name
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    catalog: list[CatalogEntry] = Field(max_length=500)
+    environments: list[Environment] = Field(min_length=1)
+    default_token_days: int = Field(default=30, gt=0, le=3650)
+    max_token_days: int = Field(default=90, gt=0, le=3650)
+    dormant_disable_days: int | None = Field(
+        default=None, gt=0, le=3650, description="Opt-in: revoke tokens unused this many days (never used: since mint)."
+    )
+    rate_limit_rpm: int | None = Field(default=None, gt=0)
+    monthly_budget_usd: Decimal | None = Field(default=None, gt=0, max_digits=12, decimal_places=2)
+
+    @model_validator(mode="after")
+    def _lifetimes(self) -> ProfileCreate:
+        if self.default_token_days > self.max_token_days:
+            raise ValueError("default_token_days cannot exceed max_token_days")
+        return self
+
+
+class ProfileUpdate(_Input):
+    name: Name | None = None
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    catalog: list[CatalogEntry] | None = Field(default=None, max_length=500)
+    environments: list[Environment] | None = Field(default=None, min_length=1)
+    default_token_days: int | None = Field(default=None, gt=0, le=3650)
+    max_token_days: int | None = Field(default=None, gt=0, le=3650)
+    dormant_disable_days: int | None = Field(default=None, gt=0, le=3650)
+    rate_limit_rpm: int | None = Field(default=None, gt=0)
+    monthly_budget_usd: Decimal | None = Field(default=None, gt=0, max_digits=12, decimal_places=2)
+
+
+class ProfilePublic(_Output):
+    id: uuid.UUID
+    name: str
+    description: str | None
+    catalog: list[dict]
+    environments: list[str]
+    default_token_days: int
+    max_token_days: int
+    dormant_disable_days: int | None
+    rate_limit_rpm: int | None
+    monthly_budget_usd: Decimal | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TeamCreate(_Input):
+    name: Name
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    profile_id: uuid.UUID | None = None
+
+
+class TeamUpdate(_Input):
+    name: Name | None = None
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    profile_id: uuid.UUID | None = None
+
+
+class TeamPublic(_Output):
+    id: uuid.UUID
+    name: str
+    description: str | None
+    profile_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+MemberRole = Literal["member", "owner"]
+
+
+class MembershipSet(_Input):
+    role: MemberRole = "member"
+
+
+class MembershipPublic(_Output):
+    team_id: uuid.UUID
+    user_id: uuid.UUID
+    role: MemberRole
+    created_at: datetime
+
+
+class ServiceAccountCreate(_Input):
+    name: Name
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    team_id: uuid.UUID
+    business_owner_id: uuid.UUID
+    technical_owner_id: uuid.UUID
+
+
+class ServiceAccountUpdate(_Input):
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    business_owner_id: uuid.UUID | None = None
+    technical_owner_id: uuid.UUID | None = None
+    status: Literal["active", "disabled"] | None = None
+
+
+class ServiceAccountPublic(_Output):
+    id: uuid.UUID
+    name: str
+    description: str | None
+    team_id: uuid.UUID
+    business_owner_id: uuid.UUID
+    technical_owner_id: uuid.UUID
+    status: Literal["active", "disabled"]
+    created_at: datetime
+    updated_at: datetime
+
+
+Role = Literal["admin", "auditor", "finance", "owner"]
+
+
+class CredentialCreate(_Input):
+    name: Name
+    role: Role
+    team_id: uuid.UUID | None = Field(default=None, description="Required for (and only for) the owner role.")
+    expires_in_days: int | None = Field(default=None, gt=0, le=3650)
+
+    @model_validator(mode="after")
+    def _owner_team(self) -> CredentialCreate:
+        if (self.role == "owner") != (self.team_id is not None):
+            raise ValueError("team_id is required for the owner role and not allowed for the others")
+        return self
+
+
+class CredentialPublic(_Output):
+    id: uuid.UUID
+    name: str
+    role: Role
+    team_id: uuid.UUID | None
+    hint: str
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class CredentialIssued(CredentialPublic):
+    token: str = Field(description="The admin-API credential. Shown once.")
+
+
+class WhoAmI(BaseModel):
+    actor: str
+    role: Role
+    team_id: uuid.UUID | None
+    break_glass: bool
+
+
+class UsageRow(BaseModel):
+    key: str | None
+    requests: int
+    allowed: int
+    prompt_tokens: int
+    completion_tokens: int

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, func, select, text, tuple_, update
+from sqlalchemy import Select, func, select, text, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authz.tokens import generate_token, hash_token, token_hint
 from controlplane import schemas
 from controlplane.audit import chain
 from controlplane.errors import Conflict, Invalid, NotFound
-from controlplane.models import Event, Token, User
+from controlplane.models import Event, User
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,35 +79,70 @@ def _public(model: type[schemas._Output], row: Any) -> dict[str, Any]:
 # -- pagination -----------------------------------------------------------------------------------
 
 
-def encode_cursor(created_at: datetime, row_id: Any) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode()
+def _tagged(value: Any) -> str:
+    if isinstance(value, datetime):
+        return "d" + value.isoformat()
+    if isinstance(value, int):
+        return "i" + str(value)
+    return "s" + str(value)
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
+def _untagged(text_value: str) -> Any:
+    tag, rest = text_value[:1], text_value[1:]
+    if tag == "d":
+        return datetime.fromisoformat(rest)
+    if tag == "i":
+        return int(rest)
+    if tag == "s":
+        return rest
+    raise ValueError(tag)
+
+
+def encode_cursor(value: Any, row_id: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps([_tagged(value), str(row_id)]).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[Any, str]:
     try:
-        created, _, row_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(created), row_id
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        value, row_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return _untagged(value), row_id
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
         raise Invalid("cursor_invalid", "The cursor is not one this API issued.") from exc
 
 
+#: A timestamp earlier than any row, so NULL sorts first under keyset pagination.
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 async def paginate(
-    session: AsyncSession, query: Select, *, created_col: Any, id_col: Any, cursor: str | None, limit: int
+    session: AsyncSession,
+    query: Select,
+    *,
+    sort: Any,
+    id_col: Any,
+    cursor: str | None,
+    limit: int,
+    descending: bool = False,
 ) -> tuple[list[Any], str | None]:
-    """Keyset pagination on ``(created_at, id)``: stable under inserts, no OFFSET scans."""
+    """Keyset pagination on ``(sort, id)``: stable under inserts, no OFFSET scans. ``sort`` may be a
+    column or an expression (``coalesce(last_used_at, EPOCH)``); the cursor carries its value."""
+    key = query.add_columns(sort.label("_sort_key"))
     if cursor:
-        created_at, row_id = decode_cursor(cursor)
+        value, row_id = decode_cursor(cursor)
         try:
-            key: Any = id_col.type.python_type(row_id)
+            ident = id_col.type.python_type(row_id)
         except (ValueError, TypeError) as exc:
             raise Invalid("cursor_invalid", "The cursor is not one this API issued.") from exc
-        query = query.where(tuple_(created_col, id_col) > tuple_(created_at, key))
-    rows = list((await session.scalars(query.order_by(created_col, id_col).limit(limit + 1))).all())
+        key_now, key_then = tuple_(sort, id_col), tuple_(value, ident)
+        after = key_now < key_then if descending else key_now > key_then
+        key = key.where(after)
+    order = (sort.desc(), id_col.desc()) if descending else (sort, id_col)
+    rows = list((await session.execute(key.order_by(*order).limit(limit + 1))).all())
+    items = [row[0] for row in rows[:limit]]
     if len(rows) <= limit:
-        return rows, None
-    rows = rows[:limit]
-    last = rows[-1]
-    return rows, encode_cursor(getattr(last, created_col.key), getattr(last, id_col.key))
+        return items, None
+    last = rows[limit - 1]
+    return items, encode_cursor(last[-1], getattr(last[0], id_col.key))
 
 
 # -- users ----------------------------------------------------------------------------------------
@@ -152,7 +187,9 @@ async def update_user(session: AsyncSession, *, actor: Actor, user_id: uuid.UUID
         setattr(user, field, value)
     await session.flush()
     if changes.get("status") == "deprovisioned":
-        await revoke_user_tokens(session, actor=actor, user_id=user.id, reason="owner deprovisioned")
+        from controlplane import tokens  # tokens builds on this module
+
+        await tokens.revoke_where(session, actor=actor, reason="owner deprovisioned", user_id=user.id)
     await session.refresh(user)
     action = {"active": "user.activated", "suspended": "user.suspended", "deprovisioned": "user.deprovisioned"}.get(
         changes.get("status", ""), "user.updated"
@@ -167,96 +204,3 @@ async def update_user(session: AsyncSession, *, actor: Actor, user_id: uuid.UUID
         after=_public(schemas.UserPublic, user),
     )
     return user
-
-
-# -- tokens ---------------------------------------------------------------------------------------
-
-
-async def get_token(session: AsyncSession, *, token_id: uuid.UUID) -> Token:
-    token = await session.get(Token, token_id)
-    if token is None:
-        raise NotFound("token_not_found", f"No token with id {token_id}.")
-    return token
-
-
-async def mint_token(
-    session: AsyncSession, *, actor: Actor, data: schemas.TokenCreate, hash_key: bytes, default_days: int, max_days: int
-) -> tuple[Token, str]:
-    """Create a token and return it with its secret, which the caller shows once and forgets."""
-    owner = await get_user(session, user_id=data.user_id)
-    if owner.status != "active":
-        raise Conflict(
-            "user_not_active", f"User {owner.id} is {owner.status}; tokens can only be minted for active users."
-        )
-    days = data.expires_in_days or default_days
-    if days > max_days:
-        raise Invalid("lifetime_too_long", f"expires_in_days may be at most {max_days}.")
-    secret = generate_token()
-    token = Token(
-        id=uuid.uuid4(),
-        token_hash=hash_token(secret, hash_key),
-        hint=token_hint(secret),
-        name=data.name,
-        user_id=owner.id,
-        team=data.team,
-        environment=data.environment,
-        models=list(dict.fromkeys(data.models)),
-        scopes=sorted(set(data.scopes)),
-        created_by=actor.name,
-        expires_at=datetime.now(UTC) + timedelta(days=days),
-    )
-    session.add(token)
-    await session.flush()
-    await session.refresh(token)
-    await record_event(
-        session,
-        actor=actor,
-        action="token.issued",
-        target_type="token",
-        target_id=str(token.id),
-        after=_public(schemas.TokenPublic, token),
-    )
-    return token, secret
-
-
-async def revoke_token(session: AsyncSession, *, actor: Actor, token_id: uuid.UUID, reason: str | None) -> Token:
-    """Revoke one token. Revoking a revoked token changes nothing and succeeds (idempotent)."""
-    token = await get_token(session, token_id=token_id)
-    if token.revoked_at is not None:
-        return token
-    before = _public(schemas.TokenPublic, token)
-    token.revoked_at = datetime.now(UTC)
-    token.revoked_by = actor.name
-    token.revoke_reason = reason
-    await session.flush()
-    await record_event(
-        session,
-        actor=actor,
-        action="token.revoked",
-        target_type="token",
-        target_id=str(token.id),
-        before=before,
-        after=_public(schemas.TokenPublic, token),
-    )
-    return token
-
-
-async def revoke_user_tokens(session: AsyncSession, *, actor: Actor, user_id: uuid.UUID, reason: str) -> int:
-    revoked = (
-        await session.scalars(
-            update(Token)
-            .where(Token.user_id == user_id, Token.revoked_at.is_(None))
-            .values(revoked_at=func.now(), revoked_by=actor.name, revoke_reason=reason)
-            .returning(Token.id)
-        )
-    ).all()
-    for token_id in revoked:
-        await record_event(
-            session,
-            actor=actor,
-            action="token.revoked",
-            target_type="token",
-            target_id=str(token_id),
-            after={"reason": reason},
-        )
-    return len(revoked)

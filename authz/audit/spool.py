@@ -7,7 +7,9 @@ Invariants:
   can rely on the exception alone;
 * lines go to the kernel with ``os.write`` at once, so they survive the process dying; ``fsync``
   runs on a short timer (:meth:`sync`) for the machine dying;
-* a segment is deleted only after the shipper's persisted position has passed its end.
+* a segment is deleted only after the shipper's persisted position has passed its end;
+* it is thread-safe: gRPC worker threads append while the event loop's thread fsyncs and the shipper
+  reads; appends, rotation and size accounting happen under one lock.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 _SUFFIX = ".jsonl"
+#: One encoder for every line: ``json.dumps`` with options builds a new encoder on every call.
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class Spool:
@@ -27,6 +33,7 @@ class Spool:
         self._segment_bytes = segment_bytes
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         directory.chmod(0o700)
+        self._lock = threading.Lock()
         existing = self.segments()
         self.current = existing[-1] if existing else self._path(1)
         self._fd = self._open(self.current)
@@ -57,20 +64,29 @@ class Spool:
         return sorted(self.directory.glob(f"*{_SUFFIX}"))
 
     def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-        if self._size >= self._segment_bytes:
-            # Rotate before writing, so a failed rotation fails this append (nothing written) and
-            # the next append simply tries again.
-            self._rotate()
-        try:
-            written = os.write(self._fd, line)
-        except OSError:
-            self._truncate()
-            raise
-        if written != len(line):
-            self._truncate()
-            raise OSError(errno.ENOSPC, "short write to the audit spool")
-        self._size += written
+        self._write((_encode(record) + "\n").encode())
+
+    def append_many(self, records: Iterable[dict[str, Any]]) -> None:
+        """Several lines in one write: all of them are spooled, or none (and :class:`OSError`)."""
+        data = "".join([_encode(record) + "\n" for record in records]).encode()
+        if data:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        with self._lock:
+            if self._size >= self._segment_bytes:
+                # Rotate before writing, so a failed rotation fails this append (nothing written) and
+                # the next append simply tries again.
+                self._rotate()
+            try:
+                written = os.write(self._fd, data)
+            except OSError:
+                self._truncate()
+                raise
+            if written != len(data):
+                self._truncate()
+                raise OSError(errno.ENOSPC, "short write to the audit spool")
+            self._size += written
 
     def _truncate(self) -> None:
         try:
@@ -89,8 +105,16 @@ class Spool:
             os.close(old)
 
     def sync(self) -> None:
-        os.fsync(self._fd)
+        # fsync outside the lock, so appends never wait for the disk; the duplicate keeps the file
+        # open even if a rotation closes the original meanwhile (rotation fsyncs that one itself).
+        with self._lock:
+            fd = os.dup(self._fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
-        os.fsync(self._fd)
-        os.close(self._fd)
+        with self._lock:
+            os.fsync(self._fd)
+            os.close(self._fd)

@@ -1,21 +1,55 @@
-"""Dependencies shared by the routes: a transactional session and the authenticated admin."""
+"""Dependencies shared by the routes: a transactional session and the authenticated caller.
+
+Callers authenticate with a bearer credential and act in one role:
+
+* ``admin`` — everything; the bootstrap ``KEYWARD_ADMIN_TOKEN`` is an admin flagged as break-glass,
+  and every request made with it is recorded as an ``admin.break_glass_used`` event, committed on its
+  own so that a failing request is still on record;
+* ``auditor`` — reads everything, changes nothing;
+* ``finance`` — usage only;
+* ``owner`` — manages the tokens, members and service accounts of one team.
+
+Admin-API credentials (``kw_api_…``) are minted at ``/api/v1/credentials`` and stored as keyed hashes.
+"""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
-from typing import Annotated
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 
-from fastapi import Depends, Query
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from authz.tokens import hash_token, is_well_formed
 from controlplane.core.config import Settings, get_settings
 from controlplane.core.db import get_sessionmaker
-from controlplane.errors import Unauthorized
-from controlplane.services import Actor
+from controlplane.directory import CREDENTIAL_PREFIX
+from controlplane.errors import Forbidden, Unauthorized
+from controlplane.models import ApiCredential
+from controlplane.services import Actor, record_event
 
-_bearer = HTTPBearer(auto_error=False, description="The bootstrap admin token (KEYWARD_ADMIN_TOKEN).")
+_bearer = HTTPBearer(auto_error=False, description="An admin-API credential (kw_api_…) or the bootstrap token.")
+
+
+@dataclass(frozen=True)
+class Caller:
+    actor: Actor
+    role: str
+    team_id: uuid.UUID | None = None
+    break_glass: bool = False
+
+    def may_manage(self, team_id: uuid.UUID | None) -> bool:
+        return self.role == "admin" or (self.role == "owner" and team_id is not None and team_id == self.team_id)
+
+    def require_team(self, team_id: uuid.UUID | None) -> None:
+        if not self.may_manage(team_id):
+            raise Forbidden("team_forbidden", "This credential may not manage that team's resources.")
 
 
 async def _session() -> AsyncIterator[AsyncSession]:
@@ -24,31 +58,69 @@ async def _session() -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def _admin(
+def _presented(credentials: HTTPAuthorizationCredentials | None) -> str:
+    return credentials.credentials if credentials else ""
+
+
+async def _caller(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     settings: Annotated[Settings, Depends(get_settings)],
-) -> Actor:
-    presented = credentials.credentials if credentials else ""
-    if not presented or not hmac.compare_digest(presented.encode(), settings.admin_token.encode()):
-        raise Unauthorized("admin_token_invalid", "A valid admin bearer token is required.")
-    return Actor(name="admin:bootstrap", mechanism="api")
+) -> Caller:
+    presented = _presented(credentials)
+    if presented and hmac.compare_digest(presented.encode(), settings.admin_token.encode()):
+        caller = Caller(Actor(name="admin:bootstrap", mechanism="api"), "admin", break_glass=True)
+        async with get_sessionmaker()() as session, session.begin():
+            await record_event(session, actor=caller.actor, action="admin.break_glass_used", target_type="api",
+                               target_id=f"{request.method} {request.url.path}"[:200])
+        return caller
+    if is_well_formed(presented, prefix=CREDENTIAL_PREFIX):
+        digest = hash_token(presented, settings.hash_key)
+        async with get_sessionmaker()() as session, session.begin():
+            credential = await session.scalar(select(ApiCredential).where(ApiCredential.token_hash == digest))
+            now = datetime.now(UTC)
+            if credential is not None and credential.revoked_at is None and (
+                credential.expires_at is None or credential.expires_at > now
+            ):
+                if credential.last_used_at is None or now - credential.last_used_at > timedelta(minutes=1):
+                    await session.execute(
+                        update(ApiCredential).where(ApiCredential.id == credential.id).values(last_used_at=now)
+                    )
+                return Caller(Actor(name=f"credential:{credential.name}", mechanism="api"), credential.role,
+                              credential.team_id)
+    raise Unauthorized("credential_invalid", "A valid admin-API bearer credential is required.")
 
 
-# scope="function": commit before the response is sent, so a 201 always means "it is in the database".
+def allow(*roles: str) -> Callable[..., Coroutine[Any, Any, Caller]]:
+    async def check(caller: Annotated[Caller, Depends(_caller)]) -> Caller:
+        if caller.role not in roles:
+            raise Forbidden("role_forbidden", f"The {caller.role} role may not do this.")
+        return caller
+
+    return check
+
+
 def _ingest(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> Actor:
-    presented = credentials.credentials if credentials else ""
+    presented = _presented(credentials)
     expected = settings.ingest_token or ""
     if not expected or not presented or not hmac.compare_digest(presented.encode(), expected.encode()):
         raise Unauthorized("ingest_token_invalid", "A valid data-plane ingest token is required.")
     return Actor(name="dataplane", mechanism="system")
 
 
+# scope="function": commit before the response is sent, so a 201 always means "it is in the database".
 SessionDep = Annotated[AsyncSession, Depends(_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-AdminActor = Annotated[Actor, Depends(_admin)]
 IngestCaller = Annotated[Actor, Depends(_ingest)]
+#: Role sets, named by what they may do.
+Admin = Annotated[Caller, Depends(allow("admin"))]
+Manager = Annotated[Caller, Depends(allow("admin", "owner"))]
+Reader = Annotated[Caller, Depends(allow("admin", "auditor", "owner"))]
+Auditor = Annotated[Caller, Depends(allow("admin", "auditor"))]
+UsageReader = Annotated[Caller, Depends(allow("admin", "auditor", "finance"))]
+AnyCaller = Annotated[Caller, Depends(allow("admin", "auditor", "finance", "owner"))]
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
 Cursor = Annotated[str | None, Query(max_length=400, description="next_cursor from the previous page.")]

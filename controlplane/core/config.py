@@ -34,9 +34,8 @@ class Settings(BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
     #: Largest admin API request body, in bytes.
     max_body_bytes: int = Field(default=1_048_576, gt=0)
-    #: Lifetime of a token minted without an explicit expiry, and the longest allowed.
-    default_token_days: int = Field(default=90, gt=0)
-    max_token_days: int = Field(default=365, gt=0)
+    #: How often token expiry events and the dormant-token policy run.
+    lifecycle_interval_seconds: float = Field(default=30, gt=0, le=3600)
     log_level: str = "info"
 
     @field_validator("database_url")
@@ -59,8 +58,6 @@ class Settings(BaseSettings):
     def _production_secrets(self) -> Settings:
         if self.environment == "production" and len(self.admin_token) < 32:
             raise ValueError("KEYWARD_ADMIN_TOKEN must be at least 32 characters in production")
-        if self.default_token_days > self.max_token_days:
-            raise ValueError("KEYWARD_DEFAULT_TOKEN_DAYS cannot exceed KEYWARD_MAX_TOKEN_DAYS")
         return self
 
     @property

@@ -60,6 +60,8 @@ class StackSettings(BaseSettings):
     envoy_concurrency: int = Field(default=0, ge=0, description="0: one worker per core")
     #: Seconds between chunks of the mock provider's streams.
     mock_stream_interval: float = 0.1
+    #: How often the control plane records expiries and applies the dormant-token policy.
+    lifecycle_interval_seconds: float = 30
 
 
 @dataclass
@@ -230,7 +232,8 @@ class Stack:
                     "--port",
                     str(s.api_port),
                 ],
-                {**common, "KEYWARD_ADMIN_TOKEN": admin_token},
+                {**common, "KEYWARD_ADMIN_TOKEN": admin_token,
+                 "KEYWARD_LIFECYCLE_INTERVAL_SECONDS": str(s.lifecycle_interval_seconds)},
                 logs / "controlplane.log",
             )
         )

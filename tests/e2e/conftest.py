@@ -58,6 +58,8 @@ class Gateway:
         self.http = httpx.Client(base_url=info.gateway_url, timeout=10)
         assert info.mock_url is not None
         self.mock = httpx.Client(base_url=info.mock_url, timeout=10)
+        self._open_profile: dict | None = None
+        self._teams: dict[str, dict] = {}
 
     def close(self) -> None:
         for client in (self.admin, self.http, self.mock):
@@ -71,9 +73,36 @@ class Gateway:
         assert reply.status_code == 201, reply.text
         return reply.json()
 
-    def mint(self, user: dict | None = None, **fields: object) -> Minted:
+    def profile(self) -> dict:
+        """A permissive profile (every model, every environment) for tests about other things."""
+        if self._open_profile is None:
+            reply = self.admin.post("/profiles", json={
+                "name": f"e2e-open-{uuid.uuid4().hex[:6]}", "catalog": [{"provider": "*", "pattern": "*"}],
+                "environments": ["dev", "staging", "prod", "ci"], "default_token_days": 30, "max_token_days": 365})
+            assert reply.status_code == 201, reply.text
+            self._open_profile = reply.json()
+        return self._open_profile
+
+    def team(self, name: str | None = None, profile_id: str | None = None) -> dict:
+        name = name or f"team-{uuid.uuid4().hex[:8]}"
+        if name not in self._teams:
+            reply = self.admin.post("/teams", json={"name": name, "profile_id": profile_id or self.profile()["id"]})
+            assert reply.status_code == 201, reply.text
+            self._teams[name] = reply.json()
+        return self._teams[name]
+
+    def join(self, user: dict, team: dict, role: str = "member") -> None:
+        reply = self.admin.put(f"/teams/{team['id']}/members/{user['id']}", json={"role": role})
+        assert reply.status_code == 200, reply.text
+
+    def mint(self, user: dict | None = None, team: str | dict | None = None, **fields: object) -> Minted:
+        """Mint a token for ``user`` (a new one by default) acting for ``team`` (by name or as returned
+        by :meth:`team`; the shared default team otherwise), joining the user to the team first."""
         user = user or self.user()
-        reply = self.admin.post("/tokens", json={"user_id": user["id"], "name": "test", **fields})
+        team = team if isinstance(team, dict) else self.team(team or "e2e-default")
+        self.join(user, team)
+        reply = self.admin.post("/tokens", json={"user_id": user["id"], "team_id": team["id"], "name": "test",
+                                                 **fields})
         assert reply.status_code == 201, reply.text
         minted = Minted(user, reply.json())
         self.wait_until(lambda: self.known(minted.secret), what="token to reach authz")
@@ -158,6 +187,7 @@ def gateway() -> Iterator[Gateway]:
         anthropic_api_key=None,
         database_url=None,
         mock_stream_interval=STREAM_INTERVAL,
+        lifecycle_interval_seconds=0.5,
         envoy_concurrency=2,
     )
     stack = Stack(settings=settings)

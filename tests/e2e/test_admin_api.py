@@ -15,7 +15,7 @@ def test_admin_api_requires_the_admin_token(gateway: Gateway) -> None:
     for headers in ({}, {"Authorization": "Bearer wrong-token-wrong-token"}, {"Authorization": "Basic abc"}):
         response = httpx.get(f"{base}/users", headers=headers)
         assert response.status_code == 401
-        assert response.json()["code"] == "admin_token_invalid"
+        assert response.json()["code"] == "credential_invalid"
     # A PAT is not an admin credential.
     pat = gateway.mint().secret
     assert httpx.get(f"{base}/users", headers={"Authorization": f"Bearer {pat}"}).status_code == 401

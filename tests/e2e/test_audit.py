@@ -98,22 +98,65 @@ def test_every_mutating_admin_endpoint_records_an_event(gateway: Gateway) -> Non
     spec = httpx.get(f"{gateway.info.api_url}/openapi.json").json()
     mutating = {(method.upper(), path) for path, ops in spec["paths"].items() for method in ops
                 if method in ("post", "put", "patch", "delete") and path != "/api/v1/audit/ingest"}
-    user = gateway.user()
-    minted = gateway.mint(user)
-    gateway.admin.patch(f"/users/{user['id']}", json={"display_name": "Ada"})
-    gateway.revoke(minted.id)
-    exercised = {
-        ("POST", "/api/v1/users"): ("user", user["id"], "user.created"),
-        ("PATCH", "/api/v1/users/{user_id}"): ("user", user["id"], "user.updated"),
-        ("POST", "/api/v1/tokens"): ("token", minted.id, "token.issued"),
-        ("POST", "/api/v1/tokens/{token_id}/revoke"): ("token", minted.id, "token.revoked"),
-    }
-    assert mutating == set(exercised), "a mutating endpoint has no event test: add it here"
+    admin = gateway.admin
+
+    def ok(response: httpx.Response) -> dict:
+        assert response.status_code in (200, 201, 204), response.text
+        return response.json() if response.content else {}
+
+    user, other = gateway.user(), gateway.user()
+    profile = ok(admin.post("/profiles", json={"name": f"p-{user['id'][:8]}", "catalog": [
+        {"provider": "*", "pattern": "*"}], "environments": ["dev"]}))
+    team = ok(admin.post("/teams", json={"name": f"t-{user['id'][:8]}", "profile_id": profile["id"]}))
+    exercised: dict[tuple[str, str], tuple[str, str, str]] = {}
+
+    def did(method: str, path: str, target_type: str, target_id: str, action: str) -> None:
+        exercised[(method, "/api/v1" + path)] = (target_type, target_id, action)
+
+    did("POST", "/users", "user", user["id"], "user.created")
+    did("POST", "/profiles", "profile", profile["id"], "policy.created")
+    did("POST", "/teams", "team", team["id"], "team.created")
+    ok(admin.patch(f"/users/{user['id']}", json={"display_name": "Ada"}))
+    did("PATCH", "/users/{user_id}", "user", user["id"], "user.updated")
+    ok(admin.patch(f"/profiles/{profile['id']}", json={"description": "changed"}))
+    did("PATCH", "/profiles/{profile_id}", "profile", profile["id"], "policy.changed")
+    ok(admin.patch(f"/teams/{team['id']}", json={"description": "changed"}))
+    did("PATCH", "/teams/{team_id}", "team", team["id"], "team.updated")
+    for member in (user, other):
+        ok(admin.put(f"/teams/{team['id']}/members/{member['id']}", json={"role": "member"}))
+    did("PUT", "/teams/{team_id}/members/{user_id}", "team", team["id"], "team.member_set")
+    account = ok(admin.post("/service-accounts", json={"name": "batch", "team_id": team["id"],
+                                                       "business_owner_id": user["id"],
+                                                       "technical_owner_id": other["id"]}))
+    did("POST", "/service-accounts", "service_account", account["id"], "service_account.created")
+    ok(admin.patch(f"/service-accounts/{account['id']}", json={"description": "nightly"}))
+    did("PATCH", "/service-accounts/{account_id}", "service_account", account["id"], "service_account.updated")
+    token = ok(admin.post("/tokens", json={"user_id": user["id"], "team_id": team["id"], "name": "a"}))
+    did("POST", "/tokens", "token", token["id"], "token.issued")
+    ok(admin.patch(f"/tokens/{token['id']}", json={"models": ["gpt-4o-mini"]}))
+    did("PATCH", "/tokens/{token_id}", "token", token["id"], "token.narrowed")
+    rotated = ok(admin.post(f"/tokens/{token['id']}/rotate", json={"grace_hours": 1}))
+    did("POST", "/tokens/{token_id}/rotate", "token", token["id"], "token.rotated")
+    ok(admin.post(f"/tokens/{token['id']}/revoke", json={"reason": "test"}))
+    did("POST", "/tokens/{token_id}/revoke", "token", token["id"], "token.revoked")
+    ok(admin.post(f"/users/{user['id']}/tokens/revoke", json={"reason": "bulk"}))
+    did("POST", "/users/{user_id}/tokens/revoke", "token", rotated["new"]["id"], "token.revoked")
+    other_token = ok(admin.post("/tokens", json={"user_id": other["id"], "team_id": team["id"], "name": "b"}))
+    ok(admin.post(f"/teams/{team['id']}/tokens/revoke", json={}))
+    did("POST", "/teams/{team_id}/tokens/revoke", "token", other_token["id"], "token.revoked")
+    ok(admin.delete(f"/teams/{team['id']}/members/{other['id']}"))
+    did("DELETE", "/teams/{team_id}/members/{user_id}", "team", team["id"], "team.member_removed")
+    credential = ok(admin.post("/credentials", json={"name": "ci", "role": "auditor"}))
+    did("POST", "/credentials", "credential", credential["id"], "credential.issued")
+    ok(admin.post(f"/credentials/{credential['id']}/revoke"))
+    did("POST", "/credentials/{credential_id}/revoke", "credential", credential["id"], "credential.revoked")
+
+    assert mutating == set(exercised), f"mutating endpoints without an event test: {mutating - set(exercised)}"
     for target_type, target_id, action in exercised.values():
-        events = gateway.admin.get("/audit/events", params={"target_id": target_id, "action": action}).json()
-        [event] = events["items"]
-        assert event["target_type"] == target_type
-        assert event["actor"] == "admin:bootstrap" and event["mechanism"] == "api"
+        events = admin.get("/audit/events", params={"target_id": target_id, "action": action}).json()["items"]
+        assert events, f"no {action} event for {target_type} {target_id}"
+        assert events[0]["target_type"] == target_type
+        assert events[0]["actor"] == "admin:bootstrap" and events[0]["mechanism"] == "api"
 
 
 def test_nothing_is_lost_when_the_control_plane_is_killed_under_load(gateway: Gateway) -> None:

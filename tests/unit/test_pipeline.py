@@ -15,7 +15,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from authz import request as request_codec
 from authz import response as response_codec
-from authz.cache import TokenCache, TokenRecord, catalog_for
+from authz.cache import ProfileCatalog, TokenCache, TokenRecord, catalog_for
 from authz.outcomes import Outcome
 from authz.pipeline import Decision, Pipeline
 from authz.server import AuthorizationServicer
@@ -289,6 +289,46 @@ def test_model_not_allowed(gw: Gateway, canned, model: str) -> None:
     result = gw.check(canned(token))
     assert_denied(result, Outcome.MODEL_NOT_ALLOWED, 403)
     assert result.decision.model == model
+
+
+# -- team policy: membership, environments, the profile's catalog --------------------------------
+
+PRODUCTION = ProfileCatalog(
+    [("openai", "gpt-4o*", None), ("openai", "o3*", ("prod",)), ("anthropic", "claude-*", None)],
+    ["dev", "staging", "prod"],
+)
+
+
+def test_not_a_member(gw: Gateway) -> None:
+    token = gw.mint(member=False, profile=PRODUCTION)
+    assert_denied(gw.check(cr.openai_chat(token)), Outcome.NOT_A_MEMBER, 403)
+
+
+def test_environment_not_allowed(gw: Gateway) -> None:
+    dev = gw.mint(profile=PRODUCTION, environment="dev", models=("*",))
+    result = gw.check(cr.openai_chat(dev, "o3-mini"))
+    assert_denied(result, Outcome.ENVIRONMENT_NOT_ALLOWED, 403)
+    assert "prod" in (result.decision.detail or "")
+    prod = gw.mint(profile=PRODUCTION, environment="prod", models=("*",))
+    assert gw.check(cr.openai_chat(prod, "o3-mini")).outcome is Outcome.ALLOWED
+
+
+def test_a_token_environment_the_profile_dropped_is_refused_everywhere(gw: Gateway) -> None:
+    ci = gw.mint(profile=PRODUCTION, environment="ci", models=("*",))
+    assert_denied(gw.check(cr.openai_models(ci)), Outcome.ENVIRONMENT_NOT_ALLOWED, 403)
+
+
+def test_the_profile_bounds_the_token_and_the_token_narrows_the_profile(gw: Gateway) -> None:
+    wide_token = gw.mint(profile=PRODUCTION, models=("*",))
+    assert gw.check(cr.openai_chat(wide_token, "gpt-4o-mini")).outcome is Outcome.ALLOWED
+    assert_denied(gw.check(cr.openai_chat(wide_token, "gpt-3.5-turbo")), Outcome.MODEL_NOT_ALLOWED, 403)
+    narrow_token = gw.mint(profile=PRODUCTION, models=("gpt-4o-mini",))
+    assert_denied(gw.check(cr.openai_chat(narrow_token, "gpt-4o")), Outcome.MODEL_NOT_ALLOWED, 403)
+
+
+def test_a_team_without_a_profile_may_use_nothing(gw: Gateway) -> None:
+    token = gw.mint(profile=ProfileCatalog([], []), models=("*",))
+    assert_denied(gw.check(cr.openai_chat(token)), Outcome.ENVIRONMENT_NOT_ALLOWED, 403)
 
 
 class FullSpool:

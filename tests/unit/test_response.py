@@ -9,7 +9,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 
 from authz import request as request_codec
 from authz import response as response_codec
-from authz.cache import TokenCache, TokenRecord, catalog_for
+from authz.cache import ProfileCatalog, TokenCache, TokenRecord, catalog_for
 from authz.outcomes import Outcome
 from authz.pipeline import Decision, Pipeline
 from authz.routes import Api
@@ -34,6 +34,8 @@ EXPECTED = {
     Outcome.BODY_NOT_JSON: (400, INVALID_ARGUMENT),
     Outcome.MODEL_MISSING: (400, INVALID_ARGUMENT),
     Outcome.MODEL_NOT_ALLOWED: (403, PERMISSION_DENIED),
+    Outcome.ENVIRONMENT_NOT_ALLOWED: (403, PERMISSION_DENIED),
+    Outcome.NOT_A_MEMBER: (403, PERMISSION_DENIED),
     Outcome.AUDIT_UNAVAILABLE: (503, UNAVAILABLE),
 }
 DENIALS = list(EXPECTED)
@@ -238,6 +240,8 @@ SCENARIOS = {
     Outcome.BODY_NOT_JSON: (cr.garbage_body, {}),
     Outcome.MODEL_MISSING: (cr.body_without_model, {}),
     Outcome.MODEL_NOT_ALLOWED: (lambda pat: cr.openai_chat(pat, "gpt-4o"), {}),
+    Outcome.ENVIRONMENT_NOT_ALLOWED: (cr.openai_chat, {"profile": ProfileCatalog([("*", "*", None)], ["nowhere"])}),
+    Outcome.NOT_A_MEMBER: (cr.openai_chat, {"member": False}),
 }
 
 

@@ -19,7 +19,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import text
 
 from controlplane import schemas, services
-from controlplane.api.deps import AdminActor, Cursor, IngestCaller, Limit, SessionDep
+from controlplane.api.deps import Auditor, Cursor, IngestCaller, Limit, SessionDep
 from controlplane.audit.ingest import IngestBatch, Ingestor, IngestResult
 from controlplane.audit.queries import REQUEST_COLUMNS, USER_ACTIVITY, RequestFilter
 from controlplane.core.db import get_sessionmaker
@@ -87,7 +87,7 @@ def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, dat
 @router.get("/requests", response_model=schemas.Page[schemas.RequestRecord])
 async def list_requests(
     session: SessionDep,
-    _actor: AdminActor,
+    _caller: Auditor,
     start: Annotated[datetime | None, Query(description="Window start (default: end - 24 h).")] = None,
     end: Annotated[datetime | None, Query(description="Window end, exclusive (default: now).")] = None,
     user_id: uuid.UUID | None = None,
@@ -124,7 +124,7 @@ async def list_requests(
 @router.get("/events", response_model=schemas.Page[schemas.EventPublic])
 async def list_events(
     session: SessionDep,
-    _actor: AdminActor,
+    _caller: Auditor,
     target_type: Annotated[str | None, Query(max_length=40)] = None,
     target_id: Annotated[str | None, Query(max_length=100)] = None,
     action: Annotated[str | None, Query(max_length=60)] = None,
@@ -165,7 +165,7 @@ async def list_events(
 
 
 @router.get("/users/{user_id}/activity", response_model=schemas.UserActivity)
-async def user_activity(user_id: uuid.UUID, session: SessionDep, _actor: AdminActor) -> dict:
+async def user_activity(user_id: uuid.UUID, session: SessionDep, _caller: Auditor) -> dict:
     """When did this user last make a request, and was anything of theirs allowed after they were
     disabled? For a correctly revoked user the count is zero, and the answer names the evidence."""
     user = await services.get_user(session, user_id=user_id)

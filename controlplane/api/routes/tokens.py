@@ -1,63 +1,123 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, status
-from sqlalchemy import select
+from sqlalchemy import Select, func
 
 from controlplane import schemas, services
-from controlplane.api.deps import AdminActor, Cursor, Limit, SessionDep, SettingsDep
+from controlplane import tokens as lifecycle
+from controlplane.api.deps import Caller, Cursor, Limit, Manager, Reader, SessionDep, SettingsDep
+from controlplane.api.routes._listing import sort_key
 from controlplane.models import Token
 
 router = APIRouter(prefix="/tokens", tags=["tokens"])
 
+TokenSort = Literal["created_at", "-created_at", "last_used_at", "-last_used_at", "expires_at", "-expires_at",
+                    "name", "-name"]
+TokenState = Literal["active", "revoked", "expired"]
+
+
+def _issued(token: Token, secret: str) -> dict:
+    return {**schemas.TokenPublic.model_validate(token).model_dump(), "token": secret}
+
+
+async def _managed(session: SessionDep, caller: Caller, token_id: uuid.UUID) -> Token:
+    token = await lifecycle.get_token(session, token_id=token_id)
+    caller.require_team(token.team_id)
+    return token
+
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.TokenIssued)
-async def mint_token(data: schemas.TokenCreate, session: SessionDep, actor: AdminActor, settings: SettingsDep) -> dict:
+async def mint_token(data: schemas.TokenCreate, session: SessionDep, caller: Manager, settings: SettingsDep) -> dict:
     """Mint a personal access token. The secret is in this response and nowhere else, ever."""
-    token, secret = await services.mint_token(
-        session,
-        actor=actor,
-        data=data,
-        hash_key=settings.hash_key,
-        default_days=settings.default_token_days,
-        max_days=settings.max_token_days,
-    )
-    return {**schemas.TokenPublic.model_validate(token).model_dump(), "token": secret}
+    team_id = await lifecycle.resolve_team(session, data)
+    caller.require_team(team_id)
+    token, secret = await lifecycle.mint(session, actor=caller.actor, data=data, team_id=team_id,
+                                         hash_key=settings.hash_key)
+    return _issued(token, secret)
+
+
+async def _list(session: SessionDep, caller: Caller, query: Select, *, limit: int, cursor: str | None,
+                sort: str) -> dict:
+    if caller.role == "owner":
+        query = query.where(Token.team_id == caller.team_id)
+    columns = {"created_at": Token.created_at, "name": func.lower(Token.name),
+               "last_used_at": func.coalesce(Token.last_used_at, services.EPOCH),
+               "expires_at": func.coalesce(Token.expires_at, services.EPOCH)}
+    column, descending = sort_key(sort, columns)
+    items, next_cursor = await services.paginate(session, query, sort=column, id_col=Token.id, cursor=cursor,
+                                                 limit=limit, descending=descending)
+    return {"items": items, "next_cursor": next_cursor}
 
 
 @router.get("", response_model=schemas.Page[schemas.TokenPublic])
 async def list_tokens(
     session: SessionDep,
-    _actor: AdminActor,
+    caller: Reader,
     limit: Limit = 100,
     cursor: Cursor = None,
     user_id: uuid.UUID | None = None,
-    revoked: Annotated[bool | None, Query(description="true: only revoked; false: only live.")] = None,
+    team_id: uuid.UUID | None = None,
+    service_account_id: uuid.UUID | None = None,
+    environment: schemas.Environment | None = None,
+    state: Annotated[TokenState | None, Query(description="active, revoked or expired.")] = None,
+    name: Annotated[str | None, Query(max_length=200, description="Substring of the token's name.")] = None,
+    sort: TokenSort = "created_at",
 ) -> dict:
-    query = select(Token)
-    if user_id:
-        query = query.where(Token.user_id == user_id)
-    if revoked is not None:
-        query = query.where(Token.revoked_at.is_not(None) if revoked else Token.revoked_at.is_(None))
-    items, next_cursor = await services.paginate(
-        session, query, created_col=Token.created_at, id_col=Token.id, cursor=cursor, limit=limit
-    )
-    return {"items": items, "next_cursor": next_cursor}
+    """Tokens, never their secrets: each shows its prefix and last four characters."""
+    query = lifecycle.list_query(user_id=user_id, team_id=team_id, service_account_id=service_account_id,
+                                 environment=environment, state=state, name=name)
+    return await _list(session, caller, query, limit=limit, cursor=cursor, sort=sort)
+
+
+@router.get("/dormant", response_model=schemas.Page[schemas.TokenPublic])
+async def dormant_tokens(
+    session: SessionDep,
+    caller: Reader,
+    days: Annotated[int, Query(gt=0, le=3650, description="Unused for at least this many days.")] = 30,
+    team_id: uuid.UUID | None = None,
+    limit: Limit = 100,
+    cursor: Cursor = None,
+    sort: TokenSort = "last_used_at",
+) -> dict:
+    """Live tokens unused for ``days`` days, or never used and minted more than ``days`` ago."""
+    return await _list(session, caller, lifecycle.dormant_query(days, team_id), limit=limit, cursor=cursor, sort=sort)
 
 
 @router.get("/{token_id}", response_model=schemas.TokenPublic)
-async def get_token(token_id: uuid.UUID, session: SessionDep, _actor: AdminActor) -> Token:
-    return await services.get_token(session, token_id=token_id)
+async def get_token(token_id: uuid.UUID, session: SessionDep, caller: Reader) -> Token:
+    token = await lifecycle.get_token(session, token_id=token_id)
+    if caller.role == "owner":
+        caller.require_team(token.team_id)
+    return token
+
+
+@router.patch("/{token_id}", response_model=schemas.TokenPublic)
+async def narrow_token(token_id: uuid.UUID, data: schemas.TokenNarrow, session: SessionDep, caller: Manager) -> Token:
+    """Narrow a live token (fewer models, an earlier expiry) without re-issuing it."""
+    await _managed(session, caller, token_id)
+    return await lifecycle.narrow(session, actor=caller.actor, token_id=token_id, data=data)
 
 
 @router.post("/{token_id}/revoke", response_model=schemas.TokenPublic)
 async def revoke_token(
     token_id: uuid.UUID,
     session: SessionDep,
-    actor: AdminActor,
+    caller: Manager,
     data: Annotated[schemas.TokenRevoke | None, Body()] = None,
 ) -> Token:
     """Revoke a token; the gateway refuses it within a second. Revoking twice is not an error."""
-    return await services.revoke_token(session, actor=actor, token_id=token_id, reason=data.reason if data else None)
+    await _managed(session, caller, token_id)
+    return await lifecycle.revoke(session, actor=caller.actor, token_id=token_id, reason=data.reason if data else None)
+
+
+@router.post("/{token_id}/rotate", status_code=status.HTTP_201_CREATED, response_model=schemas.TokenRotated)
+async def rotate_token(token_id: uuid.UUID, session: SessionDep, caller: Manager, settings: SettingsDep,
+                       data: Annotated[schemas.TokenRotate | None, Body()] = None) -> dict:
+    """Mint a successor now; the old token keeps working until the grace deadline, then expires."""
+    await _managed(session, caller, token_id)
+    new, secret, old = await lifecycle.rotate(session, actor=caller.actor, token_id=token_id,
+                                              data=data or schemas.TokenRotate(), hash_key=settings.hash_key)
+    return {"new": _issued(new, secret), "old": old}

@@ -1,49 +1,68 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
 from sqlalchemy import func, select
 
-from controlplane import schemas, services
-from controlplane.api.deps import AdminActor, Cursor, Limit, SessionDep
+from controlplane import schemas, services, tokens
+from controlplane.api.deps import Admin, Cursor, Limit, Reader, SessionDep
+from controlplane.api.routes._listing import sort_key
 from controlplane.models import User
 
 router = APIRouter(prefix="/users", tags=["users"])
 
+UserSort = Literal["created_at", "-created_at", "email", "-email"]
+
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.UserPublic)
-async def create_user(data: schemas.UserCreate, session: SessionDep, actor: AdminActor) -> User:
-    return await services.create_user(session, actor=actor, data=data)
+async def create_user(data: schemas.UserCreate, session: SessionDep, caller: Admin) -> User:
+    return await services.create_user(session, actor=caller.actor, data=data)
 
 
 @router.get("", response_model=schemas.Page[schemas.UserPublic])
 async def list_users(
     session: SessionDep,
-    _actor: AdminActor,
+    _caller: Reader,
     limit: Limit = 100,
     cursor: Cursor = None,
     user_status: Annotated[schemas.UserStatus | None, Query(alias="status")] = None,
     email: Annotated[str | None, Query(max_length=320, description="Exact match, case-insensitive.")] = None,
+    q: Annotated[str | None, Query(max_length=200, description="Substring of email or display name.")] = None,
+    sort: UserSort = "created_at",
 ) -> dict:
     query = select(User)
     if user_status:
         query = query.where(User.status == user_status)
     if email:
         query = query.where(func.lower(User.email) == email.lower())
-    items, next_cursor = await services.paginate(
-        session, query, created_col=User.created_at, id_col=User.id, cursor=cursor, limit=limit
-    )
+    if q:
+        needle = q.lower()
+        query = query.where(func.lower(User.email).contains(needle, autoescape=True)
+                            | func.lower(func.coalesce(User.display_name, "")).contains(needle, autoescape=True))
+    column, descending = sort_key(sort, {"created_at": User.created_at, "email": func.lower(User.email)})
+    items, next_cursor = await services.paginate(session, query, sort=column, id_col=User.id, cursor=cursor,
+                                                 limit=limit, descending=descending)
     return {"items": items, "next_cursor": next_cursor}
 
 
 @router.get("/{user_id}", response_model=schemas.UserPublic)
-async def get_user(user_id: uuid.UUID, session: SessionDep, _actor: AdminActor) -> User:
+async def get_user(user_id: uuid.UUID, session: SessionDep, _caller: Reader) -> User:
     return await services.get_user(session, user_id=user_id)
 
 
 @router.patch("/{user_id}", response_model=schemas.UserPublic)
-async def update_user(user_id: uuid.UUID, data: schemas.UserUpdate, session: SessionDep, actor: AdminActor) -> User:
+async def update_user(user_id: uuid.UUID, data: schemas.UserUpdate, session: SessionDep, caller: Admin) -> User:
     """Suspending a user stops their tokens at the gateway; deprovisioning also revokes every one."""
-    return await services.update_user(session, actor=actor, user_id=user_id, data=data)
+    return await services.update_user(session, actor=caller.actor, user_id=user_id, data=data)
+
+
+@router.post("/{user_id}/tokens/revoke", response_model=schemas.BulkRevoked)
+async def revoke_user_tokens(user_id: uuid.UUID, session: SessionDep, caller: Admin,
+                             data: schemas.BulkRevoke | None = None) -> dict:
+    """Revoke every live token the user owns, in one transaction."""
+    await services.get_user(session, user_id=user_id)
+    count = await tokens.revoke_where(session, actor=caller.actor, user_id=user_id,
+                                      reason=(data.reason if data and data.reason else "all of the user's tokens"))
+    return {"revoked": count}

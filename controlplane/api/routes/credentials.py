@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, status
+from sqlalchemy import select
+
+from controlplane import directory, schemas, services
+from controlplane.api.deps import Admin, AnyCaller, Cursor, Limit, SessionDep, SettingsDep
+from controlplane.models import ApiCredential
+
+router = APIRouter(tags=["admin access"])
+
+
+@router.post("/credentials", status_code=status.HTTP_201_CREATED, response_model=schemas.CredentialIssued)
+async def issue_credential(data: schemas.CredentialCreate, session: SessionDep, caller: Admin,
+                           settings: SettingsDep) -> dict:
+    """An admin-API credential with a role (admin, auditor, finance, or owner of one team). Shown once."""
+    credential, secret = await directory.issue_credential(session, actor=caller.actor, data=data,
+                                                          hash_key=settings.hash_key)
+    return {**schemas.CredentialPublic.model_validate(credential).model_dump(), "token": secret}
+
+
+@router.get("/credentials", response_model=schemas.Page[schemas.CredentialPublic])
+async def list_credentials(session: SessionDep, _caller: Admin, limit: Limit = 100, cursor: Cursor = None) -> dict:
+    items, next_cursor = await services.paginate(session, select(ApiCredential), sort=ApiCredential.created_at,
+                                                 id_col=ApiCredential.id, cursor=cursor, limit=limit)
+    return {"items": items, "next_cursor": next_cursor}
+
+
+@router.post("/credentials/{credential_id}/revoke", response_model=schemas.CredentialPublic)
+async def revoke_credential(credential_id: uuid.UUID, session: SessionDep, caller: Admin) -> ApiCredential:
+    return await directory.revoke_credential(session, actor=caller.actor, credential_id=credential_id)
+
+
+@router.get("/whoami", response_model=schemas.WhoAmI)
+async def whoami(caller: AnyCaller) -> dict:
+    """Who this credential is, its role, and whether it is the break-glass bootstrap token."""
+    return {"actor": caller.actor.name, "role": caller.role, "team_id": caller.team_id,
+            "break_glass": caller.break_glass}

@@ -1,0 +1,292 @@
+"""The token lifecycle: mint, list, narrow, rotate with overlap, revoke (one, a user's, a team's),
+expire and retire dormant tokens, each step recorded as an event in the transaction that makes it.
+
+The policy rule: a token acts for one team and gets that team's access profile. It is minted for an
+active user who belongs to the team, or for an active service account the team owns; its lifetime
+is bounded by the profile and its model list can only narrow the profile's catalog. A live token can
+be narrowed in place; anything wider needs a new token.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Select, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from authz.cache import ModelCatalog
+from authz.tokens import generate_token, hash_token, token_hint
+from controlplane import schemas
+from controlplane.errors import Conflict, Invalid, NotFound
+from controlplane.models import AccessProfile, Membership, ServiceAccount, Team, Token
+from controlplane.services import Actor, get_user, record_event
+
+
+def public(token: Token) -> dict[str, Any]:
+    return schemas.TokenPublic.model_validate(token).model_dump(mode="json")
+
+
+async def get_token(session: AsyncSession, *, token_id: uuid.UUID) -> Token:
+    token = await session.get(Token, token_id)
+    if token is None:
+        raise NotFound("token_not_found", f"No token with id {token_id}.")
+    return token
+
+
+async def _team_and_profile(session: AsyncSession, team_id: uuid.UUID) -> tuple[Team, AccessProfile]:
+    team = await session.get(Team, team_id)
+    if team is None:
+        raise NotFound("team_not_found", f"No team with id {team_id}.")
+    if team.profile_id is None:
+        raise Conflict("team_has_no_profile",
+                       f"Team {team.name} has no access profile, so its tokens could do nothing.")
+    profile = await session.get(AccessProfile, team.profile_id)
+    assert profile is not None
+    return team, profile
+
+
+async def resolve_team(session: AsyncSession, data: schemas.TokenCreate) -> uuid.UUID:
+    """The team a new token acts for, checking that its owner may act for it."""
+    if data.service_account_id is not None:
+        account = await session.get(ServiceAccount, data.service_account_id)
+        if account is None:
+            raise NotFound("service_account_not_found", f"No service account with id {data.service_account_id}.")
+        if account.status != "active":
+            raise Conflict("service_account_disabled", f"Service account {account.name} is disabled.")
+        if data.team_id is not None and data.team_id != account.team_id:
+            raise Invalid("team_mismatch", "A service account's tokens act for the team that owns it.")
+        return account.team_id
+    assert data.user_id is not None
+    owner = await get_user(session, user_id=data.user_id)
+    if owner.status != "active":
+        raise Conflict("user_not_active",
+                       f"User {owner.id} is {owner.status}; tokens are only minted for active users.")
+    teams = (await session.scalars(select(Membership.team_id).where(Membership.user_id == owner.id))).all()
+    if data.team_id is None:
+        if len(teams) != 1:
+            raise Invalid("team_required", f"User {owner.email} belongs to {len(teams)} teams: give team_id.")
+        return teams[0]
+    if data.team_id not in teams:
+        raise Conflict("not_a_member", f"User {owner.email} is not a member of team {data.team_id}.")
+    return data.team_id
+
+
+def _offered(profile: AccessProfile, pattern: str) -> bool:
+    """An exact model name must be in the profile's catalog; a pattern narrows at the gateway."""
+    if any(c in pattern for c in "*?["):
+        return True
+    return any(ModelCatalog([entry["pattern"]]).allows(pattern) for entry in profile.catalog)
+
+
+async def mint(
+    session: AsyncSession, *, actor: Actor, data: schemas.TokenCreate, team_id: uuid.UUID, hash_key: bytes,
+    rotated_from: uuid.UUID | None = None,
+) -> tuple[Token, str]:
+    """Create a token and return it with its secret, which the caller shows once and forgets."""
+    team, profile = await _team_and_profile(session, team_id)
+    if data.environment not in profile.environments:
+        raise Invalid("environment_not_allowed",
+                      f"Team {team.name}'s profile {profile.name} allows {', '.join(profile.environments)} tokens.")
+    days = data.expires_in_days or profile.default_token_days
+    if days > profile.max_token_days:
+        raise Invalid("lifetime_too_long",
+                      f"Profile {profile.name} allows tokens of at most {profile.max_token_days} days.")
+    missing = [m for m in data.models if not _offered(profile, m)]
+    if missing:
+        raise Invalid("model_not_in_profile", f"Not in profile {profile.name}: {', '.join(missing)}.")
+    secret = generate_token()
+    token = Token(
+        id=uuid.uuid4(),
+        token_hash=hash_token(secret, hash_key),
+        hint=token_hint(secret),
+        name=data.name,
+        user_id=data.user_id,
+        service_account_id=data.service_account_id,
+        team_id=team.id,
+        environment=data.environment,
+        models=list(dict.fromkeys(data.models)),
+        scopes=sorted(set(data.scopes)),
+        created_by=actor.name,
+        expires_at=datetime.now(UTC) + timedelta(days=days),
+        rotated_from=rotated_from,
+    )
+    session.add(token)
+    await session.flush()
+    await session.refresh(token)
+    await record_event(session, actor=actor, action="token.issued", target_type="token", target_id=str(token.id),
+                       after=public(token))
+    return token, secret
+
+
+def list_query(
+    *,
+    user_id: uuid.UUID | None = None,
+    team_id: uuid.UUID | None = None,
+    service_account_id: uuid.UUID | None = None,
+    environment: str | None = None,
+    state: str | None = None,
+    name: str | None = None,
+) -> Select:
+    query = select(Token)
+    for column, value in ((Token.user_id, user_id), (Token.team_id, team_id),
+                          (Token.service_account_id, service_account_id), (Token.environment, environment)):
+        if value is not None:
+            query = query.where(column == value)
+    now = func.now()
+    if state == "active":
+        query = query.where(Token.revoked_at.is_(None), or_(Token.expires_at.is_(None), Token.expires_at > now))
+    elif state == "revoked":
+        query = query.where(Token.revoked_at.is_not(None))
+    elif state == "expired":
+        query = query.where(Token.revoked_at.is_(None), Token.expires_at <= now)
+    if name:
+        query = query.where(func.lower(Token.name).contains(name.lower(), autoescape=True))
+    return query
+
+
+def dormant_query(days: int, team_id: uuid.UUID | None = None) -> Select:
+    """Live tokens unused for ``days`` (never used: minted more than ``days`` ago)."""
+    cutoff = func.now() - timedelta(days=days)
+    query = list_query(state="active", team_id=team_id).where(
+        or_(Token.last_used_at < cutoff, (Token.last_used_at.is_(None)) & (Token.created_at < cutoff))
+    )
+    return query
+
+
+async def revoke(session: AsyncSession, *, actor: Actor, token_id: uuid.UUID, reason: str | None) -> Token:
+    """Revoke one token. Revoking a revoked token changes nothing and succeeds (idempotent)."""
+    token = await get_token(session, token_id=token_id)
+    if token.revoked_at is not None:
+        return token
+    before = public(token)
+    token.revoked_at = datetime.now(UTC)
+    token.revoked_by = actor.name
+    token.revoke_reason = reason
+    await session.flush()
+    await record_event(session, actor=actor, action="token.revoked", target_type="token", target_id=str(token.id),
+                       before=before, after=public(token))
+    return token
+
+
+async def revoke_where(
+    session: AsyncSession, *, actor: Actor, reason: str, user_id: uuid.UUID | None = None,
+    team_id: uuid.UUID | None = None, service_account_id: uuid.UUID | None = None,
+) -> int:
+    """Revoke every live token of a user, a team or a service account, one event per token."""
+    conditions: list[Any] = [Token.revoked_at.is_(None)]
+    for column, value in ((Token.user_id, user_id), (Token.team_id, team_id),
+                          (Token.service_account_id, service_account_id)):
+        if value is not None:
+            conditions.append(column == value)
+    assert len(conditions) > 1, "refusing to revoke every token"
+    revoked = (
+        await session.scalars(
+            update(Token).where(*conditions)
+            .values(revoked_at=func.now(), revoked_by=actor.name, revoke_reason=reason)
+            .returning(Token.id)
+        )
+    ).all()
+    for token_id in revoked:
+        await record_event(session, actor=actor, action="token.revoked", target_type="token",
+                           target_id=str(token_id), after={"reason": reason})
+    return len(revoked)
+
+
+async def rotate(
+    session: AsyncSession, *, actor: Actor, token_id: uuid.UUID, data: schemas.TokenRotate, hash_key: bytes
+) -> tuple[Token, str, Token]:
+    """Mint a successor with the same attributes; the old token works until the grace deadline."""
+    old = await get_token(session, token_id=token_id)
+    now = datetime.now(UTC)
+    if old.revoked_at is not None or (old.expires_at is not None and old.expires_at <= now):
+        raise Conflict("token_not_live", "Only a live token can be rotated; mint a new one instead.")
+    if old.team_id is None:
+        raise Conflict("token_without_team", "This token predates teams; mint a new one for a team instead.")
+    before = public(old)
+    request = schemas.TokenCreate(
+        user_id=old.user_id, service_account_id=old.service_account_id, team_id=old.team_id,
+        name=data.name or old.name, environment=old.environment, models=old.models, scopes=old.scopes,  # type: ignore[arg-type]
+    )
+    new, secret = await mint(session, actor=actor, data=request, team_id=old.team_id, hash_key=hash_key,
+                             rotated_from=old.id)
+    deadline = now + timedelta(hours=data.grace_hours)
+    if old.expires_at is None or deadline < old.expires_at:
+        old.expires_at = deadline
+    await session.flush()
+    await record_event(session, actor=actor, action="token.rotated", target_type="token", target_id=str(old.id),
+                       before=before, after=public(old) | {"successor": str(new.id)})
+    return new, secret, old
+
+
+def _covered(current: list[str], pattern: str) -> bool:
+    # A new entry narrows when the current list already matches it, read as a name: gpt-4o-mini*
+    # is inside gpt-4o*; gpt-* is not.
+    return ModelCatalog(current).allows(pattern)
+
+
+async def narrow(session: AsyncSession, *, actor: Actor, token_id: uuid.UUID, data: schemas.TokenNarrow) -> Token:
+    token = await get_token(session, token_id=token_id)
+    if token.revoked_at is not None:
+        raise Conflict("token_revoked", "A revoked token cannot be changed.")
+    before = public(token)
+    if data.models is not None:
+        wider = [m for m in data.models if not _covered(token.models, m)]
+        if wider:
+            raise Invalid("widening_requires_new_token",
+                          f"{', '.join(wider)} would widen this token; mint a new token instead.")
+        token.models = list(dict.fromkeys(data.models))
+    if data.expires_at is not None:
+        if token.expires_at is not None and data.expires_at > token.expires_at:
+            raise Invalid("widening_requires_new_token", "A later expiry would widen this token; mint a new one.")
+        token.expires_at = max(data.expires_at, datetime.now(UTC))
+    await session.flush()
+    await record_event(session, actor=actor, action="token.narrowed", target_type="token", target_id=str(token.id),
+                       before=before, after=public(token))
+    return token
+
+
+# -- background duties ----------------------------------------------------------------------------
+
+SYSTEM = Actor(name="system:lifecycle", mechanism="system")
+
+
+async def record_expirations(session: AsyncSession) -> int:
+    """One ``token.expired`` event per token whose expiry passed (rotations end this way too)."""
+    expired = (
+        await session.scalars(
+            select(Token).where(Token.revoked_at.is_(None), Token.expires_at <= func.now(),
+                                Token.expired_recorded_at.is_(None))
+            .with_for_update(skip_locked=True).limit(1000)
+        )
+    ).all()
+    for token in expired:
+        token.expired_recorded_at = datetime.now(UTC)
+        await record_event(session, actor=SYSTEM, action="token.expired", target_type="token",
+                           target_id=str(token.id),
+                           after={"expires_at": token.expires_at.isoformat() if token.expires_at else None})
+    return len(expired)
+
+
+async def retire_dormant(session: AsyncSession) -> int:
+    """Revoke tokens that stayed unused past their profile's opt-in ``dormant_disable_days``."""
+    rows = (
+        await session.execute(
+            select(Token.id, AccessProfile.dormant_disable_days)
+            .join(Team, Team.id == Token.team_id)
+            .join(AccessProfile, AccessProfile.id == Team.profile_id)
+            .where(
+                AccessProfile.dormant_disable_days.is_not(None),
+                Token.revoked_at.is_(None),
+                or_(Token.expires_at.is_(None), Token.expires_at > func.now()),
+                func.coalesce(Token.last_used_at, Token.created_at)
+                < func.now() - func.make_interval(0, 0, 0, AccessProfile.dormant_disable_days),
+            )
+            .limit(1000)
+        )
+    ).all()
+    actor = Actor(name="system:dormant-policy", mechanism="system")
+    for token_id, days in rows:
+        await revoke(session, actor=actor, token_id=token_id, reason=f"dormant for {days} days")
+    return len(rows)
