@@ -9,6 +9,8 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from authz.tokens import check_hash_key
+
 
 class AuthzSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEYWARD_", extra="ignore", populate_by_name=True)
@@ -38,13 +40,7 @@ class AuthzSettings(BaseSettings):
     @field_validator("token_hash_key")
     @classmethod
     def _key_is_strong(cls, value: str) -> str:
-        try:
-            raw = bytes.fromhex(value)
-        except ValueError as exc:
-            raise ValueError("KEYWARD_TOKEN_HASH_KEY must be hex") from exc
-        if len(raw) < 32:
-            raise ValueError("KEYWARD_TOKEN_HASH_KEY must be at least 32 bytes (64 hex characters)")
-        return value
+        return check_hash_key(value)
 
     @field_validator("database_url")
     @classmethod

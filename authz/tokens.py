@@ -21,6 +21,7 @@ import zlib
 __all__ = [
     "TOKEN_LENGTH",
     "TOKEN_PREFIX",
+    "check_hash_key",
     "generate_token",
     "hash_token",
     "is_well_formed",
@@ -70,6 +71,17 @@ def is_well_formed(token: str, prefix: str = TOKEN_PREFIX) -> bool:
 def hash_token(token: str, key: bytes) -> str:
     """Keyed hash stored in Postgres and used as the cache key (hex, 64 chars)."""
     return hmac.new(key, token.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def check_hash_key(value: str) -> str:
+    """Validate ``KEYWARD_TOKEN_HASH_KEY`` (hex, at least 32 bytes); both processes' settings use this."""
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError as exc:
+        raise ValueError("KEYWARD_TOKEN_HASH_KEY must be hex") from exc
+    if len(raw) < 32:
+        raise ValueError("KEYWARD_TOKEN_HASH_KEY must be at least 32 bytes (64 hex characters)")
+    return value
 
 
 def token_hint(token: str, prefix: str = TOKEN_PREFIX) -> str:

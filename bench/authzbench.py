@@ -143,8 +143,11 @@ _TOKEN_COLUMNS = ["id", "token_hash", "hint", "name", "user_id", "team", "enviro
                   "created_by", "expires_at"]
 
 
-def _rows(run: str, start: int, count: int, tokens_per_user: int) -> Iterator[tuple[list, list]]:
-    """(users, tokens) record batches: ``tokens_per_user`` tokens per user, varied attributes."""
+def _rows(run: str, start: int, count: int, tokens_per_user: int,
+          teams: dict[str, object] | None = None) -> Iterator[tuple[list, list, list]]:
+    """(users, tokens, memberships) record batches: ``tokens_per_user`` tokens per user, varied
+    attributes. With ``teams`` (name → team id: the schema where tokens act for a team) a token
+    carries its team's id instead of the team's name, and its owner is made a member of that team."""
     batch = 50_000
     expiry = datetime.now(UTC) + timedelta(days=365)
     for offset in range(start, start + count, batch):
@@ -152,14 +155,20 @@ def _rows(run: str, start: int, count: int, tokens_per_user: int) -> Iterator[tu
         users = [(uuid.uuid4(), f"bench-{run}-{offset + i}@example.com", "active")
                  for i in range(0, n, tokens_per_user)]
         tokens = []
+        memberships: set[tuple[object, object]] = set()
         for i in range(n):
             token_hash = os.urandom(32).hex()
             k = offset + i
-            tokens.append((uuid.uuid4(), token_hash, f"kw_pat_…{token_hash[:4]}", "bench",
-                           users[i // tokens_per_user][0], _TEAMS[k % len(_TEAMS)],
+            owner = users[i // tokens_per_user][0]
+            team: object = _TEAMS[k % len(_TEAMS)]
+            if teams is not None:
+                team = teams[team] if team else None
+                if team is not None:
+                    memberships.add((team, owner))
+            tokens.append((uuid.uuid4(), token_hash, f"kw_pat_…{token_hash[:4]}", "bench", owner, team,
                            _ENVIRONMENTS[k % len(_ENVIRONMENTS)], _MODEL_LISTS[k % len(_MODEL_LISTS)],
                            "bench", expiry if k % 2 else None))
-        yield users, tokens
+        yield users, tokens, sorted(memberships, key=str)
 
 
 async def _connect_for_bulk(dsn: str) -> tuple[asyncpg.Connection, str]:
@@ -172,12 +181,34 @@ async def _connect_for_bulk(dsn: str) -> tuple[asyncpg.Connection, str]:
     return connection, "COPY with `session_replication_role=replica` (no per-row NOTIFY or FK triggers)"
 
 
+async def _bench_teams(connection: asyncpg.Connection, run: str) -> dict[str, object] | None:
+    """Where tokens belong to teams (``tokens.team_id``): one team per bench team name, with the first
+    access profile, created once per run. None on the older schema (``tokens.team`` holds the name)."""
+    columns = {r["column_name"] for r in await connection.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'tokens'")}
+    if "team_id" not in columns:
+        return None
+    teams: dict[str, object] = {}
+    for name in (t for t in _TEAMS if t):
+        full = f"bench-{run}-{name}"
+        teams[name] = await connection.fetchval(
+            "INSERT INTO teams (id, name, profile_id) VALUES (gen_random_uuid(), $1,"
+            " (SELECT id FROM access_profiles ORDER BY name LIMIT 1))"
+            " ON CONFLICT (lower(name)) DO UPDATE SET name = EXCLUDED.name RETURNING id", full)
+    return teams
+
+
 async def _bulk_insert(dsn: str, run: str, start: int, count: int, tokens_per_user: int) -> str:
     connection, note = await _connect_for_bulk(dsn)
     try:
-        for users, tokens in _rows(run, start, count, tokens_per_user):
+        teams = await _bench_teams(connection, run)
+        columns = [c if c != "team" or teams is None else "team_id" for c in _TOKEN_COLUMNS]
+        for users, tokens, memberships in _rows(run, start, count, tokens_per_user, teams):
             await connection.copy_records_to_table("users", records=users, columns=["id", "email", "status"])
-            await connection.copy_records_to_table("tokens", records=tokens, columns=_TOKEN_COLUMNS)
+            await connection.copy_records_to_table("tokens", records=tokens, columns=columns)
+            if teams is not None and memberships:
+                await connection.copy_records_to_table("memberships", records=memberships,
+                                                       columns=["team_id", "user_id"])
         await connection.execute("ANALYZE users; ANALYZE tokens")
     finally:
         await connection.close()

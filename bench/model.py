@@ -6,6 +6,8 @@ import datetime as dt
 import statistics
 from dataclasses import dataclass, field
 
+from auditbench import IngestRun
+from auditquery import Generated, Question
 from authzbench import CheckResult, LoadMeasurement
 from loadgen import LoadResult
 
@@ -20,6 +22,12 @@ class Profile:
     check_duration: float
     revocations: int
     token_counts: tuple[int, ...]
+    #: Requests (two lines each, mostly) per audit ingest run, and synthetic records for the queries.
+    ingest_requests: int = 50_000
+    audit_rows: int = 10_000_000
+    #: Concurrency and rounds of the "shipping on / shipping off" gateway comparison.
+    audit_cost_concurrency: int = 16
+    audit_cost_rounds: int = 2
 
 
 @dataclass(frozen=True)
@@ -139,6 +147,15 @@ class Results:
     insert_seconds: list[float] = field(default_factory=list)
     #: How the bulk COPY ran (whether per-row triggers were off).
     bulk_note: str = ""
+    #: Audit: ingest runs, what a resent batch did (stored, duplicates), verify's verdict per chain.
+    ingest: list[IngestRun] = field(default_factory=list)
+    ingest_resend: tuple[int, int] | None = None
+    ingest_verify: list[str] = field(default_factory=list)
+    #: The gateway with the shipper shipping ("on") and with it pointed at a closed port ("off").
+    audit_cost: list[HttpCell] = field(default_factory=list)
+    audit_generated: Generated | None = None
+    audit_questions: list[Question] = field(default_factory=list)
+    audit_skipped: str = ""
     finished: dt.datetime | None = None
     load_average_end: str = ""
 

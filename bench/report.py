@@ -15,6 +15,8 @@ MAX_REVOCATION_P99_MS = 100.0
 MAX_LOAD_SECONDS = 15.0
 MAX_RSS_MIB = 1.5e9 / 2**20
 TARGET_TOKENS = 1_000_000
+MIN_INGEST_RECORDS_PER_S = 20_000
+MAX_AUDIT_QUERY_MS = 1000.0
 
 _ANALYSIS = "ANALYSIS: _(lead developer: confirm the cause and say what would close the gap)_"
 
@@ -99,6 +101,25 @@ def verdicts(results: Results) -> list[Verdict]:
     else:
         largest = max((m.live_tokens for m in results.loads), default=0)
         out.append(Verdict(target, f"not measured in this run (largest: {largest:,} tokens)", None))
+    http_ingest = next((r for r in results.ingest if r.how == "HTTP"), None)
+    if http_ingest:
+        rps = http_ingest.rate
+        out.append(Verdict(
+            f"audit ingest ≥ {MIN_INGEST_RECORDS_PER_S:,} records/s into Postgres (HTTP, one shipper)",
+            f"{rps:,.0f} records/s ({http_ingest.stored:,} records in {http_ingest.seconds:.1f} s)",
+            rps >= MIN_INGEST_RECORDS_PER_S,
+            why=(f"Each record cost the control plane {http_ingest.cpu_us('control plane'):.1f} µs and Postgres "
+                 f"{http_ingest.cpu_us('Postgres'):.1f} µs of CPU; one shipper sends one batch at a time, so "
+                 "the rate is one core's worth of the two, less the round trips.")))
+    if results.audit_questions and results.audit_generated:
+        worst = max(results.audit_questions, key=lambda q: q.worst)
+        rows = results.audit_generated.rows
+        out.append(Verdict(
+            f"every audit query < {MAX_AUDIT_QUERY_MS / 1000:g} s at {rows:,} request records",
+            f"slowest: {worst.key}, max {worst.worst:,.0f} ms (p50 {worst.p50:,.0f} ms)",
+            worst.worst < MAX_AUDIT_QUERY_MS,
+            why=f"The slowest question, \"{worst.title}\", answered in {worst.worst:,.0f} ms at worst; its plan is "
+                "in bench/AUDIT_PLANS.md."))
     return out
 
 
@@ -230,6 +251,96 @@ def _snapshot_section(results: Results) -> str:
     )
 
 
+def _audit_section(results: Results) -> str:
+    if not results.ingest and not results.audit_cost and not results.audit_questions:
+        return ""
+    parts = ["## Audit path\n"]
+    if results.ingest:
+        rows = []
+        for r in results.ingest:
+            ms = sorted(r.batch_ms)
+            process = (f"{r.cpu_us('in-process ingest'):.1f}" if "in-process ingest" in r.cpu
+                       else f"{r.cpu_us('control plane'):.1f}")
+            rows.append([r.how, f"{r.batch_lines:,}", f"{r.lines:,}", f"{r.stored:,}", f"{r.seconds:.1f}",
+                         f"**{r.rate:,.0f}**", process, f"{r.cpu_us('Postgres'):.1f}",
+                         f"{percentile(ms, 0.5):.0f}", f"{ms[-1]:.0f}"])
+        table = _table(["ingest", "lines per batch", "lines", "records stored", "seconds", "records/s",
+                        "ingest CPU µs/record", "Postgres CPU µs/record", "batch p50 ms", "batch max ms"], rows)
+        resend = ""
+        if results.ingest_resend is not None:
+            stored, dupes = results.ingest_resend
+            resend = (f"Resending the last batch stored {stored} records and skipped {dupes:,} as duplicates "
+                      f"({'correct' if stored == 0 else '**wrong: a resend must store nothing**'}). ")
+        verify = "; ".join(results.ingest_verify)
+        parts.append(
+            "### Sustained ingest\n\n"
+            f"Lines shaped like authz's (decision + outcome per request, 2% of requests answered by Envoy "
+            f"alone, realistic users, teams, models and decisions), {results.profile.ingest_requests:,} requests "
+            "per run, sent one batch at a time like the shipper: \"HTTP\" POSTs them to "
+            "`/api/v1/audit/ingest` of the stack's control plane; \"in-process\" calls `Ingestor` on one "
+            "asyncpg connection from the benchmark process (one transaction per batch, same parsing). A "
+            "record is one stored row (`request_records` or `request_outcomes`). Ingest CPU is the control "
+            "plane's (HTTP) or the benchmark process's (in-process); Postgres is the postmaster's tree.\n\n"
+            f"{table}\n\n{resend}`keyward audit verify` afterwards: {verify}.\n")
+    if results.audit_cost:
+        rows = []
+        for cell in results.audit_cost:
+            rows.append([cell.target.label, _rps_cell(cell), f"{cell.p50_ms:.3f}", f"{cell.p99_ms:.3f}",
+                         f"{cell.cpu_us('gateway Envoy'):.0f}", f"{cell.cpu_us('authz'):.0f}",
+                         f"{cell.cpu_us('control plane'):.0f}", f"{cell.cpu_us('Postgres'):.0f}",
+                         f"{cell.requests:,}", cell.errors])
+        table = _table(["gateway", "req/s (range)", "p50 ms", "p99 ms", "gateway Envoy µs/req", "authz µs/req",
+                        "control plane µs/req", "Postgres µs/req", "requests", "errors"], rows)
+        on, off = results.audit_cost[0], results.audit_cost[-1]
+        added = (on.cpu_us("authz") + on.cpu_us("control plane") + on.cpu_us("Postgres")
+                 - off.cpu_us("authz") - off.cpu_us("control plane") - off.cpu_us("Postgres"))
+        parts.append(
+            "### What shipping and ingest add to a gateway request\n\n"
+            f"The full gateway at concurrency {on.concurrency}, {results.profile.audit_cost_rounds} alternating "
+            f"round(s) of {results.profile.duration:g} s each: \"on\" is the stack as it is; \"off\" restarts "
+            "authz with `KEYWARD_INGEST_URL` pointing at a closed port, so authz still writes every decision and "
+            "outcome to its spool (the audit promise is unchanged) but nothing is shipped or ingested; the "
+            "shipper retries with back-off. Configuration only, no code path changes. "
+            f"Shipping and ingest together cost {added:.0f} µs of CPU per request (authz + control plane + "
+            f"Postgres, on minus off); throughput changed from {off.rps:,.0f} to {on.rps:,.0f} req/s.\n\n"
+            f"{table}\n")
+    if results.audit_questions and results.audit_generated:
+        g = results.audit_generated
+        rows = []
+        for q in results.audit_questions:
+            sql = "; ".join(f"{label} {statistics.median(ms):,.1f} / {max(ms):,.1f}" for label, ms in q.sql_ms.items())
+            rows.append([q.title, f"{q.p50:,.0f}", f"{q.worst:,.0f}", sql, q.answer])
+        table = _table(["question (API call)", "API p50 ms", "API max ms", "SQL alone p50 / max ms", "answer"], rows)
+        load = ", ".join(f"{k} {v:.0f} s" for k, v in g.seconds.items())
+        sizes = ", ".join(f"`{k}` {v}" for k, v in g.sizes.items())
+        parts.append(
+            f"### Queries at {g.rows:,} request records\n\n"
+            f"{g.rows:,} synthetic requests and as many outcomes, generated in SQL (`generate_series`) over "
+            f"{g.days} days from {g.users:,} users in {g.teams} teams ({g.tokens_per_team} tokens per team), six "
+            "models, 93% allowed; loaded month by month into their own partitions "
+            f"({', '.join(g.months)}), outside the hash chain (negative `seq`; detached and dropped afterwards). "
+            f"Generation: {load}; size on disk: {sizes}. Each question is asked {len(q.api_ms)} times through "
+            "the admin API (end to end, JSON or CSV included), then its SQL alone as many times; the plans "
+            "(`EXPLAIN (ANALYZE, BUFFERS)`) are in `bench/AUDIT_PLANS.md`.\n\n"
+            f"{table}\n")
+    elif results.audit_skipped:
+        parts.append(f"### Queries at scale\n\n{results.audit_skipped}.\n")
+    return "\n".join(parts)
+
+
+def render_plans(results: Results) -> str:
+    g = results.audit_generated
+    assert g is not None
+    text = (f"# Audit query plans at {g.rows:,} request records\n\n"
+            f"Written by `bench/run.py` ({results.started:%Y-%m-%d %H:%M} UTC); see the \"Audit path\" section of "
+            "`bench/RESULTS.md` for how the data was made and the timings.\n")
+    for q in results.audit_questions:
+        text += f"\n## {q.title}\n\nAPI: `{q.method} /api/v1{q.path}` with `{q.params}`\n"
+        for label, plan in q.plans.items():
+            text += f"\n### {label}\n\n```\n{plan}\n```\n"
+    return text
+
+
 def _targets_section(checks: list[Verdict]) -> str:
     table = _table(["target", "measured", "result"], [[v.target, v.measured, v.label] for v in checks], "lll")
     misses = [v for v in checks if v.passed is False]
@@ -268,7 +379,10 @@ def _method_section(results: Results) -> str:
         "Bearer <PAT>`, body `{\"model\":\"gpt-4o-mini\",\"messages\":[{\"role\":\"user\",\"content\":"
         "\"Say hello.\"}]}`.\n"
         f"- Check RPC: {p.check_duration:g} s per shape. Revocations: {p.revocations}. Snapshot sizes: "
-        f"{', '.join(f'{n:,}' for n in p.token_counts)} bulk tokens.\n\n"
+        f"{', '.join(f'{n:,}' for n in p.token_counts)} bulk tokens.\n"
+        f"- Audit: ingest runs of {p.ingest_requests:,} requests each; the shipping on/off comparison at "
+        f"concurrency {p.audit_cost_concurrency}, {p.audit_cost_rounds} round(s); queries over "
+        f"{p.audit_rows:,} synthetic request records (see the Audit path section).\n\n"
         f"Measured commands (`$WORK` is the temporary directory; each runs {p.rounds} time(s)):\n\n"
         f"```\n{commands}\n```\n{script}"
     )
@@ -298,5 +412,6 @@ def render(results: Results) -> str:
         + _table(["", ""], [[k, v] for k, v in machine.items()], "ll") + "\n"
     )
     parts = [header, _targets_section(checks), _http_section(results), _check_section(results),
-             _revocation_section(results), _snapshot_section(results), _method_section(results)]
+             _revocation_section(results), _snapshot_section(results), _audit_section(results),
+             _method_section(results)]
     return "\n".join(p for p in parts if p)

@@ -31,39 +31,52 @@ kernel hands out (Envoy binds port 0; the stack gets ports probed free just befo
 6. **Snapshot load**: users and tokens are COPYed straight into the stack's Postgres, then a fresh
    ``python -m authz`` is started on a new socket and timed until its gRPC health check says
    SERVING; its RSS is read then, and its own ``snapshot.loaded`` log line gives the snapshot seconds.
-7. The figures are compared with the targets and written, with PASS/MISS, to RESULTS.md.
+7. **Audit ingest** (:mod:`auditbench`): lines shaped like authz's are POSTed to the stack's ingest
+   endpoint one batch at a time, as the shipper sends them, then fed to ``Ingestor`` in-process; a
+   batch is resent (it must store nothing) and ``keyward audit verify`` must pass.
+8. **Audit cost per request**: the gateway at concurrency 16 with the shipper shipping, and with
+   ``KEYWARD_INGEST_URL`` pointed at a closed port (authz still spools everything), alternating.
+9. **Audit queries at scale** (:mod:`auditquery`, after the snapshot phase): millions of synthetic
+   request records and outcomes in partitions of their own, then the auditors' questions through
+   the admin API and as SQL under ``EXPLAIN (ANALYZE, BUFFERS)`` (plans in ``AUDIT_PLANS.md``).
+   ``--skip-audit-queries`` leaves this phase out.
+10. The figures are compared with the targets and written, with PASS/MISS, to RESULTS.md.
 
-``--quick`` shortens everything for development (about a minute); the full run (the default) takes
-about four to five minutes on a 2-core machine.
+``--quick`` shortens everything for development (about two minutes); the full run (the default)
+takes about ten to twelve minutes on a 2-core machine, five of them generating 10 million records.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import hashlib
 import http.client
 import json
 import os
 import platform
+import random
 import secrets
 import shutil
 import socket
 import sys
 import tempfile
 import time
-import uuid
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import auditbench
+import auditquery
 import authzbench
 import envoys
 import httpx
 import loadgen
 import procstat
 import report
+from minting import Minter
 from model import HttpCell, Profile, Results, Round, Target
 
 if TYPE_CHECKING:
@@ -83,9 +96,13 @@ SOURCE_DIRS = ("authz", "controlplane", "envoy")
 
 
 FULL = Profile("full", duration=5, rounds=3, warmup=1, check_duration=10, revocations=200,
-               token_counts=(100_000, 1_000_000))
+               token_counts=(100_000, 1_000_000), ingest_requests=50_000, audit_rows=10_000_000,
+               audit_cost_rounds=2)
 QUICK = Profile("quick", duration=3, rounds=1, warmup=1, check_duration=3, revocations=20,
-                token_counts=(10_000, 100_000))
+                token_counts=(10_000, 100_000), ingest_requests=10_000, audit_rows=1_000_000,
+                audit_cost_rounds=1)
+#: Lines per ingest request: what the shipper sends by default (KEYWARD_AUDIT_BATCH_LINES).
+INGEST_BATCH_LINES = 2000
 
 
 _T0 = time.monotonic()
@@ -200,13 +217,9 @@ def revocation_phase(results: Results, admin: httpx.Client, gateway_port: int) -
     count = results.profile.revocations
     log(f"revocation: minting {count} tokens")
     started = time.perf_counter()
-    user = admin.post("/users", json={"email": f"revoke-{uuid.uuid4().hex[:10]}@example.com"})
-    user.raise_for_status()
-    minted = []
-    for i in range(count):
-        reply = admin.post("/tokens", json={"user_id": user.json()["id"], "name": f"revoke-{i}"})
-        reply.raise_for_status()
-        minted.append(reply.json())
+    minter = Minter(admin)
+    user = minter.user("revoke")
+    minted = [minter.token(user, f"revoke-{i}") for i in range(count)]
     poller = GatewayPoller(gateway_port)
     try:
         for token in minted:
@@ -261,10 +274,114 @@ def snapshot_phase(results: Results, stack: Stack, check: authzbench.CheckReques
             f"RSS {measured.rss_mib:.0f} MiB, peak {measured.hwm_mib:.0f} MiB")
 
 
+def audit_ingest_phase(results: Results, stack: Stack, pids: dict[str, int]) -> None:
+    """Sustained ingest: the same kind of lines authz ships, over HTTP as the shipper sends them, and
+    through the Ingestor in-process; then a resent batch, then verify."""
+    assert stack.info is not None
+    count = results.profile.ingest_requests
+    rng = random.Random(20261122)
+    population = auditbench.Population.make(rng)
+    token = stack.services["controlplane"].env["KEYWARD_INGEST_TOKEN"]
+    url = f"{stack.info.api_url}/api/v1/audit/ingest"
+    app_dsn = stack.info.database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+    measured = {"control plane": pids["control plane"], "Postgres": pids["Postgres"]}
+    # Start from a quiet store: authz has shipped what the gateway runs spooled, and autovacuum has
+    # nothing left to catch up on.
+    waited = auditbench.wait_for_drain(stack.data_dir / "spool")
+    auditbench.vacuum(stack.info.owner_database_url)
+    log(f"audit ingest: spool drained ({waited:.1f} s), audit tables vacuumed")
+    last: list[bytes] = []
+    for how in ("HTTP", "in-process"):
+        lines = auditbench.request_lines(rng, population, count, auditbench.now_utc())
+        bodies = auditbench.batches(lines, INGEST_BATCH_LINES)
+        log(f"audit ingest ({how}): {count:,} requests, {len(lines):,} lines in {len(bodies)} batches")
+        if how == "HTTP":
+            run = auditbench.ingest_http(url, token, bodies, INGEST_BATCH_LINES, len(lines), measured, TREES)
+        else:
+            run = auditbench.ingest_direct(app_dsn, bodies, INGEST_BATCH_LINES, len(lines), measured, TREES)
+        results.ingest.append(run)
+        last = bodies[-1:]
+        log(f"  {run.rate:,.0f} records/s; control plane {run.cpu_us('control plane'):.1f} µs/record, "
+            f"Postgres {run.cpu_us('Postgres'):.1f} µs/record")
+    resent = auditbench.ingest_http(url, token, last, INGEST_BATCH_LINES, 0, measured, TREES)
+    results.ingest_resend = (resent.stored, resent.duplicates)
+    log(f"  resent the last batch: {resent.stored} stored, {resent.duplicates} duplicates")
+    results.ingest_verify = auditbench.verify(stack.info.owner_database_url)
+    for line in results.ingest_verify:
+        log(f"  verify: {line}")
+
+
+def audit_cost_phase(results: Results, stack: Stack, pids: dict[str, int], token: str, wrk: str | None,
+                     work: Path, gateway_port: int) -> None:
+    """The gateway with the audit shipper shipping, and with it pointed at a closed port (authz still
+    spools every line; only shipping and ingest stop): rounds alternate, authz restarts in between."""
+    profile = results.profile
+    concurrency = profile.audit_cost_concurrency
+    authz = stack.services["authz"]
+    shipping_url = authz.env["KEYWARD_INGEST_URL"]
+    nowhere = f"http://127.0.0.1:{free_port()}/api/v1/audit/ingest"  # nothing listens there
+    script = loadgen.write_wrk_script(work / "chat.lua", CHAT_BODY, token) if wrk else None
+    path = "/openai/v1/chat/completions"
+    cells = {state: HttpCell(concurrency, Target("c", f"full gateway, shipping {state}", gateway_port, path,
+                                                 proxy="gateway Envoy", measures_authz=True))
+             for state in ("on", "off")}
+    results.audit_cost = list(cells.values())
+    assert stack.info is not None
+    auditbench.vacuum(stack.info.owner_database_url)
+    try:
+        for round_no in range(1, profile.audit_cost_rounds + 1):
+            for state, cell in cells.items():
+                authz.env["KEYWARD_INGEST_URL"] = shipping_url if state == "on" else nowhere
+                stack.restart("authz")
+                if state == "on":
+                    # The backlog of an "off" round is shipped first, outside the measurement.
+                    auditbench.wait_for_drain(stack.data_dir / "spool")
+                measured = dict(pids, authz=authz.process.pid if authz.process else 0)
+
+                def load(seconds: float) -> loadgen.LoadResult:
+                    if wrk and script:
+                        return loadgen.run_wrk(wrk, script, f"http://127.0.0.1:{gateway_port}{path}", concurrency,
+                                               seconds)
+                    return loadgen.run_python("127.0.0.1", gateway_port, path, CHAT_BODY, token, concurrency,
+                                              seconds)
+
+                load(profile.warmup + 1)
+                with procstat.CpuWindow(measured, trees=TREES) as window:
+                    result = load(profile.duration)
+                assert window.used is not None
+                cell.rounds.append(Round(result, window.used, window.machine))
+                log(f"audit cost round {round_no}/{profile.audit_cost_rounds}: shipping {state:3s} "
+                    f"c={concurrency} {result.rps:8,.0f} req/s, control plane + Postgres "
+                    f"{(window.used['control plane'] + window.used['Postgres']) / max(result.requests, 1) * 1e6:.0f}"
+                    f" µs/req, errors {result.errors}")
+    finally:
+        authz.env["KEYWARD_INGEST_URL"] = shipping_url
+        stack.restart("authz")
+
+
+def audit_query_phase(results: Results, stack: Stack, admin: httpx.Client, probe_user: dict) -> None:
+    """Millions of synthetic request records in their own partitions, then the auditors' questions."""
+    assert stack.info is not None
+    rows = results.profile.audit_rows
+    log(f"audit queries: generating {rows:,} synthetic requests (and outcomes) over 60 days")
+    generated = asyncio.run(auditquery.generate(stack.info.owner_database_url, probe_user["id"], rows=rows,
+                                                log=log))
+    results.audit_generated = generated
+    log("  " + ", ".join(f"{k} {v:.0f} s" for k, v in generated.seconds.items())
+        + "; " + ", ".join(f"{k} {v}" for k, v in generated.sizes.items()))
+    try:
+        results.audit_questions = auditquery.ask(admin, stack.info.owner_database_url, generated)
+        for q in results.audit_questions:
+            log(f"  {q.key}: API p50 {q.p50:.0f} ms, max {q.worst:.0f} ms ({q.answer})")
+    finally:
+        asyncio.run(auditquery.drop(stack.info.owner_database_url, generated))
+
+
 # -- main -------------------------------------------------------------------------------------------
 
 
-def run(profile: Profile, output: Path, keep: bool, force_python: bool) -> Results:
+def run(profile: Profile, output: Path, keep: bool, force_python: bool, skip_audit_queries: bool = False
+        ) -> Results:
     # Imported here, after main() has set the warning filters: pgserver warns at import time.
     from controlplane.stack.runner import Stack, StackSettings
 
@@ -296,11 +413,8 @@ def run(profile: Profile, output: Path, keep: bool, force_python: bool) -> Resul
         gateway_port = int(info.gateway_url.rsplit(":", 1)[1])
         admin = httpx.Client(base_url=f"{info.api_url}/api/v1",
                              headers={"Authorization": f"Bearer {info.admin_token}"}, timeout=10)
-        user = admin.post("/users", json={"email": f"bench-{uuid.uuid4().hex[:10]}@example.com"})
-        user.raise_for_status()
-        minted = admin.post("/tokens", json={"user_id": user.json()["id"], "name": "bench-load"})
-        minted.raise_for_status()
-        token = minted.json()["token"]
+        minter = Minter(admin)
+        token = minter.token(minter.user(), "bench-load")["token"]
 
         targets = [
             Target("a", "upstream directly", upstream.port, "/v1/chat/completions", proxy=None),
@@ -338,8 +452,19 @@ def run(profile: Profile, output: Path, keep: bool, force_python: bool) -> Resul
             log(f"  {c.in_flight} in flight: {c.rps:,.0f} Checks/s, {c.cpu_us_per_check:.0f} µs CPU/Check")
 
         revocation_phase(results, admin, gateway_port)
+        audit_ingest_phase(results, stack, pids)
+        audit_cost_phase(results, stack, pids, token, wrk, work, gateway_port)
+        # The user whose activity the audit queries ask about: a real user, deprovisioned (an event).
+        probe = minter.user("audit-probe")
+        admin.patch(f"/users/{probe['id']}", json={"status": "deprovisioned"})
         admin.close()
         snapshot_phase(results, stack, check, work)
+        if skip_audit_queries:
+            results.audit_skipped = "skipped (`--skip-audit-queries`)"
+        else:
+            with httpx.Client(base_url=f"{info.api_url}/api/v1", timeout=300,
+                              headers={"Authorization": f"Bearer {info.admin_token}"}) as auditor:
+                audit_query_phase(results, stack, auditor, probe)
     finally:
         if stack is not None:
             log("stopping the stack")
@@ -355,6 +480,11 @@ def run(profile: Profile, output: Path, keep: bool, force_python: bool) -> Resul
     results.load_average_end = procstat.load_average()
     output.write_text(report.render(results))
     log(f"wrote {output}")
+    if results.audit_questions:
+        plans = output.with_name("AUDIT_PLANS.md") if output.name == "RESULTS.md" else output.with_suffix(
+            ".plans.md")
+        plans.write_text(report.render_plans(results))
+        log(f"wrote {plans}")
     return results
 
 
@@ -369,10 +499,12 @@ def main() -> None:
                         help="keep the temporary work directory (logs, configs)")
     parser.add_argument("--python-loadgen", action="store_true",
                         help="use the Python load generator even if wrk is installed")
+    parser.add_argument("--skip-audit-queries", action="store_true",
+                        help="skip the heaviest phase: millions of synthetic audit records and the queries over them")
     args = parser.parse_args()
     # pgserver resolves a runtime dir through platformdirs, which warns when XDG_RUNTIME_DIR is unset.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-    run(QUICK if args.quick else FULL, args.output, args.keep, args.python_loadgen)
+    run(QUICK if args.quick else FULL, args.output, args.keep, args.python_loadgen, args.skip_audit_queries)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
+from controlplane import cli_api, cli_login
+
 if TYPE_CHECKING:
     from controlplane.stack.runner import StackInfo, StackSettings
 
@@ -149,6 +151,17 @@ def audit_retention(
                       f"(sha256 {item.export_sha256})")
     if not dropped:
         console.print("Nothing older than the kept months.")
+
+
+app.add_typer(cli_api.users_app, name="users")
+app.add_typer(cli_api.teams_app, name="teams")
+app.add_typer(cli_api.profiles_app, name="profiles")
+app.add_typer(cli_api.accounts_app, name="service-accounts")
+app.add_typer(cli_api.tokens_app, name="tokens")
+app.add_typer(cli_api.credentials_app, name="credentials")
+app.command("whoami")(cli_api.whoami)
+app.command("configure")(cli_api.configure)
+app.add_typer(cli_login.app)
 
 
 if __name__ == "__main__":

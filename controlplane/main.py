@@ -18,7 +18,9 @@ from controlplane.api.routes import (
     audit,
     credentials,
     health,
+    me,
     profiles,
+    scim_connections,
     service_accounts,
     teams,
     tokens,
@@ -27,6 +29,10 @@ from controlplane.api.routes import (
 )
 from controlplane.core.config import get_settings
 from controlplane.core.db import get_engine, get_sessionmaker
+from controlplane.oidc import web as oidc_web
+from controlplane.scim import errors as scim_errors
+from controlplane.scim import routes as scim_routes
+from controlplane.scim.errors import ScimError
 
 
 class BodyLimit:
@@ -110,8 +116,12 @@ def create_app() -> FastAPI:
         lifespan=_lifespan,
     )
     errors.install(app)
+    app.add_exception_handler(ScimError, scim_errors.handle)
+    app.include_router(scim_routes.router)
     app.include_router(health.router)
-    for module in (users, teams, profiles, service_accounts, tokens, credentials, usage, audit):
+    app.include_router(oidc_web.router)
+    app.include_router(me.router, prefix="/api/v1")
+    for module in (users, teams, profiles, service_accounts, tokens, credentials, usage, audit, scim_connections):
         app.include_router(module.router, prefix="/api/v1")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -20,6 +20,8 @@ Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max
 ModelPattern = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:/@*?\[\]-]+$")]
 T = TypeVar("T")
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
+#: The largest value of a PostgreSQL integer column.
+MAX_INT = 2**31 - 1
 
 
 class _Input(BaseModel):
@@ -215,7 +217,7 @@ class ProfileCreate(_Input):
     dormant_disable_days: int | None = Field(
         default=None, gt=0, le=3650, description="Opt-in: revoke tokens unused this many days (never used: since mint)."
     )
-    rate_limit_rpm: int | None = Field(default=None, gt=0)
+    rate_limit_rpm: int | None = Field(default=None, gt=0, le=MAX_INT)
     monthly_budget_usd: Decimal | None = Field(default=None, gt=0, max_digits=12, decimal_places=2)
 
     @model_validator(mode="after")
@@ -233,7 +235,7 @@ class ProfileUpdate(_Input):
     default_token_days: int | None = Field(default=None, gt=0, le=3650)
     max_token_days: int | None = Field(default=None, gt=0, le=3650)
     dormant_disable_days: int | None = Field(default=None, gt=0, le=3650)
-    rate_limit_rpm: int | None = Field(default=None, gt=0)
+    rate_limit_rpm: int | None = Field(default=None, gt=0, le=MAX_INT)
     monthly_budget_usd: Decimal | None = Field(default=None, gt=0, max_digits=12, decimal_places=2)
 
 

@@ -14,6 +14,9 @@ EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 USAGE_NAMESPACE = "keyward.usage"
 #: The ingest schema's limit for free text; client-chosen values are cut to it, never rejected whole.
 _TEXT = 512
+#: Envoy's request method enum by number, looked up once (a number this build does not know is None).
+_METHODS = {value.number: value.name for value in
+            HTTPRequestProperties.DESCRIPTOR.fields_by_name["request_method"].enum_type.values}
 
 
 def _iso(seconds: float) -> str:
@@ -82,7 +85,6 @@ def outcome_line(entry: HTTPAccessLogEntry) -> dict[str, Any]:
         "prompt_tokens": _number(usage, "prompt_tokens"),
         "completion_tokens": _number(usage, "completion_tokens"),
         "decided": decided,
-        "method": HTTPRequestProperties.DESCRIPTOR.fields_by_name["request_method"].enum_type.values_by_number[
-            entry.request.request_method].name,
+        "method": _METHODS.get(entry.request.request_method),
         "route": (entry.request.original_path or entry.request.path).split("?", 1)[0][:_TEXT],
     }

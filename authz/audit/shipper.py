@@ -5,6 +5,11 @@ persisted atomically, so a restart of either side resends at most one batch, whi
 ingest skips. While the control plane is down the spool grows and nothing is dropped. A batch the
 control plane refuses as malformed (422) is moved aside to ``rejected/`` with the answer, never
 silently discarded, so one bad line cannot stall the stream.
+
+A batch that was not full means the spool is drained: the shipper then waits ``idle_seconds`` before
+the next, so under steady load batches hold what arrived in that time rather than the few lines that
+arrived during one round trip. Most of ingest's cost is per batch (a request, a transaction, the chain
+head), so this is what keeps the control plane's cost per record low.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ log = structlog.get_logger("authz.audit.shipper")
 
 class Shipper:
     def __init__(self, spool: Spool, *, client: httpx.AsyncClient, url: str, token: str,
-                 batch_lines: int = 2000, idle_seconds: float = 0.25) -> None:
+                 batch_lines: int = 2000, idle_seconds: float = 0.25, batch_bytes: int = 1_000_000) -> None:
         self._spool = spool
         self._client = client
         self._url = url
         self._token = token
         self._batch_lines = batch_lines
+        #: The request body stays under this (the control plane refuses bodies over 1 MiB by default).
+        self._batch_bytes = batch_bytes
         self._idle = idle_seconds
         self._position_file = spool.directory / "shipped.pos"
 
@@ -55,6 +62,7 @@ class Shipper:
         """Whole lines from the position on, crossing into later segments; returns the new position."""
         name, offset = self.position()
         lines: list[bytes] = []
+        size = len(b'{"records":[]}')
         for segment in self._spool.segments():
             if segment.name < name:
                 continue
@@ -64,9 +72,10 @@ class Shipper:
                 data = handle.read(1 << 20)
             complete = data[: data.rfind(b"\n") + 1]
             for line in complete.splitlines():
-                if len(lines) == self._batch_lines:
+                if len(lines) == self._batch_lines or (lines and size + len(line) + 1 > self._batch_bytes):
                     return lines, segment.name, start
                 lines.append(line)
+                size += len(line) + 1
                 start += len(line) + 1
             name, offset = segment.name, start
             if len(complete) < len(data) or segment == self._spool.current or len(data) == 1 << 20:
@@ -98,12 +107,13 @@ class Shipper:
         if response.status_code == 200:
             AUDIT_LINES_SHIPPED.inc(len(lines))
             return
-        if response.status_code != 422:
+        if response.status_code not in (413, 422):
             raise httpx.HTTPStatusError(f"ingest answered {response.status_code}", request=response.request,
                                         response=response)
-        # Refused as malformed: halve until the bad lines are alone, so the good ones still land.
+        # Refused as malformed (422) or too large (413): halve until the bad lines are alone, so the
+        # good ones still land; a single line refused either way is set aside.
         if len(lines) == 1:
-            self._quarantine(lines, response.text)
+            self._quarantine(lines, f"{response.status_code} {response.text}")
             return
         middle = len(lines) // 2
         await self._send(lines[:middle])
@@ -130,7 +140,7 @@ class Shipper:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
-            if not shipped:
+            if shipped < self._batch_lines:
                 await asyncio.sleep(self._idle)
 
     def pending_bytes(self) -> int:

@@ -7,7 +7,11 @@ Callers authenticate with a bearer credential and act in one role:
   own so that a failing request is still on record;
 * ``auditor`` — reads everything, changes nothing;
 * ``finance`` — usage only;
-* ``owner`` — manages the tokens, members and service accounts of one team.
+* ``owner`` — manages the tokens, members and service accounts of one team;
+* ``self`` — someone signed in with OIDC whose IdP groups give no admin role: only ``/api/v1/me…``,
+  so every role set here refuses it. A signed-in admin, auditor or finance user acts in that role
+  through the session cookie (changes need its ``X-CSRF-Token`` header) or a ``keyward login``
+  credential.
 
 Admin-API credentials (``kw_api_…``) are minted at ``/api/v1/credentials`` and stored as keyed hashes.
 """
@@ -32,6 +36,7 @@ from controlplane.core.db import get_sessionmaker
 from controlplane.directory import CREDENTIAL_PREFIX
 from controlplane.errors import Forbidden, Unauthorized
 from controlplane.models import ApiCredential
+from controlplane.oidc import signin
 from controlplane.services import Actor, record_event
 
 _bearer = HTTPBearer(auto_error=False, description="An admin-API credential (kw_api_…) or the bootstrap token.")
@@ -88,6 +93,11 @@ async def _caller(
                     )
                 return Caller(Actor(name=f"credential:{credential.name}", mechanism="api"), credential.role,
                               credential.team_id)
+    # Sign-in with OIDC: a `keyward login` credential (kw_cli_…) or, with no bearer, the browser session
+    # cookie. Its role is the IdP groups' admin role, or "self", which no role set below admits.
+    signed_in = await signin.authenticate(request, presented, settings)
+    if signed_in is not None:
+        return Caller(signed_in.actor, signed_in.role)
     raise Unauthorized("credential_invalid", "A valid admin-API bearer credential is required.")
 
 

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from authz.tokens import check_hash_key
+
 
 def sqlalchemy_url(url: str) -> str:
     """Accept libpq-style URLs (``postgresql://``) and name the asyncpg driver for SQLAlchemy."""
@@ -38,6 +40,31 @@ class Settings(BaseSettings):
     lifecycle_interval_seconds: float = Field(default=30, gt=0, le=3600)
     log_level: str = "info"
 
+    # -- sign-in with OpenID Connect (unset issuer: OIDC off) -----------------------------------------
+    #: The issuer URL; its discovery document is read from <issuer>/.well-known/openid-configuration.
+    oidc_issuer: str | None = None
+    #: The web sign-in client (authorization code with PKCE); the secret is optional for a public client.
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    #: The public client ``keyward login`` uses (loopback redirect with PKCE); default: oidc_client_id.
+    oidc_cli_client_id: str | None = None
+    #: The control plane's external URL: the redirect URI is <base>/auth/callback.
+    oidc_redirect_base: str | None = None
+    oidc_scopes: str = "openid email profile"
+    #: Create a user on first sign-in (True) or refuse identities Keyward does not know (False).
+    oidc_jit_provisioning: bool = False
+    #: The claim holding the IdP groups (a dotted path reaches into objects, e.g. realm_access.roles).
+    oidc_groups_claim: str = "groups"
+    #: Comma-separated IdP groups whose members sign in with that admin role.
+    oidc_admin_groups: str = ""
+    oidc_auditor_groups: str = ""
+    oidc_finance_groups: str = ""
+    #: Lifetime of a browser session and of a ``keyward login`` credential.
+    oidc_session_minutes: int = Field(default=60, gt=0, le=24 * 60)
+    oidc_cli_credential_hours: int = Field(default=12, gt=0, le=24 * 30)
+    #: Signs the short-lived sign-in state cookie and derives CSRF tokens (the runner generates one).
+    session_secret: str | None = Field(default=None, min_length=32)
+
     @field_validator("database_url")
     @classmethod
     def _driver(cls, value: str) -> str:
@@ -46,19 +73,33 @@ class Settings(BaseSettings):
     @field_validator("token_hash_key")
     @classmethod
     def _hex_key(cls, value: str) -> str:
-        try:
-            raw = bytes.fromhex(value)
-        except ValueError as exc:
-            raise ValueError("KEYWARD_TOKEN_HASH_KEY must be hex") from exc
-        if len(raw) < 32:
-            raise ValueError("KEYWARD_TOKEN_HASH_KEY must be at least 32 bytes (64 hex characters)")
-        return value
+        return check_hash_key(value)
 
     @model_validator(mode="after")
     def _production_secrets(self) -> Settings:
         if self.environment == "production" and len(self.admin_token) < 32:
             raise ValueError("KEYWARD_ADMIN_TOKEN must be at least 32 characters in production")
         return self
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        if self.oidc_issuer:
+            missing = [name for name, value in (("KEYWARD_OIDC_CLIENT_ID", self.oidc_client_id),
+                                                ("KEYWARD_OIDC_REDIRECT_BASE", self.oidc_redirect_base),
+                                                ("KEYWARD_SESSION_SECRET", self.session_secret)) if not value]
+            if missing:
+                raise ValueError(f"KEYWARD_OIDC_ISSUER is set, so {', '.join(missing)} must be set too")
+        return self
+
+    @property
+    def oidc_enabled(self) -> bool:
+        return bool(self.oidc_issuer)
+
+    def oidc_groups(self, role: str) -> set[str]:
+        """The IdP groups mapped to an admin role (admin, auditor or finance)."""
+        raw = {"admin": self.oidc_admin_groups, "auditor": self.oidc_auditor_groups,
+               "finance": self.oidc_finance_groups}[role]
+        return {group.strip() for group in raw.split(",") if group.strip()}
 
     @property
     def hash_key(self) -> bytes:

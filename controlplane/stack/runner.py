@@ -5,7 +5,8 @@ Secrets are handled so that each process sees only its own:
 
 * provider keys are written to Envoy's SDS files (0600) and removed from every child's environment;
 * the token hash key and the bootstrap admin token live in ``<data_dir>/secrets`` (0600) and are
-  given to the control plane (both) and authz (hash key only).
+  given to the control plane (both) and authz (hash key only); so does the session secret that signs
+  the control plane's sign-in state (control plane only).
 """
 
 from __future__ import annotations
@@ -62,6 +63,19 @@ class StackSettings(BaseSettings):
     mock_stream_interval: float = 0.1
     #: How often the control plane records expiries and applies the dormant-token policy.
     lifecycle_interval_seconds: float = 30
+    #: Sign-in with OpenID Connect (unset issuer: off); passed to the control plane as KEYWARD_OIDC_*.
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_cli_client_id: str | None = None
+    #: Default: http://127.0.0.1:<api_port>.
+    oidc_redirect_base: str | None = None
+    oidc_scopes: str | None = None
+    oidc_jit_provisioning: bool = False
+    oidc_groups_claim: str | None = None
+    oidc_admin_groups: str | None = None
+    oidc_auditor_groups: str | None = None
+    oidc_finance_groups: str | None = None
 
 
 @dataclass
@@ -185,6 +199,7 @@ class Stack:
             database_url = with_user(owner_url, APP_ROLE)
         upgrade(owner_url)
         ingest_token, _ = _read_or_create(secrets_dir / "ingest_token", lambda: secrets.token_urlsafe(32))
+        session_secret, _ = _read_or_create(secrets_dir / "session_secret", lambda: secrets.token_urlsafe(32))
 
         base_env = {k: v for k, v in os.environ.items() if k not in _PROVIDER_SECRETS and not k.startswith("MOCK_")}
         python = sys.executable
@@ -233,7 +248,8 @@ class Stack:
                     str(s.api_port),
                 ],
                 {**common, "KEYWARD_ADMIN_TOKEN": admin_token,
-                 "KEYWARD_LIFECYCLE_INTERVAL_SECONDS": str(s.lifecycle_interval_seconds)},
+                 "KEYWARD_LIFECYCLE_INTERVAL_SECONDS": str(s.lifecycle_interval_seconds),
+                 "KEYWARD_SESSION_SECRET": session_secret, **self._oidc_env()},
                 logs / "controlplane.log",
             )
         )
@@ -300,6 +316,20 @@ class Stack:
             self.stop()
             raise
         return self.info
+
+    def _oidc_env(self) -> dict[str, str]:
+        s = self.settings
+        if not s.oidc_issuer:
+            return {}
+        values = {
+            "issuer": s.oidc_issuer, "client_id": s.oidc_client_id, "client_secret": s.oidc_client_secret,
+            "cli_client_id": s.oidc_cli_client_id,
+            "redirect_base": s.oidc_redirect_base or f"http://127.0.0.1:{s.api_port}",
+            "scopes": s.oidc_scopes, "jit_provisioning": str(s.oidc_jit_provisioning).lower(),
+            "groups_claim": s.oidc_groups_claim, "admin_groups": s.oidc_admin_groups,
+            "auditor_groups": s.oidc_auditor_groups, "finance_groups": s.oidc_finance_groups,
+        }
+        return {f"KEYWARD_OIDC_{name.upper()}": value for name, value in values.items() if value is not None}
 
     def _add(self, service: Service) -> None:
         self.services[service.name] = service

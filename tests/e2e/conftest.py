@@ -1,7 +1,8 @@
 """The real stack for end-to-end tests: embedded Postgres, control plane, authz, Envoy, mock provider.
 
 Started once per session on free ports in a temporary directory, with the same runner ``make up``
-uses. The mock provider is the only fake.
+uses. The mock provider is the only fake. The control plane signs users in against a real OpenID
+Connect provider (tests/e2e/oidc, started first) when Node.js is installed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import httpx
 import pytest
 
 from controlplane.stack.runner import Stack, StackInfo, StackSettings
+from tests.e2e.oidc.harness import OidcProvider, node_problem
 
 STREAM_INTERVAL = 0.15
 
@@ -173,13 +175,28 @@ class Gateway:
 
 
 @pytest.fixture(scope="session")
-def gateway() -> Iterator[Gateway]:
+def oidc_provider() -> Iterator[OidcProvider | None]:
+    """The test OpenID Connect provider; None without Node.js (test_oidc.py then fails, saying why)."""
+    if node_problem():
+        yield None
+        return
+    provider = OidcProvider.start()
+    try:
+        yield provider
+    finally:
+        provider.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(oidc_provider: OidcProvider | None) -> Iterator[Gateway]:
     # Not pytest's tmp_path: its directories are root-only, and Postgres runs as its own user.
     data_dir = Path(tempfile.mkdtemp(prefix="keyward-e2e-"))
+    api_port = free_port()
+    oidc = oidc_provider.stack_settings(f"http://127.0.0.1:{api_port}") if oidc_provider else {}
     settings = StackSettings(
         data_dir=data_dir,
         gateway_port=free_port(),
-        api_port=free_port(),
+        api_port=api_port,
         envoy_admin_port=free_port(),
         mock_port=free_port(),
         admin_token=None,
@@ -189,6 +206,7 @@ def gateway() -> Iterator[Gateway]:
         mock_stream_interval=STREAM_INTERVAL,
         lifecycle_interval_seconds=0.5,
         envoy_concurrency=2,
+        **oidc,
     )
     stack = Stack(settings=settings)
     info = stack.start(timeout=90)

@@ -10,32 +10,55 @@ import csv
 import io
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 from sqlalchemy import text
 
-from controlplane import schemas, services
+from controlplane import errors, schemas, services
 from controlplane.api.deps import Auditor, Cursor, IngestCaller, Limit, SessionDep
-from controlplane.audit.ingest import IngestBatch, Ingestor, IngestResult
+from controlplane.audit.ingest import INGEST_REQUEST_BODY, Ingestor, IngestResult, parse_body
 from controlplane.audit.queries import REQUEST_COLUMNS, USER_ACTIVITY, RequestFilter
 from controlplane.core.db import get_sessionmaker
 from controlplane.errors import Invalid
 from controlplane.services import decode_cursor, encode_cursor
 
-router = APIRouter(prefix="/audit", tags=["audit"])
+router = APIRouter(prefix="/audit", tags=["audit"], responses=errors.responses(401, 422))
 _ingestor = Ingestor()
 
 Format = Annotated[Literal["json", "csv", "jsonl"], Query(description="json: one page; csv / jsonl: a streamed export")]
+#: The exports' media types, next to the JSON page FastAPI documents from the response model.
+_TEXT = {"schema": {"type": "string"}}
+EXPORTS: dict[int | str, dict[str, Any]] = {
+    200: {"description": "json: one page; csv / jsonl: the whole window, streamed.",
+          "content": {"text/csv": _TEXT, "application/x-ndjson": _TEXT}}
+}
 EVENT_COLUMNS = ("seq", "at", "actor", "mechanism", "action", "target_type", "target_id", "before", "after")
 
 
-@router.post("/ingest", response_model=IngestResult)
-async def ingest(batch: IngestBatch, session: SessionDep, _caller: IngestCaller) -> IngestResult:
+@router.post("/ingest", response_model=IngestResult, responses=errors.responses(body=True),
+             openapi_extra=INGEST_REQUEST_BODY)
+async def ingest(request: Request, session: SessionDep, _caller: IngestCaller) -> IngestResult:
     """Store request records shipped by the data plane. Idempotent: a resent line is skipped."""
+    # The body is validated by pydantic straight from its bytes (an ``IngestBatch`` parameter would
+    # have FastAPI build Python objects for the whole JSON document first, then validate those).
+    body = await request.body()
+    try:
+        batch = parse_body(body)
+    except ValidationError as exc:
+        try:
+            body.decode()
+        except UnicodeDecodeError:
+            # What FastAPI answers for a body it cannot decode (documented as 400).
+            raise HTTPException(400, "There was an error parsing the body") from None
+        # Located as FastAPI locates body errors ("body", then the path into the document).
+        raise RequestValidationError([error | {"loc": ("body", *error["loc"])}
+                                      for error in exc.errors(include_url=False)]) from None
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     return await _ingestor.ingest(raw.driver_connection, batch)
@@ -49,8 +72,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _export(query: str, params: dict[str, Any], columns: Sequence[str], fmt: str, name: str) -> StreamingResponse:
-    async def rows() -> AsyncIterator[str]:
+async def _export(query: str, params: dict[str, Any], columns: Sequence[str], fmt: str,
+                  name: str) -> StreamingResponse:
+    async def rows() -> AsyncGenerator[str, None]:
         async with get_sessionmaker()() as session, session.begin():
             result = await session.stream(text(query), params)
             if fmt == "csv":
@@ -69,14 +93,30 @@ def _export(query: str, params: dict[str, Any], columns: Sequence[str], fmt: str
                 async for row in result.mappings():
                     yield json.dumps({c: _jsonable(row[c]) for c in columns}) + "\n"
 
+    # Run the query before the response starts: a value the database refuses is then a 422 (see
+    # controlplane.errors), not a 200 whose stream breaks off.
+    chunks = rows()
+    first = await anext(chunks, "")
+
+    async def primed() -> AsyncIterator[str]:
+        try:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:  # a client that goes away mid-export: end the query and its transaction now
+            await chunks.aclose()
+
     media = "text/csv" if fmt == "csv" else "application/x-ndjson"
-    return StreamingResponse(rows(), media_type=media,
+    return StreamingResponse(primed(), media_type=media,
                              headers={"content-disposition": f'attachment; filename="{name}.{fmt}"'})
 
 
 def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
     end = end or datetime.now(UTC)
-    start = start or end - timedelta(days=1)
+    try:
+        start = start or end - timedelta(days=1)
+    except OverflowError:  # an end within a day of 0001-01-01
+        start = datetime.min.replace(tzinfo=UTC)
     if start.tzinfo is None or end.tzinfo is None:
         raise Invalid("timezone_required", "start and end must carry a timezone (e.g. 2026-11-22T04:13:00Z).")
     if start >= end:
@@ -84,7 +124,7 @@ def _window(start: datetime | None, end: datetime | None) -> tuple[datetime, dat
     return start, end
 
 
-@router.get("/requests", response_model=schemas.Page[schemas.RequestRecord])
+@router.get("/requests", response_model=schemas.Page[schemas.RequestRecord], responses=errors.responses(403) | EXPORTS)
 async def list_requests(
     session: SessionDep,
     _caller: Auditor,
@@ -108,7 +148,7 @@ async def list_requests(
                             model=model, decision=decision, status=status, provider=provider)
     if format != "json":
         query, params = filters.sql(limit=None)
-        return _export(query, params, REQUEST_COLUMNS, format, "requests")
+        return await _export(query, params, REQUEST_COLUMNS, format, "requests")
     if cursor:
         at, seq = decode_cursor(cursor)
         try:
@@ -121,7 +161,7 @@ async def list_requests(
     return {"items": [dict(r) for r in rows[:limit]], "next_cursor": next_cursor}
 
 
-@router.get("/events", response_model=schemas.Page[schemas.EventPublic])
+@router.get("/events", response_model=schemas.Page[schemas.EventPublic], responses=errors.responses(403) | EXPORTS)
 async def list_events(
     session: SessionDep,
     _caller: Auditor,
@@ -158,13 +198,14 @@ async def list_events(
         params["after"] = after
     query = "SELECT * FROM events WHERE " + " AND ".join(clauses) + " ORDER BY seq"  # noqa: S608 - fixed columns
     if format != "json":
-        return _export(query, params, EVENT_COLUMNS, format, "events")
+        return await _export(query, params, EVENT_COLUMNS, format, "events")
     rows = (await session.execute(text(query + " LIMIT :limit"), params | {"limit": limit + 1})).mappings().all()
     next_cursor = str(rows[limit - 1]["seq"]) if len(rows) > limit else None
     return {"items": [dict(r) for r in rows[:limit]], "next_cursor": next_cursor}
 
 
-@router.get("/users/{user_id}/activity", response_model=schemas.UserActivity)
+@router.get("/users/{user_id}/activity", response_model=schemas.UserActivity,
+            responses=errors.responses(403, 404))
 async def user_activity(user_id: uuid.UUID, session: SessionDep, _caller: Auditor) -> dict:
     """When did this user last make a request, and was anything of theirs allowed after they were
     disabled? For a correctly revoked user the count is zero, and the answer names the evidence."""

@@ -5,14 +5,15 @@ import uuid
 from fastapi import APIRouter, status
 from sqlalchemy import select
 
-from controlplane import directory, schemas, services
-from controlplane.api.deps import Admin, AnyCaller, Cursor, Limit, SessionDep, SettingsDep
+from controlplane import directory, errors, schemas, services
+from controlplane.api.deps import Admin, AnyCaller, Auditor, Cursor, Limit, SessionDep, SettingsDep
 from controlplane.models import ApiCredential
 
-router = APIRouter(tags=["admin access"])
+router = APIRouter(tags=["admin access"], responses=errors.responses(401))
 
 
-@router.post("/credentials", status_code=status.HTTP_201_CREATED, response_model=schemas.CredentialIssued)
+@router.post("/credentials", status_code=status.HTTP_201_CREATED, response_model=schemas.CredentialIssued,
+             responses=errors.responses(403, 404, 422, body=True))
 async def issue_credential(data: schemas.CredentialCreate, session: SessionDep, caller: Admin,
                            settings: SettingsDep) -> dict:
     """An admin-API credential with a role (admin, auditor, finance, or owner of one team). Shown once."""
@@ -21,14 +22,17 @@ async def issue_credential(data: schemas.CredentialCreate, session: SessionDep, 
     return {**schemas.CredentialPublic.model_validate(credential).model_dump(), "token": secret}
 
 
-@router.get("/credentials", response_model=schemas.Page[schemas.CredentialPublic])
-async def list_credentials(session: SessionDep, _caller: Admin, limit: Limit = 100, cursor: Cursor = None) -> dict:
+@router.get("/credentials", response_model=schemas.Page[schemas.CredentialPublic],
+            responses=errors.responses(403, 422))
+async def list_credentials(session: SessionDep, _caller: Auditor, limit: Limit = 100, cursor: Cursor = None) -> dict:
+    """Every credential, never its secret. Auditors read it too: who may do what is their question."""
     items, next_cursor = await services.paginate(session, select(ApiCredential), sort=ApiCredential.created_at,
                                                  id_col=ApiCredential.id, cursor=cursor, limit=limit)
     return {"items": items, "next_cursor": next_cursor}
 
 
-@router.post("/credentials/{credential_id}/revoke", response_model=schemas.CredentialPublic)
+@router.post("/credentials/{credential_id}/revoke", response_model=schemas.CredentialPublic,
+             responses=errors.responses(403, 404, 422))
 async def revoke_credential(credential_id: uuid.UUID, session: SessionDep, caller: Admin) -> ApiCredential:
     return await directory.revoke_credential(session, actor=caller.actor, credential_id=credential_id)
 

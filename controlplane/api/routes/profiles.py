@@ -6,15 +6,16 @@ from typing import Literal
 from fastapi import APIRouter, status
 from sqlalchemy import func, select
 
-from controlplane import directory, schemas, services
+from controlplane import directory, errors, schemas, services
 from controlplane.api.deps import Admin, Cursor, Limit, Reader, SessionDep
 from controlplane.api.routes._listing import sort_key
 from controlplane.models import AccessProfile
 
-router = APIRouter(prefix="/profiles", tags=["access profiles"])
+router = APIRouter(prefix="/profiles", tags=["access profiles"], responses=errors.responses(401, 403, 422))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.ProfilePublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.ProfilePublic,
+             responses=errors.responses(409, body=True))
 async def create_profile(data: schemas.ProfileCreate, session: SessionDep, caller: Admin) -> AccessProfile:
     return await directory.create_profile(session, actor=caller.actor, data=data)
 
@@ -35,12 +36,13 @@ async def list_profiles(
     return {"items": items, "next_cursor": next_cursor}
 
 
-@router.get("/{profile_id}", response_model=schemas.ProfilePublic)
+@router.get("/{profile_id}", response_model=schemas.ProfilePublic, responses=errors.responses(404))
 async def get_profile(profile_id: uuid.UUID, session: SessionDep, _caller: Reader) -> AccessProfile:
     return await directory.get_profile(session, profile_id=profile_id)
 
 
-@router.patch("/{profile_id}", response_model=schemas.ProfilePublic)
+@router.patch("/{profile_id}", response_model=schemas.ProfilePublic,
+              responses=errors.responses(404, 409, body=True))
 async def update_profile(profile_id: uuid.UUID, data: schemas.ProfileUpdate, session: SessionDep,
                          caller: Admin) -> AccessProfile:
     """Narrowing a profile narrows every token of every team that uses it, without re-issuing."""

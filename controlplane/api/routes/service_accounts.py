@@ -6,15 +6,17 @@ from typing import Literal
 from fastapi import APIRouter, status
 from sqlalchemy import func, select
 
-from controlplane import directory, schemas, services
+from controlplane import directory, errors, schemas, services
 from controlplane.api.deps import Cursor, Limit, Manager, Reader, SessionDep
 from controlplane.api.routes._listing import sort_key
 from controlplane.models import ServiceAccount
 
-router = APIRouter(prefix="/service-accounts", tags=["service accounts"])
+router = APIRouter(prefix="/service-accounts", tags=["service accounts"],
+                   responses=errors.responses(401, 403, 422))
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.ServiceAccountPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.ServiceAccountPublic,
+             responses=errors.responses(404, 409, body=True))
 async def create_service_account(data: schemas.ServiceAccountCreate, session: SessionDep,
                                  caller: Manager) -> ServiceAccount:
     caller.require_team(data.team_id)
@@ -45,7 +47,7 @@ async def list_service_accounts(
     return {"items": items, "next_cursor": next_cursor}
 
 
-@router.get("/{account_id}", response_model=schemas.ServiceAccountPublic)
+@router.get("/{account_id}", response_model=schemas.ServiceAccountPublic, responses=errors.responses(404))
 async def get_service_account(account_id: uuid.UUID, session: SessionDep, caller: Reader) -> ServiceAccount:
     account = await directory.get_service_account(session, account_id=account_id)
     if caller.role == "owner":
@@ -53,7 +55,8 @@ async def get_service_account(account_id: uuid.UUID, session: SessionDep, caller
     return account
 
 
-@router.patch("/{account_id}", response_model=schemas.ServiceAccountPublic)
+@router.patch("/{account_id}", response_model=schemas.ServiceAccountPublic,
+              responses=errors.responses(404, body=True))
 async def update_service_account(account_id: uuid.UUID, data: schemas.ServiceAccountUpdate, session: SessionDep,
                                  caller: Manager) -> ServiceAccount:
     """Disabling a service account stops its tokens at the gateway at once."""

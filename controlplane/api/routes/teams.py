@@ -6,17 +6,18 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy import func, select
 
-from controlplane import directory, schemas, services, tokens
+from controlplane import directory, errors, schemas, services, tokens
 from controlplane.api.deps import Admin, Cursor, Limit, Manager, Reader, SessionDep
 from controlplane.api.routes._listing import sort_key
 from controlplane.models import Membership, Team
 
-router = APIRouter(prefix="/teams", tags=["teams"])
+router = APIRouter(prefix="/teams", tags=["teams"], responses=errors.responses(401, 403, 422))
 
 TeamSort = Literal["created_at", "-created_at", "name", "-name"]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.TeamPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.TeamPublic,
+             responses=errors.responses(404, 409, body=True))
 async def create_team(data: schemas.TeamCreate, session: SessionDep, caller: Admin) -> Team:
     return await directory.create_team(session, actor=caller.actor, data=data)
 
@@ -44,20 +45,21 @@ async def list_teams(
     return {"items": items, "next_cursor": next_cursor}
 
 
-@router.get("/{team_id}", response_model=schemas.TeamPublic)
+@router.get("/{team_id}", response_model=schemas.TeamPublic, responses=errors.responses(404))
 async def get_team(team_id: uuid.UUID, session: SessionDep, caller: Reader) -> Team:
     if caller.role == "owner":
         caller.require_team(team_id)
     return await directory.get_team(session, team_id=team_id)
 
 
-@router.patch("/{team_id}", response_model=schemas.TeamPublic)
+@router.patch("/{team_id}", response_model=schemas.TeamPublic, responses=errors.responses(404, 409, body=True))
 async def update_team(team_id: uuid.UUID, data: schemas.TeamUpdate, session: SessionDep, caller: Admin) -> Team:
     """Changing a team's profile changes what every token of the team may do, at once."""
     return await directory.update_team(session, actor=caller.actor, team_id=team_id, data=data)
 
 
-@router.get("/{team_id}/members", response_model=schemas.Page[schemas.MembershipPublic])
+@router.get("/{team_id}/members", response_model=schemas.Page[schemas.MembershipPublic],
+            responses=errors.responses(404))
 async def list_members(
     team_id: uuid.UUID,
     session: SessionDep,
@@ -77,7 +79,8 @@ async def list_members(
     return {"items": items, "next_cursor": next_cursor}
 
 
-@router.put("/{team_id}/members/{user_id}", response_model=schemas.MembershipPublic)
+@router.put("/{team_id}/members/{user_id}", response_model=schemas.MembershipPublic,
+            responses=errors.responses(404, body=True))
 async def set_member(team_id: uuid.UUID, user_id: uuid.UUID, session: SessionDep, caller: Manager,
                      data: schemas.MembershipSet | None = None) -> Membership:
     """Add a user to the team (or change their role). Idempotent."""
@@ -86,7 +89,8 @@ async def set_member(team_id: uuid.UUID, user_id: uuid.UUID, session: SessionDep
                                       role=(data or schemas.MembershipSet()).role)
 
 
-@router.delete("/{team_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{team_id}/members/{user_id}", status_code=status.HTTP_204_NO_CONTENT,
+               responses=errors.responses(404))
 async def remove_member(team_id: uuid.UUID, user_id: uuid.UUID, session: SessionDep, caller: Manager) -> Response:
     """Remove a member: their tokens for this team stop working at once."""
     caller.require_team(team_id)
@@ -94,7 +98,8 @@ async def remove_member(team_id: uuid.UUID, user_id: uuid.UUID, session: Session
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/{team_id}/tokens/revoke", response_model=schemas.BulkRevoked)
+@router.post("/{team_id}/tokens/revoke", response_model=schemas.BulkRevoked,
+             responses=errors.responses(404, body=True))
 async def revoke_team_tokens(team_id: uuid.UUID, session: SessionDep, caller: Manager,
                              data: schemas.BulkRevoke | None = None) -> dict:
     """Revoke every live token that acts for the team, and no one else's."""

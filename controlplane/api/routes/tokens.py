@@ -6,13 +6,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Query, status
 from sqlalchemy import Select, func
 
-from controlplane import schemas, services
+from controlplane import errors, schemas, services
 from controlplane import tokens as lifecycle
 from controlplane.api.deps import Caller, Cursor, Limit, Manager, Reader, SessionDep, SettingsDep
 from controlplane.api.routes._listing import sort_key
 from controlplane.models import Token
 
-router = APIRouter(prefix="/tokens", tags=["tokens"])
+router = APIRouter(prefix="/tokens", tags=["tokens"], responses=errors.responses(401, 403, 422))
 
 TokenSort = Literal["created_at", "-created_at", "last_used_at", "-last_used_at", "expires_at", "-expires_at",
                     "name", "-name"]
@@ -29,7 +29,8 @@ async def _managed(session: SessionDep, caller: Caller, token_id: uuid.UUID) -> 
     return token
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.TokenIssued)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.TokenIssued,
+             responses=errors.responses(404, 409, body=True))
 async def mint_token(data: schemas.TokenCreate, session: SessionDep, caller: Manager, settings: SettingsDep) -> dict:
     """Mint a personal access token. The secret is in this response and nowhere else, ever."""
     team_id = await lifecycle.resolve_team(session, data)
@@ -86,7 +87,7 @@ async def dormant_tokens(
     return await _list(session, caller, lifecycle.dormant_query(days, team_id), limit=limit, cursor=cursor, sort=sort)
 
 
-@router.get("/{token_id}", response_model=schemas.TokenPublic)
+@router.get("/{token_id}", response_model=schemas.TokenPublic, responses=errors.responses(404))
 async def get_token(token_id: uuid.UUID, session: SessionDep, caller: Reader) -> Token:
     token = await lifecycle.get_token(session, token_id=token_id)
     if caller.role == "owner":
@@ -94,14 +95,14 @@ async def get_token(token_id: uuid.UUID, session: SessionDep, caller: Reader) ->
     return token
 
 
-@router.patch("/{token_id}", response_model=schemas.TokenPublic)
+@router.patch("/{token_id}", response_model=schemas.TokenPublic, responses=errors.responses(404, 409, body=True))
 async def narrow_token(token_id: uuid.UUID, data: schemas.TokenNarrow, session: SessionDep, caller: Manager) -> Token:
     """Narrow a live token (fewer models, an earlier expiry) without re-issuing it."""
     await _managed(session, caller, token_id)
     return await lifecycle.narrow(session, actor=caller.actor, token_id=token_id, data=data)
 
 
-@router.post("/{token_id}/revoke", response_model=schemas.TokenPublic)
+@router.post("/{token_id}/revoke", response_model=schemas.TokenPublic, responses=errors.responses(404, body=True))
 async def revoke_token(
     token_id: uuid.UUID,
     session: SessionDep,
@@ -113,7 +114,8 @@ async def revoke_token(
     return await lifecycle.revoke(session, actor=caller.actor, token_id=token_id, reason=data.reason if data else None)
 
 
-@router.post("/{token_id}/rotate", status_code=status.HTTP_201_CREATED, response_model=schemas.TokenRotated)
+@router.post("/{token_id}/rotate", status_code=status.HTTP_201_CREATED, response_model=schemas.TokenRotated,
+             responses=errors.responses(404, 409, body=True))
 async def rotate_token(token_id: uuid.UUID, session: SessionDep, caller: Manager, settings: SettingsDep,
                        data: Annotated[schemas.TokenRotate | None, Body()] = None) -> dict:
     """Mint a successor now; the old token keeps working until the grace deadline, then expires."""

@@ -6,11 +6,11 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from sqlalchemy import text
 
-from controlplane import schemas
+from controlplane import errors, schemas
 from controlplane.api.deps import SessionDep, UsageReader
 from controlplane.errors import Invalid
 
-router = APIRouter(tags=["usage"])
+router = APIRouter(tags=["usage"], responses=errors.responses(401, 403, 422))
 
 _GROUPS = {"team": "r.team", "user": "r.user_email", "model": "r.model", "provider": "r.provider",
            "environment": "r.environment", "token": "r.token_id::text"}
@@ -26,7 +26,10 @@ async def usage(
 ) -> list[dict]:
     """Requests and token usage per team, user, model, provider, environment or token, from the audit store."""
     end = end or datetime.now(UTC)
-    start = start or end - timedelta(days=30)
+    try:
+        start = start or end - timedelta(days=30)
+    except OverflowError:  # an end within 30 days of 0001-01-01
+        start = datetime.min.replace(tzinfo=UTC)
     if start.tzinfo is None or end.tzinfo is None or start >= end:
         raise Invalid("window_invalid", "start and end must carry a timezone, and start must be before end.")
     column = _GROUPS[group_by]

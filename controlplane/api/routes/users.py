@@ -6,17 +6,18 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, status
 from sqlalchemy import func, select
 
-from controlplane import schemas, services, tokens
+from controlplane import errors, schemas, services, tokens
 from controlplane.api.deps import Admin, Cursor, Limit, Reader, SessionDep
 from controlplane.api.routes._listing import sort_key
 from controlplane.models import User
 
-router = APIRouter(prefix="/users", tags=["users"])
+router = APIRouter(prefix="/users", tags=["users"], responses=errors.responses(401, 403, 422))
 
 UserSort = Literal["created_at", "-created_at", "email", "-email"]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.UserPublic)
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.UserPublic,
+             responses=errors.responses(409, body=True))
 async def create_user(data: schemas.UserCreate, session: SessionDep, caller: Admin) -> User:
     return await services.create_user(session, actor=caller.actor, data=data)
 
@@ -47,18 +48,19 @@ async def list_users(
     return {"items": items, "next_cursor": next_cursor}
 
 
-@router.get("/{user_id}", response_model=schemas.UserPublic)
+@router.get("/{user_id}", response_model=schemas.UserPublic, responses=errors.responses(404))
 async def get_user(user_id: uuid.UUID, session: SessionDep, _caller: Reader) -> User:
     return await services.get_user(session, user_id=user_id)
 
 
-@router.patch("/{user_id}", response_model=schemas.UserPublic)
+@router.patch("/{user_id}", response_model=schemas.UserPublic, responses=errors.responses(404, body=True))
 async def update_user(user_id: uuid.UUID, data: schemas.UserUpdate, session: SessionDep, caller: Admin) -> User:
     """Suspending a user stops their tokens at the gateway; deprovisioning also revokes every one."""
     return await services.update_user(session, actor=caller.actor, user_id=user_id, data=data)
 
 
-@router.post("/{user_id}/tokens/revoke", response_model=schemas.BulkRevoked)
+@router.post("/{user_id}/tokens/revoke", response_model=schemas.BulkRevoked,
+             responses=errors.responses(404, body=True))
 async def revoke_user_tokens(user_id: uuid.UUID, session: SessionDep, caller: Admin,
                              data: schemas.BulkRevoke | None = None) -> dict:
     """Revoke every live token the user owns, in one transaction."""

@@ -1,0 +1,437 @@
+"""The admin API's role matrix: every operation, for every kind of caller.
+
+:data:`MATRIX` is the one statement of who may do what. Each operation of the live OpenAPI document
+(but those in NOT_ROLE_CHECKED: the health probes, the data plane's ingest and the public steps of
+signing in with OIDC) has a row naming the roles that may call it, and
+:func:`test_the_matrix_covers_exactly_the_openapi_operations` fails when an endpoint has no row, so
+a new endpoint cannot ship without a decision about its roles.
+
+Each cell is one test: the operation, called as one kind of caller, against real objects made by the
+:func:`world` fixture (teams A and B, each with its own profile, a member, a service account and a
+token). "owner" is the owner credential of team A acting on team A's objects; "owner_other" is that
+same credential acting on team B's objects (a list is filtered to team B, a path names B's object).
+Operations that change or destroy state act on objects made for that cell alone (a fresh user, token
+or credential), so no cell depends on another or on their order.
+
+An allowed cell must answer 2xx: the requests are built to succeed (stricter than "not 401/403").
+A denied cell must answer 403 with ``team_forbidden`` when the role could do this to its own team,
+``role_forbidden`` otherwise; the unauthenticated kinds must answer 401 ``credential_invalid``. The
+``/api/v1/me…`` rows (SIGN_IN_ONLY) answer only to a sign-in, never to an admin-API credential: 401
+``sign_in_required`` for every kind, the bootstrap token included.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import pytest
+
+from authz.tokens import generate_token
+from tests.e2e.conftest import Gateway
+
+pytestmark = pytest.mark.e2e
+
+# -- who may do what ------------------------------------------------------------------------------
+
+ADMIN, AUDITOR, FINANCE, OWNER, OWNER_OTHER = "admin", "auditor", "finance", "owner", "owner_other"
+ROLES = (ADMIN, AUDITOR, FINANCE, OWNER, OWNER_OTHER)
+
+ADMIN_ONLY = frozenset({ADMIN})
+AUDIT = frozenset({ADMIN, AUDITOR})
+#: Not team-scoped, or filtered to the caller's team: an owner may call it whatever it names.
+READ_ANY = frozenset({ADMIN, AUDITOR, OWNER, OWNER_OTHER})
+#: One team's object: an owner only for their own team.
+READ_TEAM = frozenset({ADMIN, AUDITOR, OWNER})
+MANAGE_TEAM = frozenset({ADMIN, OWNER})
+#: A signed-in user's own API: no admin-API credential is a sign-in, whatever its role (401
+#: ``sign_in_required``; 404 ``oidc_not_configured`` when sign-in with OIDC is off).
+SIGN_IN_ONLY: frozenset[str] = frozenset()
+
+MATRIX: dict[str, frozenset[str]] = {
+    "POST /api/v1/users": ADMIN_ONLY,
+    "GET /api/v1/users": READ_ANY,
+    "GET /api/v1/users/{user_id}": READ_ANY,
+    "PATCH /api/v1/users/{user_id}": ADMIN_ONLY,
+    "POST /api/v1/users/{user_id}/tokens/revoke": ADMIN_ONLY,
+    "POST /api/v1/teams": ADMIN_ONLY,
+    "GET /api/v1/teams": READ_ANY,
+    "GET /api/v1/teams/{team_id}": READ_TEAM,
+    "PATCH /api/v1/teams/{team_id}": ADMIN_ONLY,
+    "GET /api/v1/teams/{team_id}/members": READ_TEAM,
+    "PUT /api/v1/teams/{team_id}/members/{user_id}": MANAGE_TEAM,
+    "DELETE /api/v1/teams/{team_id}/members/{user_id}": MANAGE_TEAM,
+    "POST /api/v1/teams/{team_id}/tokens/revoke": MANAGE_TEAM,
+    "POST /api/v1/profiles": ADMIN_ONLY,
+    "GET /api/v1/profiles": READ_ANY,
+    "GET /api/v1/profiles/{profile_id}": READ_ANY,
+    "PATCH /api/v1/profiles/{profile_id}": ADMIN_ONLY,
+    "POST /api/v1/service-accounts": MANAGE_TEAM,
+    "GET /api/v1/service-accounts": READ_ANY,
+    "GET /api/v1/service-accounts/{account_id}": READ_TEAM,
+    "PATCH /api/v1/service-accounts/{account_id}": MANAGE_TEAM,
+    "POST /api/v1/tokens": MANAGE_TEAM,
+    "GET /api/v1/tokens": READ_ANY,
+    "GET /api/v1/tokens/dormant": READ_ANY,
+    "GET /api/v1/tokens/{token_id}": READ_TEAM,
+    "PATCH /api/v1/tokens/{token_id}": MANAGE_TEAM,
+    "POST /api/v1/tokens/{token_id}/revoke": MANAGE_TEAM,
+    "POST /api/v1/tokens/{token_id}/rotate": MANAGE_TEAM,
+    "POST /api/v1/credentials": ADMIN_ONLY,
+    "GET /api/v1/credentials": AUDIT,
+    "POST /api/v1/credentials/{credential_id}/revoke": ADMIN_ONLY,
+    "GET /api/v1/whoami": frozenset({ADMIN, AUDITOR, FINANCE, OWNER, OWNER_OTHER}),
+    "GET /api/v1/usage": frozenset({ADMIN, AUDITOR, FINANCE}),
+    "GET /api/v1/audit/requests": AUDIT,
+    "GET /api/v1/audit/events": AUDIT,
+    "GET /api/v1/audit/users/{user_id}/activity": AUDIT,
+    "POST /api/v1/scim-connections": ADMIN_ONLY,
+    "GET /api/v1/scim-connections": AUDIT,
+    "POST /api/v1/scim-connections/{connection_id}/credentials": ADMIN_ONLY,
+    "GET /api/v1/scim-connections/{connection_id}/credentials": AUDIT,
+    "POST /api/v1/scim-connections/{connection_id}/credentials/{credential_id}/revoke": ADMIN_ONLY,
+    "GET /api/v1/me": SIGN_IN_ONLY,
+    "GET /api/v1/me/tokens": SIGN_IN_ONLY,
+    "POST /api/v1/me/tokens": SIGN_IN_ONLY,
+    "POST /api/v1/me/tokens/{token_id}/revoke": SIGN_IN_ONLY,
+    "POST /api/v1/me/logout": SIGN_IN_ONLY,
+}
+
+#: Not in the matrix: unauthenticated probes, the data plane's ingest (its own token; see
+#: test_no_role_credential_can_ingest), and the public steps of signing in with OIDC.
+NOT_ROLE_CHECKED = {"GET /healthz", "GET /readyz", "POST /api/v1/audit/ingest", "GET /api/v1/auth/oidc",
+                    "POST /api/v1/auth/oidc/cli-token"}
+
+#: Callers with no valid admin-API credential: always 401.
+UNAUTHENTICATED = ("none", "garbage", "forged", "revoked", "pat")
+#: The bootstrap token is an admin.
+BOOTSTRAP = "bootstrap"
+KINDS = (*ROLES, BOOTSTRAP, *UNAUTHENTICATED)
+
+Side = Literal["A", "B"]
+
+
+def expectation(operation: str, kind: str) -> tuple[int | None, str | None]:
+    """``(None, None)`` when the call must be allowed, else the status and code it must be denied with."""
+    allowed = MATRIX[operation]
+    if not allowed:  # SIGN_IN_ONLY
+        return 401, "sign_in_required"
+    if kind in UNAUTHENTICATED:
+        return 401, "credential_invalid"
+    if kind == BOOTSTRAP or kind in allowed:
+        assert kind != BOOTSTRAP or ADMIN in allowed
+        return None, None
+    if kind == OWNER_OTHER and OWNER in allowed:
+        return 403, "team_forbidden"
+    return 403, "role_forbidden"
+
+
+# -- the objects the cells act on -----------------------------------------------------------------
+
+
+@dataclass
+class Team:
+    team: dict
+    profile: dict
+    member: dict
+    account: dict
+    token: dict
+
+
+@dataclass
+class World:
+    gateway: Gateway
+    sides: dict[str, Team]
+    clients: dict[str, httpx.Client]
+    credentials: dict[str, dict] = field(default_factory=dict)
+    scim_connection: dict = field(default_factory=dict)
+    oidc: bool = False
+
+    @property
+    def admin(self) -> httpx.Client:
+        return self.gateway.admin
+
+    def made(self, reply: httpx.Response, status: int = 201) -> dict:
+        assert reply.status_code == status, reply.text
+        return reply.json()
+
+    # Throwaway objects for the cells that change or destroy what they act on.
+
+    def fresh_user(self, side: Side | None = None) -> dict:
+        user = self.gateway.user()
+        if side is not None:
+            self.gateway.join(user, self.sides[side].team)
+        return user
+
+    def fresh_token(self, side: Side) -> dict:
+        team = self.sides[side]
+        return self.made(self.admin.post("/tokens", json={
+            "user_id": team.member["id"], "team_id": team.team["id"], "name": f"cell-{uuid.uuid4().hex[:6]}"}))
+
+    def fresh_scim_credential(self) -> dict:
+        return self.made(self.admin.post(f"/scim-connections/{self.scim_connection['id']}/credentials"))
+
+    def fresh_credential(self) -> dict:
+        return self.made(self.admin.post("/credentials", json={"name": f"cell-{uuid.uuid4().hex[:6]}",
+                                                               "role": "auditor"}))
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    params: dict[str, Any] | None = None
+    json: Any = None
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _profile_body() -> dict:
+    return {"name": _unique("roles-profile"), "catalog": [{"provider": "*", "pattern": "*"}],
+            "environments": ["dev", "staging", "prod", "ci"], "default_token_days": 30, "max_token_days": 365}
+
+
+#: How to call each operation as a caller acting on ``side``'s objects: a valid request, so that an
+#: allowed caller gets a 2xx. Keys must be exactly those of MATRIX.
+Recipe = Callable[[World, Side], Call]
+REQUESTS: dict[str, Recipe] = {
+    "POST /api/v1/users": lambda w, s: Call("POST", "/users", json={"email": f"{_unique('roles')}@example.com"}),
+    "GET /api/v1/users": lambda w, s: Call("GET", "/users", params={"email": w.sides[s].member["email"]}),
+    "GET /api/v1/users/{user_id}": lambda w, s: Call("GET", f"/users/{w.sides[s].member['id']}"),
+    "PATCH /api/v1/users/{user_id}": lambda w, s: Call("PATCH", f"/users/{w.sides[s].member['id']}",
+                                                       json={"display_name": "Renamed by the role matrix"}),
+    "POST /api/v1/users/{user_id}/tokens/revoke": lambda w, s: Call(
+        "POST", f"/users/{w.fresh_user(s)['id']}/tokens/revoke", json={"reason": "role matrix"}),
+    "POST /api/v1/teams": lambda w, s: Call("POST", "/teams", json={"name": _unique("roles-team")}),
+    "GET /api/v1/teams": lambda w, s: Call("GET", "/teams", params={"name": w.sides[s].team["name"]}),
+    "GET /api/v1/teams/{team_id}": lambda w, s: Call("GET", f"/teams/{w.sides[s].team['id']}"),
+    "PATCH /api/v1/teams/{team_id}": lambda w, s: Call("PATCH", f"/teams/{w.sides[s].team['id']}",
+                                                       json={"description": "described by the role matrix"}),
+    "GET /api/v1/teams/{team_id}/members": lambda w, s: Call("GET", f"/teams/{w.sides[s].team['id']}/members"),
+    "PUT /api/v1/teams/{team_id}/members/{user_id}": lambda w, s: Call(
+        "PUT", f"/teams/{w.sides[s].team['id']}/members/{w.fresh_user()['id']}", json={"role": "member"}),
+    "DELETE /api/v1/teams/{team_id}/members/{user_id}": lambda w, s: Call(
+        "DELETE", f"/teams/{w.sides[s].team['id']}/members/{w.fresh_user(s)['id']}"),
+    # Revokes every live token of the team: the cells that need a live token mint their own.
+    "POST /api/v1/teams/{team_id}/tokens/revoke": lambda w, s: Call(
+        "POST", f"/teams/{w.sides[s].team['id']}/tokens/revoke", json={"reason": "role matrix"}),
+    "POST /api/v1/profiles": lambda w, s: Call("POST", "/profiles", json=_profile_body()),
+    "GET /api/v1/profiles": lambda w, s: Call("GET", "/profiles", params={"limit": 5}),
+    "GET /api/v1/profiles/{profile_id}": lambda w, s: Call("GET", f"/profiles/{w.sides[s].profile['id']}"),
+    "PATCH /api/v1/profiles/{profile_id}": lambda w, s: Call("PATCH", f"/profiles/{w.sides[s].profile['id']}",
+                                                             json={"description": "described by the role matrix"}),
+    "POST /api/v1/service-accounts": lambda w, s: Call("POST", "/service-accounts", json={
+        "name": _unique("roles-sa"), "team_id": w.sides[s].team["id"],
+        "business_owner_id": w.sides[s].member["id"], "technical_owner_id": w.sides[s].member["id"]}),
+    "GET /api/v1/service-accounts": lambda w, s: Call("GET", "/service-accounts",
+                                                      params={"team_id": w.sides[s].team["id"]}),
+    "GET /api/v1/service-accounts/{account_id}": lambda w, s: Call(
+        "GET", f"/service-accounts/{w.sides[s].account['id']}"),
+    "PATCH /api/v1/service-accounts/{account_id}": lambda w, s: Call(
+        "PATCH", f"/service-accounts/{w.sides[s].account['id']}", json={"description": "role matrix"}),
+    "POST /api/v1/tokens": lambda w, s: Call("POST", "/tokens", json={
+        "user_id": w.sides[s].member["id"], "team_id": w.sides[s].team["id"], "name": _unique("roles")}),
+    "GET /api/v1/tokens": lambda w, s: Call("GET", "/tokens", params={"team_id": w.sides[s].team["id"]}),
+    "GET /api/v1/tokens/dormant": lambda w, s: Call("GET", "/tokens/dormant",
+                                                    params={"team_id": w.sides[s].team["id"], "days": 1}),
+    "GET /api/v1/tokens/{token_id}": lambda w, s: Call("GET", f"/tokens/{w.sides[s].token['id']}"),
+    "PATCH /api/v1/tokens/{token_id}": lambda w, s: Call("PATCH", f"/tokens/{w.fresh_token(s)['id']}",
+                                                         json={"models": ["gpt-4o-mini"]}),
+    "POST /api/v1/tokens/{token_id}/revoke": lambda w, s: Call(
+        "POST", f"/tokens/{w.fresh_token(s)['id']}/revoke", json={"reason": "role matrix"}),
+    "POST /api/v1/tokens/{token_id}/rotate": lambda w, s: Call(
+        "POST", f"/tokens/{w.fresh_token(s)['id']}/rotate", json={"grace_hours": 0}),
+    "POST /api/v1/credentials": lambda w, s: Call("POST", "/credentials",
+                                                  json={"name": _unique("roles"), "role": "finance"}),
+    "GET /api/v1/credentials": lambda w, s: Call("GET", "/credentials", params={"limit": 5}),
+    "POST /api/v1/credentials/{credential_id}/revoke": lambda w, s: Call(
+        "POST", f"/credentials/{w.fresh_credential()['id']}/revoke"),
+    "GET /api/v1/whoami": lambda w, s: Call("GET", "/whoami"),
+    "GET /api/v1/usage": lambda w, s: Call("GET", "/usage", params={"group_by": "team"}),
+    "GET /api/v1/audit/requests": lambda w, s: Call("GET", "/audit/requests", params={"limit": 5}),
+    "GET /api/v1/audit/events": lambda w, s: Call("GET", "/audit/events", params={"limit": 5}),
+    "GET /api/v1/audit/users/{user_id}/activity": lambda w, s: Call(
+        "GET", f"/audit/users/{w.sides[s].member['id']}/activity"),
+    "POST /api/v1/scim-connections": lambda w, s: Call("POST", "/scim-connections",
+                                                       json={"name": _unique("roles"), "idp": "okta"}),
+    "GET /api/v1/scim-connections": lambda w, s: Call("GET", "/scim-connections", params={"limit": 5}),
+    "POST /api/v1/scim-connections/{connection_id}/credentials": lambda w, s: Call(
+        "POST", f"/scim-connections/{w.scim_connection['id']}/credentials"),
+    "GET /api/v1/scim-connections/{connection_id}/credentials": lambda w, s: Call(
+        "GET", f"/scim-connections/{w.scim_connection['id']}/credentials"),
+    "POST /api/v1/scim-connections/{connection_id}/credentials/{credential_id}/revoke": lambda w, s: Call(
+        "POST", f"/scim-connections/{w.scim_connection['id']}/credentials/{w.fresh_scim_credential()['id']}/revoke"),
+    "GET /api/v1/me": lambda w, s: Call("GET", "/me"),
+    "GET /api/v1/me/tokens": lambda w, s: Call("GET", "/me/tokens"),
+    "POST /api/v1/me/tokens": lambda w, s: Call("POST", "/me/tokens", json={"name": _unique("roles")}),
+    "POST /api/v1/me/tokens/{token_id}/revoke": lambda w, s: Call(
+        "POST", f"/me/tokens/{w.sides[s].token['id']}/revoke"),
+    "POST /api/v1/me/logout": lambda w, s: Call("POST", "/me/logout"),
+}
+
+
+@pytest.fixture(scope="module")
+def world(gateway: Gateway) -> Iterator[World]:
+    admin = gateway.admin
+
+    def made(reply: httpx.Response) -> dict:
+        assert reply.status_code == 201, reply.text
+        return reply.json()
+
+    sides: dict[str, Team] = {}
+    for side in ("A", "B"):
+        profile = made(admin.post("/profiles", json=_profile_body()))
+        team = gateway.team(_unique(f"roles-{side}"), profile_id=profile["id"])
+        member = gateway.user()
+        gateway.join(member, team)
+        account = made(admin.post("/service-accounts", json={
+            "name": _unique("roles-sa"), "team_id": team["id"],
+            "business_owner_id": member["id"], "technical_owner_id": member["id"]}))
+        token = made(admin.post("/tokens", json={"user_id": member["id"], "team_id": team["id"], "name": "roles"}))
+        sides[side] = Team(team, profile, member, account, token)
+
+    credentials = {
+        role: made(admin.post("/credentials", json={"name": _unique(f"roles-{role}"), "role": role}))
+        for role in (ADMIN, AUDITOR, FINANCE)
+    }
+    owner = made(admin.post("/credentials", json={"name": _unique("roles-owner"), "role": "owner",
+                                                  "team_id": sides["A"].team["id"]}))
+    credentials[OWNER] = credentials[OWNER_OTHER] = owner
+    revoked = made(admin.post("/credentials", json={"name": _unique("roles-revoked"), "role": "admin"}))
+    secrets: dict[str, str | None] = {role: credential["token"] for role, credential in credentials.items()}
+    secrets |= {
+        BOOTSTRAP: gateway.info.admin_token,
+        "none": None,
+        "garbage": "not-a-credential-at-all",
+        "forged": generate_token("kw_api_"),  # well formed, checksum and all, but never issued
+        "revoked": revoked["token"],
+        "pat": sides["A"].token["token"],  # a personal access token is not an admin credential
+    }
+    clients = {
+        kind: httpx.Client(base_url=f"{gateway.info.api_url}/api/v1", timeout=10,
+                           headers={"Authorization": f"Bearer {secret}"} if secret is not None else {})
+        for kind, secret in secrets.items()
+    }
+    # The revoked credential worked until it was revoked.
+    assert clients["revoked"].get("/whoami").status_code == 200
+    assert admin.post(f"/credentials/{revoked['id']}/revoke").status_code == 200
+    assert set(clients) == set(KINDS)
+    scim_connection = made(admin.post("/scim-connections", json={"name": _unique("roles"), "idp": "other"}))
+    oidc = httpx.get(f"{gateway.info.api_url}/api/v1/auth/oidc", timeout=10).status_code == 200
+    try:
+        yield World(gateway, sides, clients, credentials, scim_connection["connection"], oidc)
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+# -- the matrix -----------------------------------------------------------------------------------
+
+
+def _openapi_operations(gateway: Gateway) -> set[str]:
+    document = httpx.get(f"{gateway.info.api_url}/openapi.json", timeout=10).json()
+    methods = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+    return {f"{method.upper()} {path}" for path, item in document["paths"].items() for method in item
+            if method in methods}
+
+
+def test_the_matrix_covers_exactly_the_openapi_operations(gateway: Gateway) -> None:
+    live = _openapi_operations(gateway) - NOT_ROLE_CHECKED
+    assert sorted(live - set(MATRIX)) == [], "operations without a row in MATRIX: decide who may call them"
+    assert sorted(set(MATRIX) - live) == [], "rows in MATRIX for operations the API no longer has"
+    assert set(REQUESTS) == set(MATRIX)
+    assert all(roles <= set(ROLES) for roles in MATRIX.values())
+
+
+CELLS = [pytest.param(operation, kind, id=f"{operation} as {kind}") for operation in MATRIX for kind in KINDS]
+
+
+@pytest.mark.parametrize(("operation", "kind"), CELLS)
+def test_role_matrix(world: World, operation: str, kind: str) -> None:
+    side: Side = "B" if kind == OWNER_OTHER else "A"
+    call = REQUESTS[operation](world, side)
+    method, _path = operation.split(" ", 1)
+    assert call.method == method
+    reply = world.clients[kind].request(call.method, call.path, params=call.params, json=call.json)
+    status, code = expectation(operation, kind)
+    where = f"{kind} {call.method} {call.path} -> {reply.status_code} {reply.text[:300]}"
+    if code == "sign_in_required" and not world.oidc:
+        status, code = 404, "oidc_not_configured"
+    if status is None:
+        assert 200 <= reply.status_code < 300, f"should be allowed: {where}"
+    else:
+        assert reply.status_code == status, f"should be denied with {status} {code}: {where}"
+        assert reply.json()["code"] == code, where
+        if status == 401:
+            assert reply.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_no_role_credential_can_ingest(world: World, kind: str) -> None:
+    """The audit ingest takes the data plane's token and nothing else, whatever the role."""
+    reply = world.clients[kind].post("/audit/ingest", json={"records": []})
+    assert reply.status_code == 401, reply.text
+    assert reply.json()["code"] == "ingest_token_invalid"
+
+
+# -- break-glass, whoami, team scoping ------------------------------------------------------------
+
+
+def test_whoami_names_the_role_and_flags_only_the_bootstrap_token_as_break_glass(world: World) -> None:
+    bootstrap = world.clients[BOOTSTRAP].get("/whoami").json()
+    assert bootstrap == {"actor": "admin:bootstrap", "role": "admin", "team_id": None, "break_glass": True}
+    for role in (ADMIN, AUDITOR, FINANCE, OWNER):
+        credential = world.credentials[role]
+        me = world.clients[role].get("/whoami").json()
+        assert me == {"actor": f"credential:{credential['name']}", "role": role,
+                      "team_id": credential["team_id"], "break_glass": False}
+    assert world.clients[OWNER].get("/whoami").json()["team_id"] == world.sides["A"].team["id"]
+
+
+def test_every_break_glass_use_is_recorded_with_method_and_path(world: World) -> None:
+    missing = uuid.uuid4()
+    # A failing request (404, 422) is on record too; a minted admin credential's request is not break-glass.
+    assert world.clients[BOOTSTRAP].get(f"/users/{missing}").status_code == 404
+    assert world.clients[BOOTSTRAP].patch(f"/teams/{missing}", json={"no such field": 1}).status_code == 422
+    assert world.clients[ADMIN].get(f"/profiles/{missing}").status_code == 404
+
+    def recorded(target: str) -> list[dict]:
+        reply = world.clients[AUDITOR].get("/audit/events", params={
+            "action": "admin.break_glass_used", "target_id": target})
+        assert reply.status_code == 200, reply.text
+        return reply.json()["items"]
+
+    [event] = recorded(f"GET /api/v1/users/{missing}")
+    assert event["actor"] == "admin:bootstrap" and event["mechanism"] == "api" and event["target_type"] == "api"
+    [event] = recorded(f"PATCH /api/v1/teams/{missing}")
+    assert event["actor"] == "admin:bootstrap"
+    assert recorded(f"GET /api/v1/profiles/{missing}") == []
+    # The filter is the one the brief's reader would use.
+    listed = world.clients[AUDITOR].get("/audit/events", params={"action": "admin.break_glass_used",
+                                                                 "limit": 500}).json()["items"]
+    assert all(item["action"] == "admin.break_glass_used" for item in listed)
+
+
+def test_an_owner_lists_only_their_own_teams_objects(world: World) -> None:
+    owner = world.clients[OWNER]
+    a, b = world.sides["A"], world.sides["B"]
+    for path, params in (("/tokens", {}), ("/tokens", {"team_id": b.team["id"]}), ("/tokens/dormant", {"days": 1}),
+                         ("/service-accounts", {}), ("/teams", {})):
+        reply = owner.get(path, params={**params, "limit": 500})
+        assert reply.status_code == 200, reply.text
+        items = reply.json()["items"]
+        team_of = (lambda item: item["id"]) if path == "/teams" else (lambda item: item["team_id"])
+        assert {team_of(item) for item in items} <= {a.team["id"]}, (path, params)
+    tokens = {t["id"] for t in owner.get("/tokens", params={"limit": 500}).json()["items"]}
+    assert a.token["id"] in tokens and b.token["id"] not in tokens
+    accounts = {s["id"] for s in owner.get("/service-accounts", params={"limit": 500}).json()["items"]}
+    assert a.account["id"] in accounts and b.account["id"] not in accounts
+    # An admin sees either team's.
+    for side in (a, b):
+        listed = world.clients[ADMIN].get("/tokens", params={"team_id": side.team["id"], "limit": 500}).json()
+        assert side.token["id"] in {t["id"] for t in listed["items"]}
