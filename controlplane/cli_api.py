@@ -749,7 +749,7 @@ def accounts_list(
 ) -> None:
     """List service accounts."""
     api = _api()
-    filters = {"team_id": api.id_of(TEAMS, team) if team else None, "status_filter": status, "sort": sort}
+    filters = {"team_id": api.id_of(TEAMS, team) if team else None, "status": status, "sort": sort}
     page = _listing(api, "/service-accounts", filters, limit=limit, cursor=cursor, follow=all_pages)
     show_page(page, _account_columns(api), as_json, "service accounts")
 

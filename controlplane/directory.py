@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from authz.tokens import generate_token, hash_token, token_hint
 from controlplane import schemas
-from controlplane.errors import Conflict, NotFound
+from controlplane.errors import Conflict, Invalid, NotFound
 from controlplane.models import AccessProfile, ApiCredential, Membership, ServiceAccount, Team
 from controlplane.services import Actor, get_user, record_event
 
@@ -70,7 +70,7 @@ async def update_profile(session: AsyncSession, *, actor: Actor, profile_id: uui
     for field, value in changes.items():
         setattr(profile, field, value)
     if profile.default_token_days > profile.max_token_days:
-        raise Conflict("profile_days", "default_token_days cannot exceed max_token_days.")
+        raise Invalid("profile_days", "default_token_days cannot exceed max_token_days.")
     await _flush_unique(session, "profile_exists", f"An access profile named {profile.name} exists.")
     await session.refresh(profile)
     await record_event(session, actor=actor, action="policy.changed", target_type="profile",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
 
@@ -27,6 +27,18 @@ MAX_INT = 2**31 - 1
 class _Input(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    #: Update fields that may be left out but not set to null (the column cannot be empty).
+    _not_null: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _explicit_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            nulls = [name for name in cls._not_null if name in data and data[name] is None]
+            if nulls:
+                raise ValueError(f"{', '.join(nulls)} may be left out but not set to null")
+        return data
+
 
 class _Output(BaseModel):
     model_config = ConfigDict(from_attributes=True)
@@ -39,6 +51,8 @@ class UserCreate(_Input):
 
 
 class UserUpdate(_Input):
+    _not_null = ("status",)
+
     display_name: Name | None = None
     status: UserStatus | None = None
 
@@ -228,6 +242,8 @@ class ProfileCreate(_Input):
 
 
 class ProfileUpdate(_Input):
+    _not_null = ("name", "catalog", "environments", "default_token_days", "max_token_days")
+
     name: Name | None = None
     description: Annotated[str, StringConstraints(max_length=2000)] | None = None
     catalog: list[CatalogEntry] | None = Field(default=None, max_length=500)
@@ -261,6 +277,8 @@ class TeamCreate(_Input):
 
 
 class TeamUpdate(_Input):
+    _not_null = ("name",)
+
     name: Name | None = None
     description: Annotated[str, StringConstraints(max_length=2000)] | None = None
     profile_id: uuid.UUID | None = None
@@ -298,6 +316,8 @@ class ServiceAccountCreate(_Input):
 
 
 class ServiceAccountUpdate(_Input):
+    _not_null = ("business_owner_id", "technical_owner_id", "status")
+
     description: Annotated[str, StringConstraints(max_length=2000)] | None = None
     business_owner_id: uuid.UUID | None = None
     technical_owner_id: uuid.UUID | None = None

@@ -144,3 +144,25 @@ def test_openapi_document_lists_the_admin_api(gateway: Gateway) -> None:
     public = spec["components"]["schemas"]["TokenPublic"]["properties"]
     assert "token" in issued and "token" not in public
     assert "token_hash" not in issued and "token_hash" not in public
+
+
+def test_updates_refuse_explicit_nulls_for_required_fields(gateway: Gateway) -> None:
+    team = gateway.team()
+    profile_id = team["profile_id"]
+    for field in ("name", "catalog", "environments", "default_token_days", "max_token_days"):
+        response = gateway.admin.patch(f"/profiles/{profile_id}", json={field: None})
+        assert response.status_code == 422, (field, response.text)
+    assert gateway.admin.patch(f"/teams/{team['id']}", json={"name": None}).status_code == 422
+    widened = gateway.admin.patch(f"/profiles/{profile_id}", json={"default_token_days": 3000})
+    assert widened.status_code == 422 and widened.json()["code"] == "profile_days"
+
+
+def test_service_accounts_filter_by_status(gateway: Gateway) -> None:
+    team, owner = gateway.team(), gateway.user()
+    account = gateway.admin.post("/service-accounts", json={
+        "name": "filtered", "team_id": team["id"], "business_owner_id": owner["id"],
+        "technical_owner_id": owner["id"]}).json()
+    gateway.admin.patch(f"/service-accounts/{account['id']}", json={"status": "disabled"})
+    disabled = gateway.admin.get("/service-accounts", params={"status": "disabled", "team_id": team["id"]}).json()
+    active = gateway.admin.get("/service-accounts", params={"status": "active", "team_id": team["id"]}).json()
+    assert [a["id"] for a in disabled["items"]] == [account["id"]] and active["items"] == []

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Query, status
 from sqlalchemy import func, select
 
 from controlplane import directory, errors, schemas, services
@@ -30,7 +30,7 @@ async def list_service_accounts(
     limit: Limit = 100,
     cursor: Cursor = None,
     team_id: uuid.UUID | None = None,
-    status_filter: Literal["active", "disabled"] | None = None,
+    status_filter: Annotated[Literal["active", "disabled"] | None, Query(alias="status")] = None,
     sort: Literal["created_at", "-created_at", "name", "-name"] = "created_at",
 ) -> dict:
     query = select(ServiceAccount)
