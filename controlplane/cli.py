@@ -46,13 +46,12 @@ def _banner(info: StackInfo, settings: StackSettings) -> str:
   Providers    {providers}
   Logs         {info.logs_dir}  (access log: {info.access_log})
 
-Mint a first token:
-  export KEYWARD_ADMIN_TOKEN=$(cat {settings.data_dir / "secrets/admin_token"})
-  USER_ID=$(curl -s {api}/api/v1/users -H "Authorization: Bearer $KEYWARD_ADMIN_TOKEN" \\
-      -H 'content-type: application/json' -d '{{"email": "you@example.com"}}' \\
-      | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  curl -s {api}/api/v1/tokens -H "Authorization: Bearer $KEYWARD_ADMIN_TOKEN" \\
-      -H 'content-type: application/json' -d "{{\\"user_id\\": \\"$USER_ID\\", \\"name\\": \\"laptop\\"}}"
+Mint a first token (in another terminal, from this directory):
+  export KEYWARD_API_URL={api} KEYWARD_ADMIN_TOKEN=$(cat {settings.data_dir / "secrets/admin_token"})
+  .venv/bin/keyward teams create research --profile Experiment
+  .venv/bin/keyward users create you@example.com
+  .venv/bin/keyward teams add-member research you@example.com
+  .venv/bin/keyward tokens mint --user you@example.com --team research --name laptop
 
 Ctrl-C stops everything."""
 

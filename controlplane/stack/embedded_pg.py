@@ -7,11 +7,17 @@ to its data directory; the data survives restarts, so a second ``make up`` finds
 from __future__ import annotations
 
 import asyncio
+import warnings
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
-import pgserver
+
+# pgserver asks platformdirs for a runtime directory at import; without XDG_RUNTIME_DIR (CI, ssh) it
+# warns and falls back to /tmp, which is what we want anyway.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    import pgserver
 
 DATABASE = "keyward"
 #: The application's login role, created by migration 0002 (append-only on audit tables).
