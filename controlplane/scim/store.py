@@ -105,14 +105,20 @@ async def _user_named(session: AsyncSession, user_name: str, exclude: uuid.UUID 
     return await session.scalar(query)
 
 
-async def get_user(session: AsyncSession, user_id: str) -> UserRow:
+async def _live(session: AsyncSession, model: Any, kind: str, ident: str) -> Any:
+    """The row ``ident`` names, if it exists and was not deleted through SCIM; a SCIM 404 otherwise."""
     try:
-        key = uuid.UUID(user_id)
+        key = uuid.UUID(ident)
     except ValueError as exc:
-        raise ScimError.not_found(f"User {user_id} not found") from exc
-    user = await session.get(UserRow, key)
-    if user is None or user.deleted_at is not None:
-        raise ScimError.not_found(f"User {user_id} not found")
+        raise ScimError.not_found(f"{kind} {ident} not found") from exc
+    row = await session.get(model, key)
+    if row is None or row.deleted_at is not None:
+        raise ScimError.not_found(f"{kind} {ident} not found")
+    return row
+
+
+async def get_user(session: AsyncSession, user_id: str) -> UserRow:
+    user: UserRow = await _live(session, UserRow, "User", user_id)
     return user
 
 
@@ -250,13 +256,7 @@ async def group_document(session: AsyncSession, team: Team, base: str, *, member
 
 
 async def get_group(session: AsyncSession, group_id: str) -> Team:
-    try:
-        key = uuid.UUID(group_id)
-    except ValueError as exc:
-        raise ScimError.not_found(f"Group {group_id} not found") from exc
-    team = await session.get(Team, key)
-    if team is None or team.deleted_at is not None:
-        raise ScimError.not_found(f"Group {group_id} not found")
+    team: Team = await _live(session, Team, "Group", group_id)
     return team
 
 
