@@ -33,7 +33,8 @@ _RECORD_COLUMNS = """
            t.environment, t.models, extract(epoch FROM t.expires_at)::float8 AS expires_at,
            COALESCE(u.status = 'active', sa.status = 'active') AS owner_active,
            t.revoked_at IS NOT NULL AS revoked, t.name,
-           t.team_id IS NOT NULL AS has_team, p.id::text AS profile_id, p.catalog::text AS catalog,
+           t.team_id IS NOT NULL AS has_team, p.id::text AS profile_id,
+           extract(epoch FROM p.updated_at)::float8 AS profile_version, p.catalog::text AS catalog,
            p.environments AS profile_environments,
            CASE WHEN t.team_id IS NULL THEN true
                 WHEN t.user_id IS NOT NULL THEN EXISTS (
@@ -58,6 +59,7 @@ _AFFECTED_SQL = {
     "member": _RECORD_COLUMNS + " WHERE t.user_id = ANY($1::uuid[])" + _LIVE,
 }
 _NO_PROFILE = profile_for("none", (), ())
+_COMPILED: dict[tuple[str, float], ProfileCatalog] = {}
 
 _CONNECTION_LOST = "__connection_lost__"
 
@@ -67,10 +69,14 @@ def _profile(row: asyncpg.Record) -> ProfileCatalog | None:
         return None  # a token from before teams: its own model list is its policy
     if row["profile_id"] is None:
         return _NO_PROFILE  # a team without a profile may use nothing
-    key = row["profile_id"] + row["catalog"] + ",".join(row["profile_environments"])
-    entries = [(e["provider"], e["pattern"], tuple(e["environments"]) if e.get("environments") else None)
-               for e in json.loads(row["catalog"])]
-    return profile_for(key, entries, row["profile_environments"])
+    # Keyed by id and version (updated_at), so a million rows of a few profiles parse a few catalogs.
+    key = (row["profile_id"], row["profile_version"])
+    profile = _COMPILED.get(key)
+    if profile is None:
+        entries = [(e["provider"], e["pattern"], tuple(e["environments"]) if e.get("environments") else None)
+                   for e in json.loads(row["catalog"])]
+        profile = _COMPILED[key] = profile_for(f"{key}", entries, row["profile_environments"])
+    return profile
 
 
 def record_from_row(row: asyncpg.Record) -> TokenRecord:

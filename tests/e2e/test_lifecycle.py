@@ -170,3 +170,14 @@ def test_service_account_tokens_follow_the_account(gateway: Gateway) -> None:
     gateway.admin.patch(f"/service-accounts/{account['id']}", json={"status": "disabled"})
     gateway.wait_until(lambda: gateway.status_of(secret) == 401, timeout=1, what="service account disabled")
     assert_openai_error(gateway.chat(secret), 401, "owner_disabled")
+
+
+def test_a_profile_changed_outside_the_api_still_applies_at_once(gateway: Gateway) -> None:
+    """authz caches compiled profiles by version; a trigger stamps every change, however it is made."""
+    profile = _profile(gateway)
+    minted = gateway.mint(team=_team(gateway, profile))
+    assert gateway.chat(minted.secret, model="gpt-4o-mini").status_code == 200
+    sql(gateway, """UPDATE access_profiles SET catalog = '[{"provider": "anthropic", "pattern": "*"}]'
+                    WHERE id = $1::uuid""", profile["id"])
+    gateway.wait_until(lambda: gateway.chat(minted.secret, model="gpt-4o-mini").status_code == 403, timeout=1,
+                       what="profile change by SQL")

@@ -177,6 +177,20 @@ def upgrade() -> None:
             f"CREATE TRIGGER {table}_notify AFTER UPDATE OF {columns} ON {table} "
             f"FOR EACH ROW EXECUTE FUNCTION keyward_notify_change('{kind}')"
         )
+    # authz caches compiled profiles by (id, updated_at): every change, by any path, gets a new stamp.
+    op.execute(
+        """
+        CREATE FUNCTION keyward_touch_updated_at() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            NEW.updated_at := clock_timestamp();
+            RETURN NEW;
+        END $$
+        """
+    )
+    op.execute(
+        "CREATE TRIGGER access_profiles_touch BEFORE UPDATE ON access_profiles "
+        "FOR EACH ROW EXECUTE FUNCTION keyward_touch_updated_at()"
+    )
     op.execute(
         """
         CREATE FUNCTION keyward_notify_membership() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -211,6 +225,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DROP TRIGGER access_profiles_touch ON access_profiles")
+    op.execute("DROP FUNCTION keyward_touch_updated_at()")
     op.execute("DROP TRIGGER memberships_notify ON memberships")
     op.execute("DROP FUNCTION keyward_notify_membership()")
     for table in ("teams", "access_profiles", "service_accounts"):
