@@ -3,8 +3,11 @@
 Invariants:
 
 * keys are keyed hashes of PATs (:func:`authz.tokens.hash_token`); no secret is ever held here;
-* every mutation happens on the event loop that also serves Checks, so a Check sees either the
-  state before a change or after it, never half of it;
+* mutations happen on one thread (the listener's event loop) while Checks read from gRPC worker
+  threads; every mutation is a single dict operation, atomic under the GIL, so a Check sees each
+  record either before or after a change. Between the operations of one batch a Check can see some
+  tokens updated and others not yet (for microseconds), and a token whose hash changed is briefly
+  unknown: both only ever err towards refusing;
 * a revoked token stays as a tombstone until the next snapshot, so its denial can say "revoked"
   rather than "unknown"; a snapshot holds only tokens that are not revoked.
 """

@@ -9,6 +9,8 @@ import structlog
 
 def configure(level: str = "info") -> None:
     logging.basicConfig(format="%(message)s", level=level.upper())
+    # One INFO line per audit batch POST is noise; failures are logged by the shipper itself.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -185,6 +185,8 @@ class Background:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         if not self._thread.is_alive():
@@ -230,8 +232,8 @@ async def _start_background(settings: AuthzSettings, listener: ChangeListener, t
     return tasks, pool, client
 
 
-async def _stop_background(tasks: list[asyncio.Task], tracker: LastUsedTracker, pool: asyncpg.Pool,
-                           client: httpx.AsyncClient) -> None:
+async def _stop_background(tasks: list[asyncio.Task], pool: asyncpg.Pool, client: httpx.AsyncClient, *,
+                           tracker: LastUsedTracker) -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
@@ -261,34 +263,38 @@ def serve(settings: AuthzSettings, stop: threading.Event) -> None:
     _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     server.add_insecure_port(settings.authz_address)
     server.start()
-    if settings.authz_metrics_port:
-        start_http_server(settings.authz_metrics_port, addr="127.0.0.1")
-    log.info("authz.listening", address=settings.authz_address)
-
     background = Background()
-    background.start()
-    tasks, pool, client = background.call(_start_background(settings, listener, tracker, spool, batch_bytes))
-    # Serve health as soon as the first snapshot is in: wait for it on the loop, but keep an eye on
-    # ``stop`` so a SIGTERM during a slow first load still shuts down cleanly.
-    ready = asyncio.run_coroutine_threadsafe(listener.ready.wait(), background.loop)
-    while not stop.is_set():
-        with contextlib.suppress(futures.TimeoutError):
-            ready.result(timeout=0.05)
-            _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
-            log.info("authz.ready", tokens=len(cache))
-            break
-
-    while not stop.wait(0.5):
-        pass
-    ready.cancel()
-    log.info("authz.stopping")
-    _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
-    server.stop(grace=SHUTDOWN_GRACE_SECONDS).wait()
+    started: tuple[list[asyncio.Task], asyncpg.Pool, httpx.AsyncClient] | None = None
     try:
-        background.call(_stop_background(tasks, tracker, pool, client), timeout=15)
+        if settings.authz_metrics_port:
+            start_http_server(settings.authz_metrics_port, addr="127.0.0.1")
+        log.info("authz.listening", address=settings.authz_address)
+        background.start()
+        started = background.call(_start_background(settings, listener, tracker, spool, batch_bytes))
+        # Serve health as soon as the first snapshot is in: wait for it on the loop, but keep an eye
+        # on ``stop`` so a SIGTERM during a slow first load still shuts down cleanly.
+        ready = asyncio.run_coroutine_threadsafe(listener.ready.wait(), background.loop)
+        while not stop.is_set():
+            with contextlib.suppress(futures.TimeoutError):
+                ready.result(timeout=0.05)
+                _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+                log.info("authz.ready", tokens=len(cache))
+                break
+        while not stop.wait(0.5):
+            pass
+        ready.cancel()
+        log.info("authz.stopping")
     finally:
-        background.stop()
-        spool.close()
+        # Also on a failed start: open streams hold pool threads, and the interpreter would wait
+        # for those at exit, so the server must always be stopped.
+        _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+        server.stop(grace=SHUTDOWN_GRACE_SECONDS).wait()
+        try:
+            if started is not None:
+                background.call(_stop_background(*started, tracker=tracker), timeout=15)
+        finally:
+            background.stop()
+            spool.close()
     log.info("authz.stopped")
 
 

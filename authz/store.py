@@ -37,10 +37,10 @@ _RECORD_COLUMNS = """
            extract(epoch FROM p.updated_at)::float8 AS profile_version, p.catalog::text AS catalog,
            p.environments AS profile_environments,
            CASE WHEN t.team_id IS NULL THEN true
-                WHEN t.user_id IS NOT NULL THEN EXISTS (
-                    SELECT 1 FROM memberships m WHERE m.user_id = t.user_id AND m.team_id = t.team_id)
+                WHEN t.user_id IS NOT NULL THEN m.user_id IS NOT NULL
                 ELSE sa.team_id = t.team_id END AS member
     FROM tokens t
+    LEFT JOIN memberships m ON m.user_id = t.user_id AND m.team_id = t.team_id
     LEFT JOIN users u ON u.id = t.user_id
     LEFT JOIN service_accounts sa ON sa.id = t.service_account_id
     LEFT JOIN teams tm ON tm.id = t.team_id

@@ -338,7 +338,26 @@ def render_plans(results: Results) -> str:
         text += f"\n## {q.title}\n\nAPI: `{q.method} /api/v1{q.path}` with `{q.params}`\n"
         for label, plan in q.plans.items():
             text += f"\n### {label}\n\n```\n{plan}\n```\n"
-    return text
+    return text + PLAN_NOTES
+
+
+PLAN_NOTES = """
+## Notes
+
+- The audit tables are partitioned by month of `stored_at` (ingest time), while every query filters on
+  `at`, so Postgres prunes nothing: each question probes every partition's index (4 to 7 here, one per
+  retained month in production), and the outcome join probes every `request_outcomes` partition per
+  row. It stays cheap because each probe is an index descent, but it grows with retention. A lower
+  bound on `stored_at` next to the `at` window would prune the older months (`stored_at` is never more
+  than clock skew before `at`; late records only ever have a later `stored_at`), e.g.
+  `AND r.stored_at >= :start - interval '1 day'`, and `AND o.stored_at >= r.at - interval '1 day'` in
+  the outcome join. That is a change to `controlplane/audit/queries.py`, no migration.
+- The slowest plans (team window, team-day export) read the team's rows through `(team, at)` and filter
+  model and decision on the heap (23,000 heap pages for a 7-day window; all in the page cache here).
+  If model-filtered team queries matter on cold caches, this index lets the filter happen in the index:
+  `CREATE INDEX request_records_team_model_at ON request_records (team, model, at);`
+  Every question is under a second without it.
+"""
 
 
 def _targets_section(checks: list[Verdict]) -> str:
@@ -368,8 +387,9 @@ def _method_section(results: Results) -> str:
         "and the `keyward_authz` cluster removed, `--concurrency 2`. It keeps the gateway's listener, "
         "connection manager, JSON access log, route rewrite and credential injector.\n"
         "- (c) full gateway: `Stack` with dummy OpenAI/Anthropic keys and both upstreams at (a) (nothing "
-        "mocked), Envoy `--concurrency 2`; a PAT minted via `POST /api/v1/users` and "
-        "`POST /api/v1/tokens`.\n"
+        "mocked), Envoy `--concurrency 2`; a PAT minted through the admin API (`POST /api/v1/users`, "
+        "`/profiles`, `/teams`, `PUT /teams/{id}/members/{user}`, `POST /api/v1/tokens`: a member of a team "
+        "whose access profile allows every model).\n"
         "- All three share the same cores as the load generator, so throughput is bounded by total CPU per "
         "request; the CPU table shows where that CPU goes.\n"
         f"- Load generator: {results.loadgen}. Per run: a {p.warmup:g} s warm-up (dropped), then "

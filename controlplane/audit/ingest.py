@@ -20,7 +20,6 @@ which is why the shipper sends large batches.
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
@@ -150,8 +149,7 @@ def parse_body(body: bytes | str) -> IngestBatch:
 
 # -- the chain, fast --------------------------------------------------------------------------------
 
-#: The canonical form's encoder (see :func:`chain.canonical`), built once instead of once per row.
-_canonical_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_canonical_encode = chain.ENCODE
 
 
 def _iso(value: Any) -> Any:
@@ -214,10 +212,16 @@ class Ingestor:
         if not rows:
             return 0
         await connection.execute("SELECT pg_advisory_xact_lock($1)", chain.LOCKS[table])
-        # Under the lock: what of this batch is stored already (a resent batch, or part of one).
+        # Under the lock: what of this batch is stored already (a resent batch, or part of one). One
+        # index probe per line and partition, whatever the table's size or statistics: LATERAL with a
+        # LIMIT runs per line, so the planner cannot turn it into a scan of the current partition
+        # (which it did for "request_id = ANY(…)" while the month's partition was young, at a cost
+        # that grew with every row stored).
         existing = await connection.fetch(
-            f"SELECT request_id, at FROM {table} WHERE request_id = ANY($1::text[])",  # noqa: S608 - fixed names
-            list({row["request_id"] for row in rows}),
+            "SELECT k.request_id, k.at FROM unnest($1::text[], $2::timestamptz[]) AS k(request_id, at)"  # noqa: S608
+            f" CROSS JOIN LATERAL (SELECT 1 FROM {table} r WHERE r.request_id = k.request_id"
+            " AND r.at = k.at LIMIT 1) AS stored",
+            [row["request_id"] for row in rows], [row["at"] for row in rows],
         )
         seen = {(r["request_id"], r["at"]) for r in existing}
         fresh = []

@@ -1,6 +1,7 @@
 """Read side of the audit store: the questions auditors ask, as bound-parameter SQL.
 
-Request queries always carry a time window, so Postgres prunes monthly partitions and walks the
+Request queries always carry a time window; partitions are by ingest time (``stored_at``), which is
+never earlier than the request time, so a lower bound on it prunes older months. Postgres walks the
 ``(user_id, at)``, ``(team, at)``, ``(token_id, at)`` or ``(at)`` index; outcomes are joined by
 request id within a minute of the decision, which the ``request_id`` index answers per partition.
 """
@@ -28,6 +29,8 @@ LEFT JOIN LATERAL (
     SELECT * FROM request_outcomes o
     WHERE o.request_id = r.request_id
       AND o.at BETWEEN r.at - interval '1 minute' AND r.at + interval '1 minute'
+      -- an outcome is stored after it happened: this bound lets Postgres skip older partitions
+      AND o.stored_at >= r.at - interval '1 day'
     ORDER BY o.seq LIMIT 1
 ) o ON true
 """
@@ -49,7 +52,9 @@ class RequestFilter:
     extra: list[str] = field(default_factory=list)
 
     def sql(self, *, limit: int | None) -> tuple[str, dict[str, Any]]:
-        clauses = ["r.at >= :start", "r.at < :end"]
+        # stored_at >= at (less any clock skew between hosts), so this bound prunes older months.
+        clauses = ["r.at >= :start", "r.at < :end",
+                   "r.stored_at >= CAST(:start AS timestamptz) - interval '1 day'"]
         params: dict[str, Any] = {"start": self.start, "end": self.end}
         for column, value in (("user_id", self.user_id), ("team", self.team), ("token_id", self.token_id),
                               ("model", self.model), ("decision", self.decision), ("provider", self.provider)):
