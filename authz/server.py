@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import threading
 import time
@@ -54,27 +53,12 @@ log = structlog.get_logger("authz")
 
 SERVICE_NAME = "envoy.service.auth.v3.Authorization"
 
-#: Threads that run Checks. A Check never blocks for long and the GIL runs one thread at a time, so a
-#: few are enough; more only add thread switches (measured: 4 is cheaper per Check than 16).
-CHECK_THREADS_ENV = "KEYWARD_AUTHZ_CHECK_THREADS"
-DEFAULT_CHECK_THREADS = 4
 #: Threads for long-lived streams (Envoy's access-log streams, one per Envoy worker; health Watch)
 #: and anything else. Each open stream holds one for its whole life, so they get their own pool,
 #: created on demand, and can never starve Checks.
 STREAM_THREADS = 256
-#: Largest ingest request body the shipper sends; the control plane refuses bodies over its
-#: ``KEYWARD_MAX_BODY_BYTES`` (1 MiB by default) with a 413.
-BATCH_BYTES_ENV = "KEYWARD_AUDIT_BATCH_BYTES"
-DEFAULT_BATCH_BYTES = 1_000_000
 #: Seconds in-flight RPCs get to finish on SIGTERM before they are cancelled.
 SHUTDOWN_GRACE_SECONDS = 2.0
-
-
-def _int_setting(name: str, default: int, low: int, high: int) -> int:
-    value = int(os.environ.get(name, default))
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
-    return value
 
 
 class _InPool:
@@ -246,8 +230,8 @@ async def _stop_background(tasks: list[asyncio.Task], pool: asyncpg.Pool, client
 
 def serve(settings: AuthzSettings, stop: threading.Event) -> None:
     """Run until ``stop`` is set (SIGTERM or SIGINT in :func:`main`), then shut down in order."""
-    check_threads = _int_setting(CHECK_THREADS_ENV, DEFAULT_CHECK_THREADS, 1, 256)
-    batch_bytes = _int_setting(BATCH_BYTES_ENV, DEFAULT_BATCH_BYTES, 4096, 1 << 30)
+    check_threads = settings.authz_check_threads
+    batch_bytes = settings.audit_batch_bytes
     cache = TokenCache()
     tracker = LastUsedTracker()
     listener = ChangeListener(
