@@ -20,7 +20,7 @@ from authz.tokens import generate_token, hash_token, token_hint
 from controlplane import schemas
 from controlplane.errors import Conflict, Invalid, NotFound
 from controlplane.models import AccessProfile, ApiCredential, Membership, ServiceAccount, Team
-from controlplane.services import Actor, get_user, record_event
+from controlplane.services import Actor, get_or_404, get_user, record_event
 
 CREDENTIAL_PREFIX = "kw_api_"
 
@@ -36,14 +36,22 @@ async def _flush_unique(session: AsyncSession, code: str, message: str) -> None:
         raise Conflict(code, message) from exc
 
 
+async def _create(session: AsyncSession, row: Any, *, actor: Actor, action: str, target_type: str,
+                  public: type[schemas._Output], conflict: tuple[str, str]) -> Any:
+    """Insert ``row`` (a unique-index race becomes the 409 ``conflict``), then record ``action``."""
+    session.add(row)
+    await _flush_unique(session, *conflict)
+    await session.refresh(row)
+    await record_event(session, actor=actor, action=action, target_type=target_type, target_id=str(row.id),
+                       after=_dump(public, row))
+    return row
+
+
 # -- profiles -------------------------------------------------------------------------------------
 
 
 async def get_profile(session: AsyncSession, *, profile_id: uuid.UUID) -> AccessProfile:
-    profile = await session.get(AccessProfile, profile_id)
-    if profile is None:
-        raise NotFound("profile_not_found", f"No access profile with id {profile_id}.")
-    return profile
+    return await get_or_404(session, AccessProfile, profile_id, code="profile_not_found", label="access profile")
 
 
 async def create_profile(session: AsyncSession, *, actor: Actor, data: schemas.ProfileCreate) -> AccessProfile:
@@ -51,12 +59,10 @@ async def create_profile(session: AsyncSession, *, actor: Actor, data: schemas.P
         raise Conflict("profile_exists", f"An access profile named {data.name} exists.")
     fields = data.model_dump(mode="json")
     fields["monthly_budget_usd"] = data.monthly_budget_usd
-    profile = AccessProfile(id=uuid.uuid4(), **fields)
-    session.add(profile)
-    await _flush_unique(session, "profile_exists", f"An access profile named {data.name} exists.")
-    await session.refresh(profile)
-    await record_event(session, actor=actor, action="policy.created", target_type="profile",
-                       target_id=str(profile.id), after=_dump(schemas.ProfilePublic, profile))
+    profile: AccessProfile = await _create(
+        session, AccessProfile(id=uuid.uuid4(), **fields), actor=actor, action="policy.created",
+        target_type="profile", public=schemas.ProfilePublic,
+        conflict=("profile_exists", f"An access profile named {data.name} exists."))
     return profile
 
 
@@ -82,10 +88,7 @@ async def update_profile(session: AsyncSession, *, actor: Actor, profile_id: uui
 
 
 async def get_team(session: AsyncSession, *, team_id: uuid.UUID) -> Team:
-    team = await session.get(Team, team_id)
-    if team is None:
-        raise NotFound("team_not_found", f"No team with id {team_id}.")
-    return team
+    return await get_or_404(session, Team, team_id, code="team_not_found", label="team")
 
 
 async def create_team(session: AsyncSession, *, actor: Actor, data: schemas.TeamCreate) -> Team:
@@ -93,12 +96,9 @@ async def create_team(session: AsyncSession, *, actor: Actor, data: schemas.Team
         await get_profile(session, profile_id=data.profile_id)
     if await session.scalar(select(Team.id).where(func.lower(Team.name) == data.name.lower())):
         raise Conflict("team_exists", f"A team named {data.name} exists.")
-    team = Team(id=uuid.uuid4(), **data.model_dump())
-    session.add(team)
-    await _flush_unique(session, "team_exists", f"A team named {data.name} exists.")
-    await session.refresh(team)
-    await record_event(session, actor=actor, action="team.created", target_type="team", target_id=str(team.id),
-                       after=_dump(schemas.TeamPublic, team))
+    team: Team = await _create(
+        session, Team(id=uuid.uuid4(), **data.model_dump()), actor=actor, action="team.created",
+        target_type="team", public=schemas.TeamPublic, conflict=("team_exists", f"A team named {data.name} exists."))
     return team
 
 
@@ -153,10 +153,8 @@ async def remove_member(session: AsyncSession, *, actor: Actor, team_id: uuid.UU
 
 
 async def get_service_account(session: AsyncSession, *, account_id: uuid.UUID) -> ServiceAccount:
-    account = await session.get(ServiceAccount, account_id)
-    if account is None:
-        raise NotFound("service_account_not_found", f"No service account with id {account_id}.")
-    return account
+    return await get_or_404(session, ServiceAccount, account_id, code="service_account_not_found",
+                            label="service account")
 
 
 async def create_service_account(session: AsyncSession, *, actor: Actor,
@@ -168,12 +166,10 @@ async def create_service_account(session: AsyncSession, *, actor: Actor,
         ServiceAccount.team_id == data.team_id, func.lower(ServiceAccount.name) == data.name.lower()))
     if duplicate:
         raise Conflict("service_account_exists", f"Team {data.team_id} already has a service account {data.name}.")
-    account = ServiceAccount(id=uuid.uuid4(), **data.model_dump())
-    session.add(account)
-    await _flush_unique(session, "service_account_exists", f"A service account named {data.name} exists.")
-    await session.refresh(account)
-    await record_event(session, actor=actor, action="service_account.created", target_type="service_account",
-                       target_id=str(account.id), after=_dump(schemas.ServiceAccountPublic, account))
+    account: ServiceAccount = await _create(
+        session, ServiceAccount(id=uuid.uuid4(), **data.model_dump()), actor=actor,
+        action="service_account.created", target_type="service_account", public=schemas.ServiceAccountPublic,
+        conflict=("service_account_exists", f"A service account named {data.name} exists."))
     return account
 
 

@@ -12,7 +12,7 @@ import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, select, text, tuple_
 from sqlalchemy.exc import IntegrityError
@@ -22,6 +22,8 @@ from controlplane import schemas
 from controlplane.audit import chain
 from controlplane.errors import Conflict, Invalid, NotFound
 from controlplane.models import Event, User
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,11 +150,16 @@ async def paginate(
 # -- users ----------------------------------------------------------------------------------------
 
 
+async def get_or_404(session: AsyncSession, model: type[T], ident: Any, *, code: str, label: str) -> T:
+    """The row of ``model`` with primary key ``ident``, or a 404 with a stable code."""
+    row = await session.get(model, ident)
+    if row is None:
+        raise NotFound(code, f"No {label} with id {ident}.")
+    return row
+
+
 async def get_user(session: AsyncSession, *, user_id: uuid.UUID) -> User:
-    user = await session.get(User, user_id)
-    if user is None:
-        raise NotFound("user_not_found", f"No user with id {user_id}.")
-    return user
+    return await get_or_404(session, User, user_id, code="user_not_found", label="user")
 
 
 async def create_user(session: AsyncSession, *, actor: Actor, data: schemas.UserCreate) -> User:

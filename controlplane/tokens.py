@@ -19,9 +19,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from authz.cache import ModelCatalog
 from authz.tokens import generate_token, hash_token, token_hint
 from controlplane import schemas
-from controlplane.errors import Conflict, Invalid, NotFound
+from controlplane.errors import Conflict, Invalid
 from controlplane.models import AccessProfile, Membership, ServiceAccount, Team, Token
-from controlplane.services import Actor, get_user, record_event
+from controlplane.services import Actor, get_or_404, get_user, record_event
 
 
 def public(token: Token) -> dict[str, Any]:
@@ -29,16 +29,11 @@ def public(token: Token) -> dict[str, Any]:
 
 
 async def get_token(session: AsyncSession, *, token_id: uuid.UUID) -> Token:
-    token = await session.get(Token, token_id)
-    if token is None:
-        raise NotFound("token_not_found", f"No token with id {token_id}.")
-    return token
+    return await get_or_404(session, Token, token_id, code="token_not_found", label="token")
 
 
 async def _team_and_profile(session: AsyncSession, team_id: uuid.UUID) -> tuple[Team, AccessProfile]:
-    team = await session.get(Team, team_id)
-    if team is None:
-        raise NotFound("team_not_found", f"No team with id {team_id}.")
+    team = await get_or_404(session, Team, team_id, code="team_not_found", label="team")
     if team.profile_id is None:
         raise Conflict("team_has_no_profile",
                        f"Team {team.name} has no access profile, so its tokens could do nothing.")
@@ -50,9 +45,8 @@ async def _team_and_profile(session: AsyncSession, team_id: uuid.UUID) -> tuple[
 async def resolve_team(session: AsyncSession, data: schemas.TokenCreate) -> uuid.UUID:
     """The team a new token acts for, checking that its owner may act for it."""
     if data.service_account_id is not None:
-        account = await session.get(ServiceAccount, data.service_account_id)
-        if account is None:
-            raise NotFound("service_account_not_found", f"No service account with id {data.service_account_id}.")
+        account = await get_or_404(session, ServiceAccount, data.service_account_id,
+                                   code="service_account_not_found", label="service account")
         if account.status != "active":
             raise Conflict("service_account_disabled", f"Service account {account.name} is disabled.")
         if data.team_id is not None and data.team_id != account.team_id:
