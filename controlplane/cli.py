@@ -140,8 +140,8 @@ def audit_retention(
     """Export, then drop, audit partitions older than the kept months; each drop is an event."""
     import asyncio
 
+    from controlplane.audit.events import Actor
     from controlplane.audit.retention import apply_retention
-    from controlplane.services import Actor
 
     dropped = asyncio.run(apply_retention(database_url, keep_months=keep_months, export_dir=export_dir,
                                           actor=Actor(name="cli:retention", mechanism="cli")))

@@ -1,11 +1,17 @@
 """Typed errors of the control plane, each with a stable machine code and an HTTP status.
 
     KeywardError
+    ├── Unreadable        400  body_unreadable (not UTF-8 text)
     ├── NotFound          404  <resource>_not_found
     ├── Conflict          409  <resource>_exists, token_revoked, …
     ├── Invalid           422  validation beyond the schema (lifetime too long, …)
     ├── Unauthorized      401  credential_invalid, ingest_token_invalid
-    └── Forbidden         403  role_forbidden, team_forbidden
+    ├── Forbidden         403  role_forbidden, team_forbidden
+    └── Unavailable       502  the identity provider could not be reached
+
+Every code is a member of :class:`Code`, the one registry of the admin API's machine codes: response
+bodies, log events and metric labels use the same words. (The gateway's denial codes are
+``authz.outcomes.Outcome``; SCIM errors carry RFC 7644 ``scimType`` values.)
 
 A value the schema admits but PostgreSQL cannot store or compare (a NUL character in a text, a
 number past a column's range: SQLSTATE class 22, "data exception") is the client's error too: 422
@@ -18,6 +24,7 @@ every status an operation can answer and the body that comes with it.
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,13 +33,83 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError
 
 
+class Code(enum.StrEnum):
+    """Every machine code the admin API, SCIM connections and sign-in answer with."""
+
+    # authentication and roles
+    CREDENTIAL_INVALID = "credential_invalid"
+    INGEST_TOKEN_INVALID = "ingest_token_invalid"
+    SIGN_IN_REQUIRED = "sign_in_required"
+    CSRF_TOKEN_INVALID = "csrf_token_invalid"
+    ROLE_FORBIDDEN = "role_forbidden"
+    TEAM_FORBIDDEN = "team_forbidden"
+    # requests
+    BODY_UNREADABLE = "body_unreadable"
+    BODY_TOO_LARGE = "body_too_large"
+    VALUE_INVALID = "value_invalid"
+    CURSOR_INVALID = "cursor_invalid"
+    TIMEZONE_REQUIRED = "timezone_required"
+    WINDOW_EMPTY = "window_empty"
+    # resources
+    USER_NOT_FOUND = "user_not_found"
+    USER_EXISTS = "user_exists"
+    USER_NOT_ACTIVE = "user_not_active"
+    TEAM_NOT_FOUND = "team_not_found"
+    TEAM_EXISTS = "team_exists"
+    TEAM_HAS_NO_PROFILE = "team_has_no_profile"
+    TEAM_REQUIRED = "team_required"
+    TEAM_MISMATCH = "team_mismatch"
+    MEMBERSHIP_NOT_FOUND = "membership_not_found"
+    NOT_A_MEMBER = "not_a_member"
+    PROFILE_NOT_FOUND = "profile_not_found"
+    PROFILE_EXISTS = "profile_exists"
+    PROFILE_DAYS = "profile_days"
+    SERVICE_ACCOUNT_NOT_FOUND = "service_account_not_found"
+    SERVICE_ACCOUNT_EXISTS = "service_account_exists"
+    SERVICE_ACCOUNT_DISABLED = "service_account_disabled"
+    CREDENTIAL_NOT_FOUND = "credential_not_found"
+    SCIM_CONNECTION_NOT_FOUND = "scim_connection_not_found"
+    SCIM_CONNECTION_EXISTS = "scim_connection_exists"
+    SCIM_CREDENTIAL_NOT_FOUND = "scim_credential_not_found"
+    # the token lifecycle
+    TOKEN_NOT_FOUND = "token_not_found"
+    TOKEN_NOT_LIVE = "token_not_live"
+    TOKEN_REVOKED = "token_revoked"
+    TOKEN_WITHOUT_TEAM = "token_without_team"
+    ENVIRONMENT_NOT_ALLOWED = "environment_not_allowed"
+    LIFETIME_TOO_LONG = "lifetime_too_long"
+    MODEL_NOT_IN_PROFILE = "model_not_in_profile"
+    WIDENING_REQUIRES_NEW_TOKEN = "widening_requires_new_token"
+    # sign-in with OpenID Connect
+    OIDC_NOT_CONFIGURED = "oidc_not_configured"
+    ISSUER_UNREACHABLE = "issuer_unreachable"
+    ISSUER_ERROR = "issuer_error"
+    ISSUER_MISMATCH = "issuer_mismatch"
+    CODE_REJECTED = "code_rejected"
+    ID_TOKEN_MISSING = "id_token_missing"
+    ID_TOKEN_INVALID = "id_token_invalid"
+    ID_TOKEN_STALE = "id_token_stale"
+    ID_TOKEN_REPLAYED = "id_token_replayed"
+    USERINFO_MISMATCH = "userinfo_mismatch"
+    EMAIL_MISSING = "email_missing"
+    EMAIL_UNVERIFIED = "email_unverified"
+    EMAIL_INVALID = "email_invalid"
+    USER_UNKNOWN = "user_unknown"
+    USER_SUSPENDED = "user_suspended"
+    USER_DEPROVISIONED = "user_deprovisioned"
+
+
 class KeywardError(Exception):
     status_code = 400
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: Code, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class Unreadable(KeywardError):
+    status_code = 400
 
 
 class NotFound(KeywardError):
@@ -53,6 +130,10 @@ class Unauthorized(KeywardError):
 
 class Forbidden(KeywardError):
     status_code = 403
+
+
+class Unavailable(KeywardError):
+    status_code = 502
 
 
 class ErrorBody(BaseModel):
@@ -82,6 +163,7 @@ _DESCRIPTIONS = {
     409: "The request conflicts with the current state (<resource>_exists, token_not_live, …).",
     413: "The body is larger than the control plane accepts (body_too_large).",
     422: "The request does not match the schema, or fails a check beyond it.",
+    502: "The identity provider could not be reached.",
 }
 
 
@@ -107,13 +189,13 @@ def responses(*statuses: int, body: bool = False) -> dict[int | str, dict[str, A
 async def _handle(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, KeywardError)
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
-    return JSONResponse({"detail": exc.message, "code": exc.code}, status_code=exc.status_code, headers=headers)
+    return JSONResponse({"detail": exc.message, "code": str(exc.code)}, status_code=exc.status_code, headers=headers)
 
 
 async def _handle_data(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DBAPIError)
     if str(getattr(exc.orig, "sqlstate", None) or "").startswith("22"):
-        return await _handle(request, Invalid("value_invalid", "A value in the request is not one the database "
+        return await _handle(request, Invalid(Code.VALUE_INVALID, "A value in the request is not one the database "
                                               "takes (a NUL character, a number out of range)."))
     raise exc
 

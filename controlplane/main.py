@@ -13,7 +13,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane import errors
-from controlplane import tokens as lifecycle
 from controlplane.api.routes import (
     audit,
     credentials,
@@ -26,13 +25,14 @@ from controlplane.api.routes import (
     tokens,
     usage,
     users,
+    web,
 )
 from controlplane.core.config import get_settings
 from controlplane.core.db import get_engine, get_sessionmaker
-from controlplane.oidc import web as oidc_web
 from controlplane.scim import errors as scim_errors
 from controlplane.scim import routes as scim_routes
 from controlplane.scim.errors import ScimError
+from controlplane.services import lifecycle
 
 
 class BodyLimit:
@@ -119,7 +119,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(ScimError, scim_errors.handle)
     app.include_router(scim_routes.router)
     app.include_router(health.router)
-    app.include_router(oidc_web.router)
+    app.include_router(web.router)
     app.include_router(me.router, prefix="/api/v1")
     for module in (users, teams, profiles, service_accounts, tokens, credentials, usage, audit, scim_connections):
         app.include_router(module.router, prefix="/api/v1")

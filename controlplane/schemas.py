@@ -382,3 +382,81 @@ class UsageRow(BaseModel):
     allowed: int
     prompt_tokens: int
     completion_tokens: int
+
+
+class ScimConnectionCreate(_Input):
+    name: Name
+    idp: Literal["okta", "entra", "google", "other"]
+
+
+class ScimConnectionPublic(_Output):
+    id: uuid.UUID
+    name: str
+    idp: str
+    created_at: datetime
+
+
+class ScimCredentialPublic(_Output):
+    id: uuid.UUID
+    connection_id: uuid.UUID
+    hint: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ScimCredentialIssued(ScimCredentialPublic):
+    token: str = Field(description="The SCIM bearer credential. Shown once.")
+
+
+class ScimConnectionIssued(BaseModel):
+    connection: ScimConnectionPublic
+    credential: ScimCredentialIssued
+
+
+# -- a signed-in user's own ----------------------------------------------------------------------
+
+
+class MyTokenCreate(BaseModel):
+    """A token for yourself: one of your teams (optional when you have exactly one), within its profile."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Name
+    team_id: uuid.UUID | None = Field(default=None, description="One of your teams; optional if you have one.")
+    environment: Environment = "dev"
+    models: list[ModelPattern] = Field(default_factory=lambda: ["*"], min_length=1, max_length=200,
+                                               description="Narrows the team profile's catalog; ['*'] keeps it.")
+    expires_in_days: int | None = Field(default=None, gt=0, le=3650,
+                                        description="Defaults to the profile's default lifetime; at most its maximum.")
+
+
+class MyProfile(BaseModel):
+    id: uuid.UUID
+    name: str
+    environments: list[str]
+    default_token_days: int
+    max_token_days: int
+
+
+class MyTeam(BaseModel):
+    id: uuid.UUID
+    name: str
+    role: str = Field(description="member or owner")
+    profile: MyProfile | None
+
+
+class Me(BaseModel):
+    user: UserPublic
+    role: str = Field(description="self, or the admin role (admin, auditor, finance) the IdP groups gave.")
+    via: str = Field(description="web (the session cookie) or cli (a keyward login credential)")
+    expires_at: datetime = Field(description="When this session or credential ends.")
+    csrf_token: str | None = Field(
+        description="For the session cookie: send it as X-CSRF-Token with every change. Null for a credential.")
+    teams: list[MyTeam]
+
+
+class MyTokenRevoke(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: Reason | None = None

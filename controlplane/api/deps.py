@@ -18,26 +18,21 @@ Admin-API credentials (``kw_api_…``) are minted at ``/api/v1/credentials`` and
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authz.tokens import hash_token, is_well_formed
+from controlplane.audit.events import Actor, record_event
 from controlplane.core.config import Settings, get_settings
 from controlplane.core.db import get_sessionmaker
-from controlplane.directory import CREDENTIAL_PREFIX
-from controlplane.errors import Forbidden, Unauthorized
-from controlplane.models import ApiCredential
+from controlplane.errors import Code, Forbidden, Unauthorized
 from controlplane.oidc import signin
-from controlplane.services import Actor, record_event
+from controlplane.services import api_credentials, credentials
 
 _bearer = HTTPBearer(auto_error=False, description="An admin-API credential (kw_api_…) or the bootstrap token.")
 
@@ -54,7 +49,17 @@ class Caller:
 
     def require_team(self, team_id: uuid.UUID | None) -> None:
         if not self.may_manage(team_id):
-            raise Forbidden("team_forbidden", "This credential may not manage that team's resources.")
+            raise Forbidden(Code.TEAM_FORBIDDEN, "This credential may not manage that team's resources.")
+
+    @property
+    def within_team(self) -> uuid.UUID | None:
+        """The one team whose resources this caller may see (a team owner), or None: every team."""
+        return self.team_id if self.role == "owner" else None
+
+    def require_visible(self, team_id: uuid.UUID | None) -> None:
+        """Readers see everything; a team owner only their own team's resources."""
+        if self.role == "owner":
+            self.require_team(team_id)
 
 
 async def _session() -> AsyncIterator[AsyncSession]:
@@ -63,61 +68,47 @@ async def _session() -> AsyncIterator[AsyncSession]:
         yield session
 
 
-def _presented(credentials: HTTPAuthorizationCredentials | None) -> str:
-    return credentials.credentials if credentials else ""
+def presented(bearer: HTTPAuthorizationCredentials | None) -> str:
+    return bearer.credentials if bearer else ""
 
 
-async def _caller(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    settings: Annotated[Settings, Depends(get_settings)],
-) -> Caller:
-    presented = _presented(credentials)
-    if presented and hmac.compare_digest(presented.encode(), settings.admin_token.encode()):
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def _caller(request: Request, bearer: Bearer, settings: Annotated[Settings, Depends(get_settings)]) -> Caller:
+    secret = presented(bearer)
+    if credentials.matches(secret, settings.admin_token):
         caller = Caller(Actor(name="admin:bootstrap", mechanism="api"), "admin", break_glass=True)
         async with get_sessionmaker()() as session, session.begin():
             await record_event(session, actor=caller.actor, action="admin.break_glass_used", target_type="api",
                                target_id=f"{request.method} {request.url.path}"[:200])
         return caller
-    if is_well_formed(presented, prefix=CREDENTIAL_PREFIX):
-        digest = hash_token(presented, settings.hash_key)
+    if credentials.API.well_formed(secret):
         async with get_sessionmaker()() as session, session.begin():
-            credential = await session.scalar(select(ApiCredential).where(ApiCredential.token_hash == digest))
-            now = datetime.now(UTC)
-            if credential is not None and credential.revoked_at is None and (
-                credential.expires_at is None or credential.expires_at > now
-            ):
-                if credential.last_used_at is None or now - credential.last_used_at > timedelta(minutes=1):
-                    await session.execute(
-                        update(ApiCredential).where(ApiCredential.id == credential.id).values(last_used_at=now)
-                    )
-                return Caller(Actor(name=f"credential:{credential.name}", mechanism="api"), credential.role,
-                              credential.team_id)
+            credential = await api_credentials.authenticate(session, secret, hash_key=settings.hash_key)
+        if credential is not None:
+            return Caller(Actor(name=f"credential:{credential.name}", mechanism="api"), credential.role,
+                          credential.team_id)
     # Sign-in with OIDC: a `keyward login` credential (kw_cli_…) or, with no bearer, the browser session
     # cookie. Its role is the IdP groups' admin role, or "self", which no role set below admits.
-    signed_in = await signin.authenticate(request, presented, settings)
+    signed_in = await signin.authenticate(request, secret, settings)
     if signed_in is not None:
         return Caller(signed_in.actor, signed_in.role)
-    raise Unauthorized("credential_invalid", "A valid admin-API bearer credential is required.")
+    raise Unauthorized(Code.CREDENTIAL_INVALID, "A valid admin-API bearer credential is required.")
 
 
 def allow(*roles: str) -> Callable[..., Coroutine[Any, Any, Caller]]:
     async def check(caller: Annotated[Caller, Depends(_caller)]) -> Caller:
         if caller.role not in roles:
-            raise Forbidden("role_forbidden", f"The {caller.role} role may not do this.")
+            raise Forbidden(Code.ROLE_FORBIDDEN, f"The {caller.role} role may not do this.")
         return caller
 
     return check
 
 
-def _ingest(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    settings: Annotated[Settings, Depends(get_settings)],
-) -> Actor:
-    presented = _presented(credentials)
-    expected = settings.ingest_token or ""
-    if not expected or not presented or not hmac.compare_digest(presented.encode(), expected.encode()):
-        raise Unauthorized("ingest_token_invalid", "A valid data-plane ingest token is required.")
+def _ingest(bearer: Bearer, settings: Annotated[Settings, Depends(get_settings)]) -> Actor:
+    if not credentials.matches(presented(bearer), settings.ingest_token):
+        raise Unauthorized(Code.INGEST_TOKEN_INVALID, "A valid data-plane ingest token is required.")
     return Actor(name="dataplane", mechanism="system")
 
 

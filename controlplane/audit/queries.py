@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane.errors import Code, Invalid
 
 REQUEST_COLUMNS = (
     "seq", "at", "request_id", "source", "token_id", "user_id", "user_email", "team", "environment", "provider",
@@ -88,3 +93,129 @@ USER_ACTIVITY = {
     "disabled_event": "SELECT * FROM events WHERE target_type = 'user' AND target_id = :user_id_text"
     " AND action IN ('user.deprovisioned', 'user.suspended', 'scim.deprovision') ORDER BY seq DESC LIMIT 1",
 }
+
+
+def window(start: datetime | None, end: datetime | None, *, default: timedelta) -> tuple[datetime, datetime]:
+    """The time window a query covers: ``end`` defaults to now, ``start`` to ``end - default``."""
+    end = end or datetime.now(UTC)
+    try:
+        start = start or end - default
+    except OverflowError:  # an end within ``default`` of 0001-01-01
+        start = datetime.min.replace(tzinfo=UTC)
+    if start.tzinfo is None or end.tzinfo is None:
+        raise Invalid(Code.TIMEZONE_REQUIRED, "start and end must carry a timezone (e.g. 2026-11-22T04:13:00Z).")
+    if start >= end:
+        raise Invalid(Code.WINDOW_EMPTY, "start must be before end.")
+    return start, end
+
+
+async def request_page(session: AsyncSession, filters: RequestFilter, *, cursor: tuple[Any, str] | None,
+                       limit: int) -> tuple[list[dict[str, Any]], tuple[datetime, int] | None]:
+    """One page of requests in ``(at, seq)`` order, and where the next page starts (None: the last)."""
+    if cursor is not None:
+        at, seq = cursor
+        try:
+            filters.after = (at, int(seq))
+        except ValueError as exc:
+            raise Invalid(Code.CURSOR_INVALID, "The cursor is not one this API issued.") from exc
+    query, params = filters.sql(limit=limit + 1)
+    rows = [dict(row) for row in (await session.execute(text(query), params)).mappings().all()]
+    following = (rows[limit - 1]["at"], rows[limit - 1]["seq"]) if len(rows) > limit else None
+    return rows[:limit], following
+
+
+EVENT_COLUMNS = ("seq", "at", "actor", "mechanism", "action", "target_type", "target_id", "before", "after")
+
+
+@dataclass
+class EventFilter:
+    target_type: str | None = None
+    target_id: str | None = None
+    action: str | None = None
+    actor: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def sql(self, *, after_seq: int | None = None) -> tuple[str, dict[str, Any]]:
+        """Events in chain order; ``after_seq`` continues a previous page."""
+        clauses: list[str] = ["true"]
+        params: dict[str, Any] = {}
+        for column in ("target_type", "target_id", "action", "actor"):
+            value = getattr(self, column)
+            if value is not None:
+                clauses.append(f"{column} = :{column}")
+                params[column] = value
+        if self.start is not None:
+            clauses.append("at >= :start")
+            params["start"] = self.start
+        if self.end is not None:
+            clauses.append("at < :end")
+            params["end"] = self.end
+        if after_seq is not None:
+            clauses.append("seq > :after")
+            params["after"] = after_seq
+        return "SELECT * FROM events WHERE " + " AND ".join(clauses) + " ORDER BY seq", params  # noqa: S608
+
+
+async def event_page(session: AsyncSession, filters: EventFilter, *, cursor: str | None,
+                     limit: int) -> dict[str, Any]:
+    after = None
+    if cursor:
+        try:
+            after = int(cursor)
+        except ValueError as exc:
+            raise Invalid(Code.CURSOR_INVALID, "The cursor is not one this API issued.") from exc
+    query, params = filters.sql(after_seq=after)
+    rows = (await session.execute(text(query + " LIMIT :limit"), params | {"limit": limit + 1})).mappings().all()
+    return {"items": [dict(r) for r in rows[:limit]],
+            "next_cursor": str(rows[limit - 1]["seq"]) if len(rows) > limit else None}
+
+
+async def user_activity(session: AsyncSession, user_id: uuid.UUID) -> dict[str, Any]:
+    """When the user last made a request, and whether anything of theirs was allowed after they were
+    disabled (with examples as evidence). The ``user`` key is left for the caller to fill."""
+    params: dict[str, Any] = {"user_id": user_id}
+
+    async def one(name: str, extra: dict[str, Any] | None = None) -> dict | None:
+        row = (await session.execute(text(USER_ACTIVITY[name]), params | (extra or {}))).mappings().first()
+        return dict(row) if row else None
+
+    disabled = await one("disabled_event", {"user_id_text": str(user_id)})
+    answer: dict[str, Any] = {
+        "last_request": await one("last_request"),
+        "last_allowed_request": await one("last_allowed"),
+        "disabled_at": disabled["at"] if disabled else None,
+        "disabled_by": disabled,
+        "allowed_after_disabled": None,
+        "allowed_after_disabled_examples": [],
+    }
+    if disabled:
+        since = {"since": disabled["at"]}
+        answer["allowed_after_disabled"] = (
+            await session.execute(text(USER_ACTIVITY["count_allowed_after"]), params | since)
+        ).scalar_one()
+        rows = (await session.execute(text(USER_ACTIVITY["allowed_after"]), params | since)).mappings().all()
+        answer["allowed_after_disabled_examples"] = [dict(r) for r in rows]
+    return answer
+
+
+#: What usage can be grouped by, and the column of request_records that holds it.
+USAGE_GROUPS = {"team": "r.team", "user": "r.user_email", "model": "r.model", "provider": "r.provider",
+                "environment": "r.environment", "token": "r.token_id::text"}
+
+
+async def usage(session: AsyncSession, *, group_by: str, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    """Requests and token usage per group in a window, busiest first (at most 1000 groups)."""
+    query = f"""
+        SELECT {USAGE_GROUPS[group_by]} AS key, count(*) AS requests,
+               count(*) FILTER (WHERE r.decision = 'allowed') AS allowed,
+               COALESCE(sum(o.prompt_tokens), 0) AS prompt_tokens,
+               COALESCE(sum(o.completion_tokens), 0) AS completion_tokens
+        FROM request_records r
+        LEFT JOIN request_outcomes o ON o.request_id = r.request_id
+             AND o.at BETWEEN r.at - interval '1 minute' AND r.at + interval '1 minute'
+        WHERE r.at >= :start AND r.at < :end
+        GROUP BY 1 ORDER BY requests DESC LIMIT 1000
+    """  # noqa: S608 - the grouped column comes from a fixed table
+    rows = (await session.execute(text(query), {"start": start, "end": end})).mappings().all()
+    return [dict(row) for row in rows]

@@ -22,8 +22,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from controlplane.audit import chain
+from controlplane.audit.events import Actor, record_event
 from controlplane.core.config import sqlalchemy_url
-from controlplane.services import Actor, record_event
 
 _PARTITIONS = """
 SELECT c.relname FROM pg_inherits i

@@ -31,6 +31,8 @@ from joserfc import jwt
 from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import KeySet
 
+from controlplane.errors import Code
+
 #: Seconds the discovery document and the JWKS are trusted before they are read again.
 METADATA_TTL_SECONDS = 3600.0
 #: An unknown key id fetches the JWKS again, but not more often than this (a forged kid costs little).
@@ -43,7 +45,7 @@ ASYMMETRIC_ALGS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256"
 class OidcError(Exception):
     """A sign-in that cannot go on: ``code`` is stable, ``message`` is safe to show."""
 
-    def __init__(self, code: str, message: str, *, unavailable: bool = False) -> None:
+    def __init__(self, code: Code, message: str, *, unavailable: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -94,17 +96,17 @@ class Issuer:
             async with httpx.AsyncClient(timeout=self.timeout) as client:
                 reply = await client.get(url, **kwargs)
         except httpx.HTTPError as exc:
-            raise OidcError("issuer_unreachable", f"The identity provider did not answer ({type(exc).__name__}).",
+            raise OidcError(Code.ISSUER_UNREACHABLE, f"The identity provider did not answer ({type(exc).__name__}).",
                             unavailable=True) from exc
         if reply.status_code != 200:
-            raise OidcError("issuer_error", f"The identity provider answered {reply.status_code} for {url}.",
+            raise OidcError(Code.ISSUER_ERROR, f"The identity provider answered {reply.status_code} for {url}.",
                             unavailable=True)
         try:
             document = reply.json()
         except ValueError as exc:
-            raise OidcError("issuer_error", f"The identity provider's {url} is not JSON.", unavailable=True) from exc
+            raise OidcError(Code.ISSUER_ERROR, f"The identity provider's {url} is not JSON.", unavailable=True) from exc
         if not isinstance(document, dict):
-            raise OidcError("issuer_error", f"The identity provider's {url} is not a JSON object.", unavailable=True)
+            raise OidcError(Code.ISSUER_ERROR, f"The identity provider's {url} is not a JSON object.", unavailable=True)
         return document
 
     async def metadata(self) -> dict[str, Any]:
@@ -116,11 +118,12 @@ class Issuer:
                 url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
                 document = await self._get_json(url)
                 if str(document.get("issuer", "")).rstrip("/") != self.issuer.rstrip("/"):
-                    raise OidcError("issuer_mismatch", f"The discovery document at {url} names issuer "
+                    raise OidcError(Code.ISSUER_MISMATCH, f"The discovery document at {url} names issuer "
                                     f"{document.get('issuer')!r}, not {self.issuer!r}.", unavailable=True)
                 for required in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
                     if not isinstance(document.get(required), str):
-                        raise OidcError("issuer_error", f"The discovery document lacks {required}.", unavailable=True)
+                        raise OidcError(Code.ISSUER_ERROR, f"The discovery document lacks {required}.",
+                                        unavailable=True)
                 self._metadata = _Cached(document, time.monotonic())
             assert self._metadata.value is not None
             return self._metadata.value
@@ -137,7 +140,7 @@ class Issuer:
             try:
                 return KeySet.import_key_set(self._jwks.value)  # type: ignore[arg-type]
             except (JoseError, ValueError, KeyError, TypeError) as exc:
-                raise OidcError("issuer_error", "The identity provider's JWKS cannot be read.",
+                raise OidcError(Code.ISSUER_ERROR, "The identity provider's JWKS cannot be read.",
                                 unavailable=True) from exc
 
     # -- the authorization request ----------------------------------------------------------------
@@ -181,7 +184,7 @@ class Issuer:
                                           auth=basic if basic is not None else httpx.USE_CLIENT_DEFAULT,
                                           headers={"Accept": "application/json"})
         except httpx.HTTPError as exc:
-            raise OidcError("issuer_unreachable", f"The identity provider did not answer ({type(exc).__name__}).",
+            raise OidcError(Code.ISSUER_UNREACHABLE, f"The identity provider did not answer ({type(exc).__name__}).",
                             unavailable=True) from exc
         try:
             answer = reply.json()
@@ -189,10 +192,10 @@ class Issuer:
             answer = {}
         if reply.status_code != 200 or not isinstance(answer, dict):
             error = answer.get("error", "") if isinstance(answer, dict) else ""
-            raise OidcError("code_rejected", f"The identity provider refused the authorization code "
+            raise OidcError(Code.CODE_REJECTED, f"The identity provider refused the authorization code "
                             f"({reply.status_code} {error}).".replace(" )", ")"))
         if not isinstance(answer.get("id_token"), str):
-            raise OidcError("id_token_missing", "The identity provider answered without an ID token.")
+            raise OidcError(Code.ID_TOKEN_MISSING, "The identity provider answered without an ID token.")
         return answer
 
     # -- the ID token -----------------------------------------------------------------------------
@@ -209,7 +212,7 @@ class Issuer:
             except InvalidKeyIdError:
                 token = jwt.decode(id_token, await self._key_set(refetch=True), algorithms=algorithms)
         except (JoseError, ValueError, KeyError, TypeError) as exc:
-            raise OidcError("id_token_invalid", f"The ID token's signature does not verify ({_why(exc)}).") from exc
+            raise OidcError(Code.ID_TOKEN_INVALID, f"The ID token's signature does not verify ({_why(exc)}).") from exc
         claims_cls = CodeIDToken if access_token else IDToken
         claims = claims_cls(
             token.claims, token.header,
@@ -219,9 +222,9 @@ class Issuer:
         try:
             claims.validate(leeway=LEEWAY_SECONDS)
         except (JoseError, ValueError, KeyError, TypeError) as exc:
-            raise OidcError("id_token_invalid", f"The ID token was refused ({_why(exc)}).") from exc
+            raise OidcError(Code.ID_TOKEN_INVALID, f"The ID token was refused ({_why(exc)}).") from exc
         if not nonce or claims.get("nonce") != nonce:  # Authlib skips the check when no nonce is expected
-            raise OidcError("id_token_invalid", "The ID token was refused (nonce does not match).")
+            raise OidcError(Code.ID_TOKEN_INVALID, "The ID token was refused (nonce does not match).")
         return dict(claims)
 
     async def userinfo(self, access_token: str, subject: str) -> dict[str, Any]:
@@ -233,7 +236,7 @@ class Issuer:
         document = await self._get_json(endpoint, headers={"Authorization": f"Bearer {access_token}",
                                                            "Accept": "application/json"})
         if document.get("sub") != subject:
-            raise OidcError("userinfo_mismatch", "The userinfo response is about another subject.")
+            raise OidcError(Code.USERINFO_MISMATCH, "The userinfo response is about another subject.")
         return document
 
     async def identity(self, answer: dict[str, Any], *, audience: str, nonce: str,

@@ -31,29 +31,28 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authz.tokens import generate_token, hash_token, is_well_formed
-from controlplane import schemas, services
+from controlplane import schemas
+from controlplane.audit.events import Actor, record_event
 from controlplane.core.config import Settings
 from controlplane.core.db import get_sessionmaker
-from controlplane.errors import Forbidden
+from controlplane.errors import Code, Forbidden, NotFound
 from controlplane.models import SignIn, User
-from controlplane.oidc.client import claim
-from controlplane.services import Actor, record_event
+from controlplane.oidc.client import Issuer, claim, issuer_for
+from controlplane.services import credentials, users
 
 SESSION_COOKIE = "keyward_session"
-WEB_PREFIX = "kw_sess_"
-CLI_PREFIX = "kw_cli_"
 CSRF_HEADER = "X-CSRF-Token"
 SELF = "self"
 ADMIN_ROLES = ("admin", "auditor", "finance")
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 Kind = Literal["web", "cli"]
+_KINDS = {"web": credentials.WEB_SESSION, "cli": credentials.CLI_SIGN_IN}
 
 
 class Refused(Exception):
     """The identity is genuine, but may not sign in here."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: Code, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -71,6 +70,19 @@ class SignedIn:
     @property
     def actor(self) -> Actor:
         return actor_for(self.email)
+
+
+def configured_issuer(settings: Settings) -> Issuer:
+    """The configured issuer, or a 404 that says sign-in is off."""
+    if not settings.oidc_issuer:
+        raise NotFound(Code.OIDC_NOT_CONFIGURED, "Sign-in with OpenID Connect is not configured on this Keyward "
+                       "(KEYWARD_OIDC_ISSUER is unset).")
+    return issuer_for(settings.oidc_issuer)
+
+
+def redirect_uri(settings: Settings) -> str:
+    """Where the issuer sends the browser back after sign-in."""
+    return (settings.oidc_redirect_base or "").rstrip("/") + "/auth/callback"
 
 
 def actor_for(email: str) -> Actor:
@@ -98,10 +110,10 @@ def role_for(groups: set[str], settings: Settings) -> tuple[str, list[str]]:
 def email_of(claims: dict[str, Any]) -> str:
     email = claims.get("email")
     if not isinstance(email, str) or "@" not in email:
-        raise Refused("email_missing", "The identity provider gave no e-mail address for this identity, so it "
+        raise Refused(Code.EMAIL_MISSING, "The identity provider gave no e-mail address for this identity, so it "
                       "cannot be matched to a Keyward user (is the email scope allowed for this client?).")
     if claims.get("email_verified") is False:
-        raise Refused("email_unverified", f"The identity provider says {email} is not verified.")
+        raise Refused(Code.EMAIL_UNVERIFIED, f"The identity provider says {email} is not verified.")
     return email.strip()
 
 
@@ -113,16 +125,16 @@ async def admit(session: AsyncSession, settings: Settings, claims: dict[str, Any
     user = await session.scalar(select(User).where(func.lower(User.email) == email.lower()))
     if user is None:
         if not settings.oidc_jit_provisioning:
-            raise Refused("user_unknown", f"{email} has no Keyward account, and this Keyward does not create "
+            raise Refused(Code.USER_UNKNOWN, f"{email} has no Keyward account, and this Keyward does not create "
                           "accounts at sign-in. Ask an administrator to add you.")
         name = claims.get("name") if isinstance(claims.get("name"), str) else None
         try:
             data = schemas.UserCreate(email=email, display_name=(name or "").strip()[:200] or None)
         except ValidationError as exc:
-            raise Refused("email_invalid", f"{email} is not an address Keyward accepts.") from exc
-        user = await services.create_user(session, actor=actor, data=data)
+            raise Refused(Code.EMAIL_INVALID, f"{email} is not an address Keyward accepts.") from exc
+        user = await users.create_user(session, actor=actor, data=data)
     if user.status != "active":
-        raise Refused(f"user_{user.status}", f"The Keyward account {email} is {user.status}; it cannot sign in.")
+        raise Refused(Code(f"user_{user.status}"), f"The Keyward account {email} is {user.status}; it cannot sign in.")
     await record_event(session, actor=actor_for(user.email), action="user.login" if role == SELF else "admin.login",
                        target_type="user", target_id=str(user.id),
                        after={"role": role, "via": via, "subject": str(claims.get("sub")), "groups": matched})
@@ -148,41 +160,34 @@ def _nonce_hash(nonce: str, settings: Settings) -> str:
 async def open_sign_in(session: AsyncSession, settings: Settings, *, user: User, role: str, kind: Kind,
                        subject: str, nonce: str | None = None) -> tuple[SignIn, str]:
     """A new session (web) or credential (cli); the secret is returned once and only its hash is kept."""
-    secret = generate_token(WEB_PREFIX if kind == "web" else CLI_PREFIX)
+    issued = credentials.issue(_KINDS[kind], settings.hash_key)
     lifetime = (timedelta(minutes=settings.oidc_session_minutes) if kind == "web"
                 else timedelta(hours=settings.oidc_cli_credential_hours))
-    row = SignIn(id=uuid.uuid4(), kind=kind, user_id=user.id, role=role,
-                 token_hash=hash_token(secret, settings.hash_key),
+    row = SignIn(id=uuid.uuid4(), kind=kind, user_id=user.id, role=role, token_hash=issued.token_hash,
                  nonce_hash=_nonce_hash(nonce, settings) if nonce else None, subject=subject[:500],
                  expires_at=datetime.now(UTC) + lifetime)
     session.add(row)
     try:
         await session.flush()
     except IntegrityError as exc:
-        raise Refused("id_token_replayed", "This ID token was already exchanged; sign in again.") from exc
-    return row, secret
+        raise Refused(Code.ID_TOKEN_REPLAYED, "This ID token was already exchanged; sign in again.") from exc
+    return row, issued.secret
 
 
 async def lookup(secret: str, kind: Kind, settings: Settings) -> SignedIn | None:
     """The live sign-in behind a session cookie or CLI credential, if any (its user must be active)."""
-    if not is_well_formed(secret, WEB_PREFIX if kind == "web" else CLI_PREFIX):
+    if not _KINDS[kind].well_formed(secret):
         return None
-    digest = hash_token(secret, settings.hash_key)
     async with get_sessionmaker()() as session, session.begin():
-        row = (await session.execute(
-            select(SignIn, User.email, User.status).join(User, User.id == SignIn.user_id)
-            .where(SignIn.token_hash == digest, SignIn.kind == kind)
-        )).first()
-        if row is None:
+        active = select(User.id).where(User.status == "active")
+        sign_in = await credentials.authenticate(session, _KINDS[kind], secret, hash_key=settings.hash_key,
+                                                 table=SignIn, where=(SignIn.kind == kind, SignIn.user_id.in_(active)))
+        if sign_in is None:
             return None
-        sign_in, email, status = row
-        now = datetime.now(UTC)
-        if sign_in.revoked_at is not None or sign_in.expires_at <= now or status != "active":
-            return None
-        if sign_in.last_used_at is None or now - sign_in.last_used_at > timedelta(minutes=1):
-            await session.execute(update(SignIn).where(SignIn.id == sign_in.id).values(last_used_at=now))
-        return SignedIn(id=sign_in.id, kind=sign_in.kind, user_id=sign_in.user_id, email=email, role=sign_in.role,
-                        expires_at=sign_in.expires_at)
+        user = await session.get(User, sign_in.user_id)
+        assert user is not None
+        return SignedIn(id=sign_in.id, kind=sign_in.kind, user_id=sign_in.user_id, email=user.email,
+                        role=sign_in.role, expires_at=sign_in.expires_at)
 
 
 def csrf_token(settings: Settings, sign_in_id: uuid.UUID) -> str:
@@ -204,7 +209,7 @@ async def authenticate(request: Request, presented: str, settings: Settings) -> 
     signed = await lookup(request.cookies.get(SESSION_COOKIE, ""), "web", settings)
     if signed is not None and request.method not in SAFE_METHODS \
             and not csrf_ok(settings, signed, request.headers.get(CSRF_HEADER)):
-        raise Forbidden("csrf_token_invalid", f"A change made with the session cookie needs the {CSRF_HEADER} "
+        raise Forbidden(Code.CSRF_TOKEN_INVALID, f"A change made with the session cookie needs the {CSRF_HEADER} "
                         "header (csrf_token in GET /api/v1/me).")
     return signed
 

@@ -6,27 +6,24 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from scim2_models import Context, EnterpriseUser, Group, ResourceType, Schema, ServiceProviderConfig, User
-from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authz.tokens import hash_token, is_well_formed
 from controlplane.core.config import Settings, get_settings
 from controlplane.core.db import get_sessionmaker
-from controlplane.models import ScimConnection, ScimCredential, Team
+from controlplane.models import Team
 from controlplane.models import User as UserRow
 from controlplane.scim import store
 from controlplane.scim.documents import apply_patch, project
 from controlplane.scim.errors import SCIM_JSON, ScimError
 from controlplane.scim.filters import CORE_GROUP, CORE_USER, ENTERPRISE
+from controlplane.services import scim_connections
 
-SCIM_CREDENTIAL_PREFIX = "kw_scim_"
 MAX_BODY = 1_048_576
 #: The largest page, also the page size when a client gives no count (RFC 7644 §3.4.2.4).
 MAX_COUNT = 1000
@@ -47,21 +44,11 @@ async def _connection(
     settings: Annotated[Settings, Depends(get_settings)],
 ) -> store.Connection:
     presented = credentials.credentials if credentials else ""
-    if is_well_formed(presented, prefix=SCIM_CREDENTIAL_PREFIX):
-        digest = hash_token(presented, settings.hash_key)
-        async with get_sessionmaker()() as session, session.begin():
-            row = (await session.execute(
-                select(ScimCredential, ScimConnection).join(ScimConnection)
-                .where(ScimCredential.token_hash == digest, ScimCredential.revoked_at.is_(None))
-            )).first()
-            if row is not None:
-                credential, connection = row
-                now = datetime.now(UTC)
-                if credential.last_used_at is None or now - credential.last_used_at > timedelta(minutes=1):
-                    await session.execute(update(ScimCredential).where(ScimCredential.id == credential.id)
-                                          .values(last_used_at=now))
-                return store.Connection(connection.id, connection.name)
-    raise ScimError(401, "A valid SCIM bearer credential is required.")
+    async with get_sessionmaker()() as session, session.begin():
+        connection = await scim_connections.authenticate(session, presented, hash_key=settings.hash_key)
+    if connection is None:
+        raise ScimError(401, "A valid SCIM bearer credential is required.")
+    return store.Connection(connection.id, connection.name)
 
 
 SessionDep = Annotated[AsyncSession, Depends(_session, scope="function")]
@@ -216,16 +203,12 @@ async def schema(schema_id: str, request: Request, _c: ConnectionDep) -> JSONRes
 async def _search(request: Request, session: AsyncSession, search: Search, *, model: Any, live: Any,
                   translator: Any, render: Any, prepare: Any = None) -> JSONResponse:
     """One listing for users and groups: filter, count, stable order, page, render, project."""
-    query = select(model).where(live)
-    if search.filter:
-        query = query.where(translator.where(search.filter))
-    total = await session.scalar(select(func.count()).select_from(query.subquery()))
-    rows = (await session.scalars(query.order_by(model.created_at, model.id)
-                                  .offset(search.start - 1).limit(search.count))).all()
+    rows, total = await store.search(session, model=model, live=live, translator=translator, filter_text=search.filter,
+                                     start=search.start, count=search.count)
     render = await prepare(session, rows) if prepare else render
     resources = [project(await render(session, row, _base(request)), search.attributes, search.excluded)
                  for row in rows]
-    return _reply(_list(resources, total or 0, search.start))
+    return _reply(_list(resources, total, search.start))
 
 
 async def _search_users(request: Request, session: AsyncSession, search: Search) -> JSONResponse:

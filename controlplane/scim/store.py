@@ -21,12 +21,12 @@ from scim2_models import Context, EnterpriseUser, Group, User
 from sqlalchemy import ColumnElement, and_, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane import tokens
+from controlplane.audit.events import Actor, record_event
 from controlplane.models import Membership, Team
 from controlplane.models import User as UserRow
 from controlplane.scim.errors import ScimError
 from controlplane.scim.filters import CORE_GROUP, CORE_USER, ENTERPRISE, Column, Translator, member_relation
-from controlplane.services import Actor, record_event
+from controlplane.services import lifecycle
 
 USER_SCHEMAS = {CORE_USER}
 GROUP_SCHEMAS = {CORE_GROUP}
@@ -50,6 +50,17 @@ def _stamp(value: datetime) -> str:
 def _meta(kind: str, row_id: uuid.UUID, created: datetime, modified: datetime, base: str) -> dict[str, Any]:
     return {"resourceType": kind, "created": _stamp(created), "lastModified": _stamp(modified),
             "location": f"{base}/{kind}s/{row_id}", "version": f'W/"{int(modified.timestamp() * 1_000_000)}"'}
+
+
+async def search(session: AsyncSession, *, model: Any, live: ColumnElement[bool], translator: Translator,
+                 filter_text: str | None, start: int, count: int) -> tuple[list[Any], int]:
+    """One page of live users or groups matching a SCIM filter, in a stable order, and the total."""
+    query = select(model).where(live)
+    if filter_text:
+        query = query.where(translator.where(filter_text))
+    total = await session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = (await session.scalars(query.order_by(model.created_at, model.id).offset(start - 1).limit(count))).all()
+    return list(rows), total or 0
 
 
 # -- users ----------------------------------------------------------------------------------------
@@ -179,7 +190,7 @@ async def _set_active(session: AsyncSession, connection: Connection, user: UserR
     if was_active and not active:
         user.status = "deprovisioned"
         await session.flush()
-        revoked = await tokens.revoke_where(session, actor=connection.actor, user_id=user.id,
+        revoked = await lifecycle.revoke_where(session, actor=connection.actor, user_id=user.id,
                                             reason=f"deprovisioned by SCIM connection {connection.name}")
         await record_event(session, actor=connection.actor, action="scim.deprovision", target_type="user",
                            target_id=str(user.id), after={"tokens_revoked": revoked})
@@ -347,7 +358,7 @@ async def replace_group(session: AsyncSession, connection: Connection, team: Tea
 async def delete_group(session: AsyncSession, connection: Connection, team: Team) -> None:
     """The team stays (its tokens and history refer to it), emptied and unlinked from the IdP."""
     await set_members(session, connection, team, [])
-    await tokens.revoke_where(session, actor=connection.actor, team_id=team.id,
+    await lifecycle.revoke_where(session, actor=connection.actor, team_id=team.id,
                               reason=f"group deleted by SCIM connection {connection.name}")
     team.name = f"{team.name}#deleted-{team.id}"  # frees the displayName for a new group
     team.deleted_at = datetime.now(UTC)

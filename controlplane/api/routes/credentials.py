@@ -3,11 +3,11 @@ from __future__ import annotations
 import uuid
 
 from fastapi import APIRouter, status
-from sqlalchemy import select
 
-from controlplane import directory, errors, schemas, services
+from controlplane import errors, schemas
 from controlplane.api.deps import Admin, AnyCaller, Auditor, Cursor, Limit, SessionDep, SettingsDep
 from controlplane.models import ApiCredential
+from controlplane.services import api_credentials
 
 router = APIRouter(tags=["admin access"], responses=errors.responses(401))
 
@@ -17,8 +17,8 @@ router = APIRouter(tags=["admin access"], responses=errors.responses(401))
 async def issue_credential(data: schemas.CredentialCreate, session: SessionDep, caller: Admin,
                            settings: SettingsDep) -> dict:
     """An admin-API credential with a role (admin, auditor, finance, or owner of one team). Shown once."""
-    credential, secret = await directory.issue_credential(session, actor=caller.actor, data=data,
-                                                          hash_key=settings.hash_key)
+    credential, secret = await api_credentials.issue_credential(session, actor=caller.actor, data=data,
+                                                                hash_key=settings.hash_key)
     return {**schemas.CredentialPublic.model_validate(credential).model_dump(), "token": secret}
 
 
@@ -26,15 +26,13 @@ async def issue_credential(data: schemas.CredentialCreate, session: SessionDep, 
             responses=errors.responses(403, 422))
 async def list_credentials(session: SessionDep, _caller: Auditor, limit: Limit = 100, cursor: Cursor = None) -> dict:
     """Every credential, never its secret. Auditors read it too: who may do what is their question."""
-    items, next_cursor = await services.paginate(session, select(ApiCredential), sort=ApiCredential.created_at,
-                                                 id_col=ApiCredential.id, cursor=cursor, limit=limit)
-    return {"items": items, "next_cursor": next_cursor}
+    return await api_credentials.list_credentials(session, cursor=cursor, limit=limit)
 
 
 @router.post("/credentials/{credential_id}/revoke", response_model=schemas.CredentialPublic,
              responses=errors.responses(403, 404, 422))
 async def revoke_credential(credential_id: uuid.UUID, session: SessionDep, caller: Admin) -> ApiCredential:
-    return await directory.revoke_credential(session, actor=caller.actor, credential_id=credential_id)
+    return await api_credentials.revoke_credential(session, actor=caller.actor, credential_id=credential_id)
 
 
 @router.get("/whoami", response_model=schemas.WhoAmI)

@@ -16,20 +16,16 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Depends, Query, Request, Response, status
-from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
-from controlplane import errors, schemas, services
-from controlplane import tokens as lifecycle
-from controlplane.api.deps import Cursor, Limit, SessionDep, SettingsDep, _bearer, _presented
-from controlplane.core.config import Settings
+from controlplane import errors, schemas
+from controlplane.api.deps import Bearer, Cursor, Limit, SessionDep, SettingsDep, presented
 from controlplane.core.db import get_sessionmaker
-from controlplane.errors import KeywardError, Unauthorized
+from controlplane.errors import Code, Unauthorized, Unavailable
 from controlplane.models import Token
-from controlplane.oidc import selfservice
 from controlplane.oidc.client import OidcError
 from controlplane.oidc.signin import (
     Refused,
@@ -37,11 +33,12 @@ from controlplane.oidc.signin import (
     admit,
     authenticate,
     close,
+    configured_issuer,
     csrf_token,
     open_sign_in,
     record_refusal,
 )
-from controlplane.oidc.web import issuer
+from controlplane.services import selfservice, users
 
 router = APIRouter(tags=["me"])
 
@@ -49,27 +46,11 @@ router = APIRouter(tags=["me"])
 CLI_ID_TOKEN_MAX_AGE = 600
 
 
-class IssuerUnavailable(KeywardError):
-    status_code = 502
-
-
-_UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    502: {"model": errors.ErrorBody, "description": "The identity provider could not be reached."}}
-
-
-def _configured(settings: Settings) -> None:
-    issuer(settings)
-
-
-async def _signed_in(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    settings: SettingsDep,
-) -> SignedIn:
-    _configured(settings)
-    signed = await authenticate(request, _presented(credentials), settings)
+async def _signed_in(request: Request, bearer: Bearer, settings: SettingsDep) -> SignedIn:
+    configured_issuer(settings)
+    signed = await authenticate(request, presented(bearer), settings)
     if signed is None:
-        raise Unauthorized("sign_in_required", "Sign in first: the browser session from /auth/login, or the "
+        raise Unauthorized(Code.SIGN_IN_REQUIRED, "Sign in first: the browser session from /auth/login, or the "
                            "credential `keyward login` stores. Admin-API credentials are not a sign-in.")
     return signed
 
@@ -78,10 +59,10 @@ Me = Annotated[SignedIn, Depends(_signed_in)]
 _ME_ERRORS = errors.responses(401, 403, 404, 422)
 
 
-@router.get("/me", response_model=selfservice.Me, responses=_ME_ERRORS)
+@router.get("/me", response_model=schemas.Me, responses=_ME_ERRORS)
 async def whoami_me(signed: Me, session: SessionDep, settings: SettingsDep) -> dict:
     """Who is signed in, in which role, until when, and their teams with each team's profile."""
-    user = await services.get_user(session, user_id=signed.user_id)
+    user = await users.get_user(session, user_id=signed.user_id)
     return {
         "user": schemas.UserPublic.model_validate(user), "role": signed.role, "via": signed.kind,
         "expires_at": signed.expires_at,
@@ -97,27 +78,26 @@ async def my_tokens(
     = None,
 ) -> dict:
     """Your tokens, newest first, never their secrets."""
-    items, next_cursor = await services.paginate(session, lifecycle.list_query(user_id=signed.user_id, state=state),
-                                                 sort=Token.created_at, id_col=Token.id, cursor=cursor, limit=limit,
-                                                 descending=True)
-    return {"items": items, "next_cursor": next_cursor}
+    return await selfservice.my_tokens(session, signed.user_id, state=state, cursor=cursor, limit=limit)
 
 
 @router.post("/me/tokens", status_code=status.HTTP_201_CREATED, response_model=schemas.TokenIssued,
              responses=errors.responses(401, 403, 404, 409, 422, body=True))
-async def mint_my_token(data: selfservice.MyTokenCreate, signed: Me, session: SessionDep,
+async def mint_my_token(data: schemas.MyTokenCreate, signed: Me, session: SessionDep,
                         settings: SettingsDep) -> dict:
     """Mint a token for yourself, for one of your teams. The secret is in this response only."""
-    token, secret = await selfservice.mint_mine(session, signed, data, settings.hash_key)
+    token, secret = await selfservice.mint_mine(session, user_id=signed.user_id, actor=signed.actor, data=data,
+                                                hash_key=settings.hash_key)
     return {**schemas.TokenPublic.model_validate(token).model_dump(), "token": secret}
 
 
 @router.post("/me/tokens/{token_id}/revoke", response_model=schemas.TokenPublic,
              responses=errors.responses(401, 403, 404, 422, body=True))
 async def revoke_my_token(token_id: uuid.UUID, signed: Me, session: SessionDep,
-                          data: Annotated[selfservice.MyTokenRevoke | None, Body()] = None) -> Token:
+                          data: Annotated[schemas.MyTokenRevoke | None, Body()] = None) -> Token:
     """Revoke one of your tokens (idempotent). Anyone else's token is not found."""
-    return await selfservice.revoke_mine(session, signed, token_id, data.reason if data else None)
+    return await selfservice.revoke_mine(session, user_id=signed.user_id, actor=signed.actor, token_id=token_id,
+                                         reason=data.reason if data else None)
 
 
 @router.post("/me/logout", status_code=status.HTTP_204_NO_CONTENT, responses=_ME_ERRORS)
@@ -157,7 +137,7 @@ class CliCredential(BaseModel):
 @router.get("/auth/oidc", response_model=OidcConfig, responses=errors.responses(404))
 async def oidc_config(settings: SettingsDep) -> dict:
     """What `keyward login` needs to sign in against this Keyward's identity provider (no credential)."""
-    _configured(settings)
+    configured_issuer(settings)
     assert settings.oidc_issuer and settings.oidc_client_id
     return {"issuer": settings.oidc_issuer, "cli_client_id": settings.oidc_cli_client_id or settings.oidc_client_id,
             "scopes": settings.oidc_scopes,
@@ -165,11 +145,11 @@ async def oidc_config(settings: SettingsDep) -> dict:
 
 
 @router.post("/auth/oidc/cli-token", status_code=status.HTTP_201_CREATED, response_model=CliCredential,
-             responses={**errors.responses(401, 403, 404, 422, body=True), **_UNAVAILABLE})
+             responses=errors.responses(401, 403, 404, 422, 502, body=True))
 async def cli_token(data: CliTokenRequest, settings: SettingsDep) -> dict:
     """Exchange an ID token from the CLI's own sign-in (the CLI client's audience, the nonce it sent,
     at most 10 minutes old, never twice) for a short-lived credential."""
-    provider = issuer(settings)
+    provider = configured_issuer(settings)
     audience = settings.oidc_cli_client_id or settings.oidc_client_id
     assert audience
     try:
@@ -178,11 +158,11 @@ async def cli_token(data: CliTokenRequest, settings: SettingsDep) -> dict:
                                          wanted=("email", settings.oidc_groups_claim))
     except OidcError as exc:
         if exc.unavailable:
-            raise IssuerUnavailable(exc.code, exc.message) from exc
+            raise Unavailable(exc.code, exc.message) from exc
         raise Unauthorized(exc.code, exc.message) from exc
     issued_at = claims.get("iat")
     if not isinstance(issued_at, int | float) or time.time() - issued_at > CLI_ID_TOKEN_MAX_AGE:
-        raise Unauthorized("id_token_stale", "The ID token is more than 10 minutes old; sign in again.")
+        raise Unauthorized(Code.ID_TOKEN_STALE, "The ID token is more than 10 minutes old; sign in again.")
     try:
         async with get_sessionmaker()() as session, session.begin():
             user, role = await admit(session, settings, claims, via="cli")

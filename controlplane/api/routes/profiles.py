@@ -4,12 +4,11 @@ import uuid
 from typing import Literal
 
 from fastapi import APIRouter, status
-from sqlalchemy import func, select
 
-from controlplane import directory, errors, schemas, services
+from controlplane import errors, schemas
 from controlplane.api.deps import Admin, Cursor, Limit, Reader, SessionDep
-from controlplane.api.routes._listing import sort_key
 from controlplane.models import AccessProfile
+from controlplane.services import profiles
 
 router = APIRouter(prefix="/profiles", tags=["access profiles"], responses=errors.responses(401, 403, 422))
 
@@ -17,7 +16,7 @@ router = APIRouter(prefix="/profiles", tags=["access profiles"], responses=error
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.ProfilePublic,
              responses=errors.responses(409, body=True))
 async def create_profile(data: schemas.ProfileCreate, session: SessionDep, caller: Admin) -> AccessProfile:
-    return await directory.create_profile(session, actor=caller.actor, data=data)
+    return await profiles.create_profile(session, actor=caller.actor, data=data)
 
 
 @router.get("", response_model=schemas.Page[schemas.ProfilePublic])
@@ -28,17 +27,12 @@ async def list_profiles(
     cursor: Cursor = None,
     sort: Literal["created_at", "-created_at", "name", "-name"] = "name",
 ) -> dict:
-    column, descending = sort_key(sort, {"created_at": AccessProfile.created_at,
-                                         "name": func.lower(AccessProfile.name)})
-    items, next_cursor = await services.paginate(session, select(AccessProfile), sort=column,
-                                                 id_col=AccessProfile.id, cursor=cursor, limit=limit,
-                                                 descending=descending)
-    return {"items": items, "next_cursor": next_cursor}
+    return await profiles.list_profiles(session, sort=sort, cursor=cursor, limit=limit)
 
 
 @router.get("/{profile_id}", response_model=schemas.ProfilePublic, responses=errors.responses(404))
 async def get_profile(profile_id: uuid.UUID, session: SessionDep, _caller: Reader) -> AccessProfile:
-    return await directory.get_profile(session, profile_id=profile_id)
+    return await profiles.get_profile(session, profile_id=profile_id)
 
 
 @router.patch("/{profile_id}", response_model=schemas.ProfilePublic,
@@ -46,4 +40,4 @@ async def get_profile(profile_id: uuid.UUID, session: SessionDep, _caller: Reade
 async def update_profile(profile_id: uuid.UUID, data: schemas.ProfileUpdate, session: SessionDep,
                          caller: Admin) -> AccessProfile:
     """Narrowing a profile narrows every token of every team that uses it, without re-issuing."""
-    return await directory.update_profile(session, actor=caller.actor, profile_id=profile_id, data=data)
+    return await profiles.update_profile(session, actor=caller.actor, profile_id=profile_id, data=data)

@@ -4,13 +4,11 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, status
-from sqlalchemy import Select, func
 
-from controlplane import errors, schemas, services
-from controlplane import tokens as lifecycle
+from controlplane import errors, schemas
 from controlplane.api.deps import Caller, Cursor, Limit, Manager, Reader, SessionDep, SettingsDep
-from controlplane.api.routes._listing import sort_key
 from controlplane.models import Token
+from controlplane.services import lifecycle
 
 router = APIRouter(prefix="/tokens", tags=["tokens"], responses=errors.responses(401, 403, 422))
 
@@ -40,19 +38,6 @@ async def mint_token(data: schemas.TokenCreate, session: SessionDep, caller: Man
     return _issued(token, secret)
 
 
-async def _list(session: SessionDep, caller: Caller, query: Select, *, limit: int, cursor: str | None,
-                sort: str) -> dict:
-    if caller.role == "owner":
-        query = query.where(Token.team_id == caller.team_id)
-    columns = {"created_at": Token.created_at, "name": func.lower(Token.name),
-               "last_used_at": func.coalesce(Token.last_used_at, services.EPOCH),
-               "expires_at": func.coalesce(Token.expires_at, services.EPOCH)}
-    column, descending = sort_key(sort, columns)
-    items, next_cursor = await services.paginate(session, query, sort=column, id_col=Token.id, cursor=cursor,
-                                                 limit=limit, descending=descending)
-    return {"items": items, "next_cursor": next_cursor}
-
-
 @router.get("", response_model=schemas.Page[schemas.TokenPublic])
 async def list_tokens(
     session: SessionDep,
@@ -68,9 +53,10 @@ async def list_tokens(
     sort: TokenSort = "created_at",
 ) -> dict:
     """Tokens, never their secrets: each shows its prefix and last four characters."""
-    query = lifecycle.list_query(user_id=user_id, team_id=team_id, service_account_id=service_account_id,
-                                 environment=environment, state=state, name=name)
-    return await _list(session, caller, query, limit=limit, cursor=cursor, sort=sort)
+    query = lifecycle.list_query(within_team=caller.within_team, user_id=user_id, team_id=team_id,
+                                 service_account_id=service_account_id, environment=environment, state=state,
+                                 name=name)
+    return await lifecycle.page(session, query, sort=sort, cursor=cursor, limit=limit)
 
 
 @router.get("/dormant", response_model=schemas.Page[schemas.TokenPublic])
@@ -84,14 +70,14 @@ async def dormant_tokens(
     sort: TokenSort = "last_used_at",
 ) -> dict:
     """Live tokens unused for ``days`` days, or never used and minted more than ``days`` ago."""
-    return await _list(session, caller, lifecycle.dormant_query(days, team_id), limit=limit, cursor=cursor, sort=sort)
+    query = lifecycle.dormant_query(days, within_team=caller.within_team, team_id=team_id)
+    return await lifecycle.page(session, query, sort=sort, cursor=cursor, limit=limit)
 
 
 @router.get("/{token_id}", response_model=schemas.TokenPublic, responses=errors.responses(404))
 async def get_token(token_id: uuid.UUID, session: SessionDep, caller: Reader) -> Token:
     token = await lifecycle.get_token(session, token_id=token_id)
-    if caller.role == "owner":
-        caller.require_team(token.team_id)
+    caller.require_visible(token.team_id)
     return token
 
 

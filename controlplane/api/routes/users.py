@@ -4,12 +4,11 @@ import uuid
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
-from sqlalchemy import func, select
 
-from controlplane import errors, schemas, services, tokens
+from controlplane import errors, schemas
 from controlplane.api.deps import Admin, Cursor, Limit, Reader, SessionDep
-from controlplane.api.routes._listing import sort_key
 from controlplane.models import User
+from controlplane.services import users
 
 router = APIRouter(prefix="/users", tags=["users"], responses=errors.responses(401, 403, 422))
 
@@ -19,7 +18,7 @@ UserSort = Literal["created_at", "-created_at", "email", "-email"]
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=schemas.UserPublic,
              responses=errors.responses(409, body=True))
 async def create_user(data: schemas.UserCreate, session: SessionDep, caller: Admin) -> User:
-    return await services.create_user(session, actor=caller.actor, data=data)
+    return await users.create_user(session, actor=caller.actor, data=data)
 
 
 @router.get("", response_model=schemas.Page[schemas.UserPublic])
@@ -33,30 +32,19 @@ async def list_users(
     q: Annotated[str | None, Query(max_length=200, description="Substring of email or display name.")] = None,
     sort: UserSort = "created_at",
 ) -> dict:
-    query = select(User)
-    if user_status:
-        query = query.where(User.status == user_status)
-    if email:
-        query = query.where(func.lower(User.email) == email.lower())
-    if q:
-        needle = q.lower()
-        query = query.where(func.lower(User.email).contains(needle, autoescape=True)
-                            | func.lower(func.coalesce(User.display_name, "")).contains(needle, autoescape=True))
-    column, descending = sort_key(sort, {"created_at": User.created_at, "email": func.lower(User.email)})
-    items, next_cursor = await services.paginate(session, query, sort=column, id_col=User.id, cursor=cursor,
-                                                 limit=limit, descending=descending)
-    return {"items": items, "next_cursor": next_cursor}
+    return await users.list_users(session, status=user_status, email=email, q=q, sort=sort, cursor=cursor,
+                                  limit=limit)
 
 
 @router.get("/{user_id}", response_model=schemas.UserPublic, responses=errors.responses(404))
 async def get_user(user_id: uuid.UUID, session: SessionDep, _caller: Reader) -> User:
-    return await services.get_user(session, user_id=user_id)
+    return await users.get_user(session, user_id=user_id)
 
 
 @router.patch("/{user_id}", response_model=schemas.UserPublic, responses=errors.responses(404, body=True))
 async def update_user(user_id: uuid.UUID, data: schemas.UserUpdate, session: SessionDep, caller: Admin) -> User:
     """Suspending a user stops their tokens at the gateway; deprovisioning also revokes every one."""
-    return await services.update_user(session, actor=caller.actor, user_id=user_id, data=data)
+    return await users.update_user(session, actor=caller.actor, user_id=user_id, data=data)
 
 
 @router.post("/{user_id}/tokens/revoke", response_model=schemas.BulkRevoked,
@@ -64,7 +52,6 @@ async def update_user(user_id: uuid.UUID, data: schemas.UserUpdate, session: Ses
 async def revoke_user_tokens(user_id: uuid.UUID, session: SessionDep, caller: Admin,
                              data: schemas.BulkRevoke | None = None) -> dict:
     """Revoke every live token the user owns, in one transaction."""
-    await services.get_user(session, user_id=user_id)
-    count = await tokens.revoke_where(session, actor=caller.actor, user_id=user_id,
-                                      reason=(data.reason if data and data.reason else "all of the user's tokens"))
+    count = await users.revoke_tokens(session, actor=caller.actor, user_id=user_id,
+                                      reason=data.reason if data else None)
     return {"revoked": count}

@@ -17,25 +17,26 @@ from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authz.cache import ModelCatalog
-from authz.tokens import generate_token, hash_token, token_hint
 from controlplane import schemas
-from controlplane.errors import Conflict, Invalid
-from controlplane.models import AccessProfile, Membership, ServiceAccount, Team, Token
-from controlplane.services import Actor, get_or_404, get_user, record_event
+from controlplane.audit.events import Actor, record_event
+from controlplane.errors import Code, Conflict, Invalid
+from controlplane.models import AccessProfile, Membership, ServiceAccount, Team, Token, User
+from controlplane.services import credentials
+from controlplane.services.rows import EPOCH, get_or_404, paginate, public, sort_key
 
 
-def public(token: Token) -> dict[str, Any]:
-    return schemas.TokenPublic.model_validate(token).model_dump(mode="json")
+def _public(token: Token) -> dict[str, Any]:
+    return public(schemas.TokenPublic, token)
 
 
 async def get_token(session: AsyncSession, *, token_id: uuid.UUID) -> Token:
-    return await get_or_404(session, Token, token_id, code="token_not_found", label="token")
+    return await get_or_404(session, Token, token_id, code=Code.TOKEN_NOT_FOUND, label="token")
 
 
 async def _team_and_profile(session: AsyncSession, team_id: uuid.UUID) -> tuple[Team, AccessProfile]:
-    team = await get_or_404(session, Team, team_id, code="team_not_found", label="team")
+    team = await get_or_404(session, Team, team_id, code=Code.TEAM_NOT_FOUND, label="team")
     if team.profile_id is None:
-        raise Conflict("team_has_no_profile",
+        raise Conflict(Code.TEAM_HAS_NO_PROFILE,
                        f"Team {team.name} has no access profile, so its tokens could do nothing.")
     profile = await session.get(AccessProfile, team.profile_id)
     assert profile is not None
@@ -46,24 +47,24 @@ async def resolve_team(session: AsyncSession, data: schemas.TokenCreate) -> uuid
     """The team a new token acts for, checking that its owner may act for it."""
     if data.service_account_id is not None:
         account = await get_or_404(session, ServiceAccount, data.service_account_id,
-                                   code="service_account_not_found", label="service account")
+                                   code=Code.SERVICE_ACCOUNT_NOT_FOUND, label="service account")
         if account.status != "active":
-            raise Conflict("service_account_disabled", f"Service account {account.name} is disabled.")
+            raise Conflict(Code.SERVICE_ACCOUNT_DISABLED, f"Service account {account.name} is disabled.")
         if data.team_id is not None and data.team_id != account.team_id:
-            raise Invalid("team_mismatch", "A service account's tokens act for the team that owns it.")
+            raise Invalid(Code.TEAM_MISMATCH, "A service account's tokens act for the team that owns it.")
         return account.team_id
     assert data.user_id is not None
-    owner = await get_user(session, user_id=data.user_id)
+    owner = await get_or_404(session, User, data.user_id, code=Code.USER_NOT_FOUND, label="user")
     if owner.status != "active":
-        raise Conflict("user_not_active",
+        raise Conflict(Code.USER_NOT_ACTIVE,
                        f"User {owner.id} is {owner.status}; tokens are only minted for active users.")
     teams = (await session.scalars(select(Membership.team_id).where(Membership.user_id == owner.id))).all()
     if data.team_id is None:
         if len(teams) != 1:
-            raise Invalid("team_required", f"User {owner.email} belongs to {len(teams)} teams: give team_id.")
+            raise Invalid(Code.TEAM_REQUIRED, f"User {owner.email} belongs to {len(teams)} teams: give team_id.")
         return teams[0]
     if data.team_id not in teams:
-        raise Conflict("not_a_member", f"User {owner.email} is not a member of team {data.team_id}.")
+        raise Conflict(Code.NOT_A_MEMBER, f"User {owner.email} is not a member of team {data.team_id}.")
     return data.team_id
 
 
@@ -81,20 +82,20 @@ async def mint(
     """Create a token and return it with its secret, which the caller shows once and forgets."""
     team, profile = await _team_and_profile(session, team_id)
     if data.environment not in profile.environments:
-        raise Invalid("environment_not_allowed",
+        raise Invalid(Code.ENVIRONMENT_NOT_ALLOWED,
                       f"Team {team.name}'s profile {profile.name} allows {', '.join(profile.environments)} tokens.")
     days = data.expires_in_days or profile.default_token_days
     if days > profile.max_token_days:
-        raise Invalid("lifetime_too_long",
+        raise Invalid(Code.LIFETIME_TOO_LONG,
                       f"Profile {profile.name} allows tokens of at most {profile.max_token_days} days.")
     missing = [m for m in data.models if not _offered(profile, m)]
     if missing:
-        raise Invalid("model_not_in_profile", f"Not in profile {profile.name}: {', '.join(missing)}.")
-    secret = generate_token()
+        raise Invalid(Code.MODEL_NOT_IN_PROFILE, f"Not in profile {profile.name}: {', '.join(missing)}.")
+    issued = credentials.issue(credentials.PAT, hash_key)
     token = Token(
         id=uuid.uuid4(),
-        token_hash=hash_token(secret, hash_key),
-        hint=token_hint(secret),
+        token_hash=issued.token_hash,
+        hint=issued.hint,
         name=data.name,
         user_id=data.user_id,
         service_account_id=data.service_account_id,
@@ -110,12 +111,13 @@ async def mint(
     await session.flush()
     await session.refresh(token)
     await record_event(session, actor=actor, action="token.issued", target_type="token", target_id=str(token.id),
-                       after=public(token))
-    return token, secret
+                       after=_public(token))
+    return token, issued.secret
 
 
 def list_query(
     *,
+    within_team: uuid.UUID | None = None,
     user_id: uuid.UUID | None = None,
     team_id: uuid.UUID | None = None,
     service_account_id: uuid.UUID | None = None,
@@ -124,7 +126,7 @@ def list_query(
     name: str | None = None,
 ) -> Select:
     query = select(Token)
-    for column, value in ((Token.user_id, user_id), (Token.team_id, team_id),
+    for column, value in ((Token.team_id, within_team), (Token.user_id, user_id), (Token.team_id, team_id),
                           (Token.service_account_id, service_account_id), (Token.environment, environment)):
         if value is not None:
             query = query.where(column == value)
@@ -140,13 +142,25 @@ def list_query(
     return query
 
 
-def dormant_query(days: int, team_id: uuid.UUID | None = None) -> Select:
+def dormant_query(days: int, *, within_team: uuid.UUID | None = None, team_id: uuid.UUID | None = None) -> Select:
     """Live tokens unused for ``days`` (never used: minted more than ``days`` ago)."""
     cutoff = func.now() - timedelta(days=days)
-    query = list_query(state="active", team_id=team_id).where(
+    return list_query(state="active", within_team=within_team, team_id=team_id).where(
         or_(Token.last_used_at < cutoff, (Token.last_used_at.is_(None)) & (Token.created_at < cutoff))
     )
-    return query
+
+
+#: The orders a token list can be sorted in; a NULL time sorts as the earliest.
+_SORTS = {"created_at": Token.created_at, "name": func.lower(Token.name),
+          "last_used_at": func.coalesce(Token.last_used_at, EPOCH),
+          "expires_at": func.coalesce(Token.expires_at, EPOCH)}
+
+
+async def page(session: AsyncSession, query: Select, *, sort: str, cursor: str | None, limit: int) -> dict[str, Any]:
+    """One page of a :func:`list_query` or :func:`dormant_query`, sorted by ``sort`` (``-`` descending)."""
+    column, descending = sort_key(sort, _SORTS)
+    return await paginate(session, query, sort=column, id_col=Token.id, cursor=cursor, limit=limit,
+                          descending=descending)
 
 
 async def revoke(session: AsyncSession, *, actor: Actor, token_id: uuid.UUID, reason: str | None) -> Token:
@@ -154,13 +168,13 @@ async def revoke(session: AsyncSession, *, actor: Actor, token_id: uuid.UUID, re
     token = await get_token(session, token_id=token_id)
     if token.revoked_at is not None:
         return token
-    before = public(token)
+    before = _public(token)
     token.revoked_at = datetime.now(UTC)
     token.revoked_by = actor.name
     token.revoke_reason = reason
     await session.flush()
     await record_event(session, actor=actor, action="token.revoked", target_type="token", target_id=str(token.id),
-                       before=before, after=public(token))
+                       before=before, after=_public(token))
     return token
 
 
@@ -195,10 +209,10 @@ async def rotate(
     old = await get_token(session, token_id=token_id)
     now = datetime.now(UTC)
     if old.revoked_at is not None or (old.expires_at is not None and old.expires_at <= now):
-        raise Conflict("token_not_live", "Only a live token can be rotated; mint a new one instead.")
+        raise Conflict(Code.TOKEN_NOT_LIVE, "Only a live token can be rotated; mint a new one instead.")
     if old.team_id is None:
-        raise Conflict("token_without_team", "This token predates teams; mint a new one for a team instead.")
-    before = public(old)
+        raise Conflict(Code.TOKEN_WITHOUT_TEAM, "This token predates teams; mint a new one for a team instead.")
+    before = _public(old)
     request = schemas.TokenCreate(
         user_id=old.user_id, service_account_id=old.service_account_id, team_id=old.team_id,
         name=data.name or old.name, environment=old.environment, models=old.models, scopes=old.scopes,  # type: ignore[arg-type]
@@ -210,7 +224,7 @@ async def rotate(
         old.expires_at = deadline
     await session.flush()
     await record_event(session, actor=actor, action="token.rotated", target_type="token", target_id=str(old.id),
-                       before=before, after=public(old) | {"successor": str(new.id)})
+                       before=before, after=_public(old) | {"successor": str(new.id)})
     return new, secret, old
 
 
@@ -223,21 +237,21 @@ def _covered(current: list[str], pattern: str) -> bool:
 async def narrow(session: AsyncSession, *, actor: Actor, token_id: uuid.UUID, data: schemas.TokenNarrow) -> Token:
     token = await get_token(session, token_id=token_id)
     if token.revoked_at is not None:
-        raise Conflict("token_revoked", "A revoked token cannot be changed.")
-    before = public(token)
+        raise Conflict(Code.TOKEN_REVOKED, "A revoked token cannot be changed.")
+    before = _public(token)
     if data.models is not None:
         wider = [m for m in data.models if not _covered(token.models, m)]
         if wider:
-            raise Invalid("widening_requires_new_token",
+            raise Invalid(Code.WIDENING_REQUIRES_NEW_TOKEN,
                           f"{', '.join(wider)} would widen this token; mint a new token instead.")
         token.models = list(dict.fromkeys(data.models))
     if data.expires_at is not None:
         if token.expires_at is not None and data.expires_at > token.expires_at:
-            raise Invalid("widening_requires_new_token", "A later expiry would widen this token; mint a new one.")
+            raise Invalid(Code.WIDENING_REQUIRES_NEW_TOKEN, "A later expiry would widen this token; mint a new one.")
         token.expires_at = max(data.expires_at, datetime.now(UTC))
     await session.flush()
     await record_event(session, actor=actor, action="token.narrowed", target_type="token", target_id=str(token.id),
-                       before=before, after=public(token))
+                       before=before, after=_public(token))
     return token
 
 

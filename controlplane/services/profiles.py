@@ -1,0 +1,61 @@
+"""Access profiles: what a team may use (a model catalog per provider and environment, the token
+environments, token lifetimes). A change reaches every token of every team using the profile at once,
+through the NOTIFY triggers of migration 0003: narrowing never needs a re-issue."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane import schemas
+from controlplane.audit.events import Actor, record_event
+from controlplane.errors import Code, Conflict, Invalid
+from controlplane.models import AccessProfile
+from controlplane.services.rows import flush_unique, get_or_404, insert_recorded, paginate, public, sort_key
+
+
+async def get_profile(session: AsyncSession, *, profile_id: uuid.UUID) -> AccessProfile:
+    return await get_or_404(session, AccessProfile, profile_id, code=Code.PROFILE_NOT_FOUND, label="access profile")
+
+
+async def list_profiles(session: AsyncSession, *, sort: str, cursor: str | None, limit: int) -> dict[str, Any]:
+    column, descending = sort_key(sort, {"created_at": AccessProfile.created_at,
+                                         "name": func.lower(AccessProfile.name)})
+    return await paginate(session, select(AccessProfile), sort=column, id_col=AccessProfile.id, cursor=cursor,
+                          limit=limit, descending=descending)
+
+
+def _exists(name: str) -> tuple[Code, str]:
+    return Code.PROFILE_EXISTS, f"An access profile named {name} exists."
+
+
+async def create_profile(session: AsyncSession, *, actor: Actor, data: schemas.ProfileCreate) -> AccessProfile:
+    if await session.scalar(select(AccessProfile.id).where(func.lower(AccessProfile.name) == data.name.lower())):
+        raise Conflict(*_exists(data.name))
+    fields = data.model_dump(mode="json")
+    fields["monthly_budget_usd"] = data.monthly_budget_usd
+    profile: AccessProfile = await insert_recorded(
+        session, AccessProfile(id=uuid.uuid4(), **fields), actor=actor, action="policy.created",
+        target_type="profile", published=schemas.ProfilePublic, conflict=_exists(data.name))
+    return profile
+
+
+async def update_profile(session: AsyncSession, *, actor: Actor, profile_id: uuid.UUID,
+                         data: schemas.ProfileUpdate) -> AccessProfile:
+    profile = await get_profile(session, profile_id=profile_id)
+    before = public(schemas.ProfilePublic, profile)
+    changes = data.model_dump(mode="json", exclude_unset=True)
+    if "monthly_budget_usd" in changes:
+        changes["monthly_budget_usd"] = data.monthly_budget_usd
+    for field, value in changes.items():
+        setattr(profile, field, value)
+    if profile.default_token_days > profile.max_token_days:
+        raise Invalid(Code.PROFILE_DAYS, "default_token_days cannot exceed max_token_days.")
+    await flush_unique(session, *_exists(profile.name))
+    await session.refresh(profile)
+    await record_event(session, actor=actor, action="policy.changed", target_type="profile",
+                       target_id=str(profile.id), before=before, after=public(schemas.ProfilePublic, profile))
+    return profile

@@ -1,0 +1,75 @@
+"""Service accounts: workload and agent identities owned by a team, with a named business and
+technical owner. Disabling one stops its tokens at the gateway at once."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from controlplane import schemas
+from controlplane.audit.events import Actor, record_event
+from controlplane.errors import Code, Conflict
+from controlplane.models import ServiceAccount, User
+from controlplane.services.rows import get_or_404, insert_recorded, paginate, public, sort_key
+from controlplane.services.teams import get_team
+
+
+async def get_service_account(session: AsyncSession, *, account_id: uuid.UUID) -> ServiceAccount:
+    return await get_or_404(session, ServiceAccount, account_id, code=Code.SERVICE_ACCOUNT_NOT_FOUND,
+                            label="service account")
+
+
+async def list_service_accounts(
+    session: AsyncSession, *, within_team: uuid.UUID | None, team_id: uuid.UUID | None, status: str | None,
+    sort: str, cursor: str | None, limit: int,
+) -> dict[str, Any]:
+    query = select(ServiceAccount)
+    for column, value in ((ServiceAccount.team_id, within_team), (ServiceAccount.team_id, team_id),
+                          (ServiceAccount.status, status)):
+        if value:
+            query = query.where(column == value)
+    column, descending = sort_key(sort, {"created_at": ServiceAccount.created_at,
+                                         "name": func.lower(ServiceAccount.name)})
+    return await paginate(session, query, sort=column, id_col=ServiceAccount.id, cursor=cursor, limit=limit,
+                          descending=descending)
+
+
+async def _owner(session: AsyncSession, user_id: uuid.UUID) -> User:
+    return await get_or_404(session, User, user_id, code=Code.USER_NOT_FOUND, label="user")
+
+
+async def create_service_account(session: AsyncSession, *, actor: Actor,
+                                 data: schemas.ServiceAccountCreate) -> ServiceAccount:
+    await get_team(session, team_id=data.team_id)
+    for owner in (data.business_owner_id, data.technical_owner_id):
+        await _owner(session, owner)
+    duplicate = await session.scalar(select(ServiceAccount.id).where(
+        ServiceAccount.team_id == data.team_id, func.lower(ServiceAccount.name) == data.name.lower()))
+    if duplicate:
+        raise Conflict(Code.SERVICE_ACCOUNT_EXISTS, f"Team {data.team_id} already has a service account {data.name}.")
+    account: ServiceAccount = await insert_recorded(
+        session, ServiceAccount(id=uuid.uuid4(), **data.model_dump()), actor=actor,
+        action="service_account.created", target_type="service_account", published=schemas.ServiceAccountPublic,
+        conflict=(Code.SERVICE_ACCOUNT_EXISTS, f"A service account named {data.name} exists."))
+    return account
+
+
+async def update_service_account(session: AsyncSession, *, actor: Actor, account_id: uuid.UUID,
+                                 data: schemas.ServiceAccountUpdate) -> ServiceAccount:
+    account = await get_service_account(session, account_id=account_id)
+    before = public(schemas.ServiceAccountPublic, account)
+    changes = data.model_dump(exclude_unset=True)
+    for owner_field in ("business_owner_id", "technical_owner_id"):
+        if changes.get(owner_field) is not None:
+            await _owner(session, changes[owner_field])
+    for field, value in changes.items():
+        if value is not None:
+            setattr(account, field, value)
+    await session.flush()
+    await session.refresh(account)
+    await record_event(session, actor=actor, action="service_account.updated", target_type="service_account",
+                       target_id=str(account.id), before=before, after=public(schemas.ServiceAccountPublic, account))
+    return account
