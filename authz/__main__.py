@@ -1,3 +1,3 @@
-from authz.server import main
+from authz.process import main
 
 main()

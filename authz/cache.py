@@ -1,4 +1,4 @@
-"""The in-memory token index the hot path reads.
+"""The in-memory token index the hot path reads, and the compiled catalogs its records point at.
 
 Invariants:
 
@@ -9,15 +9,18 @@ Invariants:
   tokens updated and others not yet (for microseconds), and a token whose hash changed is briefly
   unknown: both only ever err towards refusing;
 * a revoked token stays as a tombstone until the next snapshot, so its denial can say "revoked"
-  rather than "unknown"; a snapshot holds only tokens that are not revoked.
+  rather than "unknown"; a snapshot holds only tokens that are not revoked;
+* records share compiled catalogs and profiles through an :class:`Interner` that lives exactly as
+  long as one snapshot, so a catalog or profile no token uses any more goes with the next reload.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 
 class ModelCatalog:
@@ -43,9 +46,6 @@ class ModelCatalog:
 
 def _is_pattern(entry: str) -> bool:
     return any(c in entry for c in "*?[")
-
-
-_CATALOGS: dict[tuple[str, ...], ModelCatalog] = {}
 
 
 class ProfileCatalog:
@@ -84,25 +84,48 @@ class ProfileCatalog:
         return sorted(found)
 
 
-_PROFILES: dict[str, ProfileCatalog] = {}
+#: The profile of a token whose team has no access profile: the pipeline refuses such a token with
+#: ``team_has_no_profile`` (compared by identity), and it allows nothing anyway.
+NO_PROFILE = ProfileCatalog((), ())
+
+_Source = TypeVar("_Source")
 
 
-def profile_for(key: str, entries: Iterable[tuple[str, str, tuple[str, ...] | None]],
-                environments: Iterable[str]) -> ProfileCatalog:
-    """Share one compiled profile between every token of every team that uses it (keyed by content)."""
-    profile = _PROFILES.get(key)
-    if profile is None:
-        profile = _PROFILES[key] = ProfileCatalog(entries, environments)
-    return profile
+class Interner:
+    """One compiled object per distinct model list and per access-profile version, shared by every
+    record built through this interner (a million tokens, a few lists: a few regexes, not a million).
 
+    The listener starts a fresh one with every full snapshot and keeps using it for the updates until
+    the next, so entries only accumulate between two snapshots. Used on the loop thread only.
 
-def catalog_for(entries: Iterable[str]) -> ModelCatalog:
-    """Share one compiled catalog between every token with the same list (1M tokens, a few lists)."""
-    key = tuple(entries)
-    catalog = _CATALOGS.get(key)
-    if catalog is None:
-        catalog = _CATALOGS[key] = ModelCatalog(key)
-    return catalog
+    >>> shared = Interner()
+    >>> shared.catalog(["gpt-4o"]) is shared.catalog(("gpt-4o",))
+    True
+    """
+
+    __slots__ = ("_catalogs", "_profiles")
+
+    def __init__(self) -> None:
+        self._catalogs: dict[tuple[str, ...], ModelCatalog] = {}
+        self._profiles: dict[Hashable, ProfileCatalog] = {}
+
+    def catalog(self, entries: Iterable[str]) -> ModelCatalog:
+        """The catalog of this list of entries (same entries in the same order: same object)."""
+        key = tuple(entries)
+        catalog = self._catalogs.get(key)
+        if catalog is None:
+            catalog = self._catalogs[key] = ModelCatalog(key)
+        return catalog
+
+    def profile(self, key: Hashable, compile_profile: Callable[[_Source], ProfileCatalog],
+                source: _Source) -> ProfileCatalog:
+        """The profile stored under ``key``, which the caller chooses so that equal keys mean equal
+        profiles (the snapshot uses the profile's id and version); ``compile_profile(source)`` runs
+        only for a key not seen before."""
+        profile = self._profiles.get(key)
+        if profile is None:
+            profile = self._profiles[key] = compile_profile(source)
+        return profile
 
 
 @dataclass(slots=True)
@@ -122,7 +145,7 @@ class TokenRecord:
     revoked: bool = False
     name: str = field(default="")
     #: The team's access profile; ``None`` for tokens minted before teams existed (their own
-    #: model list is then the whole policy).
+    #: model list is then the whole policy), :data:`NO_PROFILE` when the team has none.
     profile: ProfileCatalog | None = None
     #: The owner still belongs to the token's team (a user's membership, a service account's team).
     member: bool = True
@@ -131,13 +154,11 @@ class TokenRecord:
 class TokenCache:
     """``hash → record`` for the hot path, with a ``token id → hash`` index for NOTIFY updates."""
 
-    __slots__ = ("_by_hash", "_hash_by_id", "generation")
+    __slots__ = ("_by_hash", "_hash_by_id")
 
     def __init__(self) -> None:
         self._by_hash: dict[str, TokenRecord] = {}
         self._hash_by_id: dict[str, str] = {}
-        #: Bumped on every full snapshot, so tests and metrics can see reloads.
-        self.generation = 0
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -151,26 +172,19 @@ class TokenCache:
         for record in records:
             by_hash[record.token_hash] = record
             hash_by_id[record.token_id] = record.token_hash
-        # Two assignments on one event loop: no Check runs between them.
+        # Checks read only ``_by_hash``, so each sees the old index or the new one, never a mix;
+        # ``_hash_by_id`` is read only by the mutators, all on the loop thread.
         self._by_hash, self._hash_by_id = by_hash, hash_by_id
-        self.generation += 1
 
     def upsert(self, record: TokenRecord) -> None:
+        """Add or replace one token; a revoked record stays as a tombstone until the next snapshot."""
         old_hash = self._hash_by_id.get(record.token_id)
         if old_hash is not None and old_hash != record.token_hash:
             self._by_hash.pop(old_hash, None)
         self._by_hash[record.token_hash] = record
         self._hash_by_id[record.token_id] = record.token_hash
 
-    def mark_revoked(self, token_id: str) -> None:
-        token_hash = self._hash_by_id.get(token_id)
-        if token_hash is not None:
-            self._by_hash[token_hash].revoked = True
-
     def forget(self, token_id: str) -> None:
         token_hash = self._hash_by_id.pop(token_id, None)
         if token_hash is not None:
             self._by_hash.pop(token_hash, None)
-
-    def token_ids(self) -> set[str]:
-        return set(self._hash_by_id)

@@ -1,5 +1,8 @@
 """The authz process's settings: one object, read from the environment once and validated at start-up.
 
+Nothing else in authz reads the environment. The validators both processes need are plain functions
+here and in :mod:`authz.tokens` (:func:`check_hash_key`), so the control plane's settings reuse them.
+
 Authz never reads provider keys: nothing here names one, and ``extra="ignore"`` only means unrelated
 variables in the environment are not looked at.
 """
@@ -10,6 +13,33 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from authz.tokens import check_hash_key
+
+_ASYNCPG_SCHEME = "postgresql://"
+_SQLALCHEMY_SCHEME = "postgresql+asyncpg://"
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The libpq form asyncpg connects with: a SQLAlchemy ``postgresql+asyncpg://`` URL loses its driver.
+
+    >>> asyncpg_dsn("postgresql+asyncpg://keyward@db/keyward")
+    'postgresql://keyward@db/keyward'
+    """
+    if url.startswith(_SQLALCHEMY_SCHEME):
+        return _ASYNCPG_SCHEME + url[len(_SQLALCHEMY_SCHEME) :]
+    return url
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The SQLAlchemy form the control plane connects with: a libpq URL (``postgresql://`` or
+    ``postgres://``) gains the asyncpg driver.
+
+    >>> sqlalchemy_url("postgres://keyward@db/keyward")
+    'postgresql+asyncpg://keyward@db/keyward'
+    """
+    for prefix in (_ASYNCPG_SCHEME, "postgres://"):
+        if url.startswith(prefix):
+            return _SQLALCHEMY_SCHEME + url[len(prefix) :]
+    return url
 
 
 class AuthzSettings(BaseSettings):
@@ -50,9 +80,9 @@ class AuthzSettings(BaseSettings):
 
     @field_validator("database_url")
     @classmethod
-    def _plain_asyncpg_dsn(cls, value: str) -> str:
-        # The control plane uses SQLAlchemy URLs; asyncpg wants the plain libpq form.
-        return value.replace("postgresql+asyncpg://", "postgresql://", 1)
+    def _asyncpg_dsn(cls, value: str) -> str:
+        # One DATABASE_URL serves both processes; the control plane's may name its SQLAlchemy driver.
+        return asyncpg_dsn(value)
 
     @property
     def hash_key(self) -> bytes:

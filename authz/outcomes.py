@@ -27,6 +27,7 @@ class Outcome(enum.Enum):
     MODEL_NOT_ALLOWED = "model_not_allowed"
     ENVIRONMENT_NOT_ALLOWED = "environment_not_allowed"
     NOT_A_MEMBER = "not_a_member"
+    TEAM_HAS_NO_PROFILE = "team_has_no_profile"
     AUDIT_UNAVAILABLE = "audit_unavailable"
 
 
@@ -111,6 +112,13 @@ DENIALS: dict[Outcome, Denial] = {
         "invalid_request_error",
         "permission_error",
         "The owner of this API key no longer belongs to the key's team.",
+    ),
+    Outcome.TEAM_HAS_NO_PROFILE: Denial(
+        403,
+        _PERMISSION_DENIED,
+        "invalid_request_error",
+        "permission_error",
+        "This API key's team has no access profile, so the key may use nothing.",
     ),
     Outcome.AUDIT_UNAVAILABLE: Denial(
         503,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from authz.cache import TokenCache, TokenRecord
+from authz.cache import NO_PROFILE, TokenCache, TokenRecord
 from authz.outcomes import Outcome
 from authz.request import GatewayRequest
 from authz.routes import Api, Endpoint, ModelSource, api_of, match
@@ -99,6 +99,8 @@ class Pipeline:
             return Outcome.TOKEN_EXPIRED
         if not record.member:
             return Outcome.NOT_A_MEMBER
+        if record.profile is NO_PROFILE:
+            return Outcome.TEAM_HAS_NO_PROFILE
         if record.profile is not None and record.environment not in record.profile.environments:
             return Outcome.ENVIRONMENT_NOT_ALLOWED
         return None

@@ -143,14 +143,6 @@ class Shipper:
             if shipped < self._batch_lines:
                 await asyncio.sleep(self._idle)
 
-    def pending_bytes(self) -> int:
-        name, offset = self.position()
-        total = 0
-        for segment in self._spool.segments():
-            if segment.name >= name:
-                total += segment.stat().st_size - (offset if segment.name == name else 0)
-        return total
-
 
 async def sync_forever(spool: Spool, interval: float) -> None:
     """fsync the open segment on a timer: one disk flush per interval, not one per request."""

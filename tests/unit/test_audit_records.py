@@ -1,4 +1,5 @@
-"""Audit lines built from authz decisions and Envoy access-log entries, and accepted by the ingest models.
+"""Audit lines built from authz decisions and Envoy access-log entries, accepted by the ingest models,
+and put on the spool by the emitter (which refuses a request whose decision cannot be recorded).
 
 The access-log entries are shaped the way Envoy's gRPC access logger fills ``HTTPAccessLogEntry``:
 timings as durations since ``start_time``, ext_authz's dynamic metadata under the filter's name,
@@ -7,8 +8,10 @@ token usage under ``keyward.usage`` (numbers, from the json_to_metadata rules).
 
 from __future__ import annotations
 
+import errno
 import json
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,8 +19,9 @@ import pytest
 from envoy.config.core.v3.base_pb2 import RequestMethod
 from envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry, ResponseFlags
 
+from authz.audit.emitter import AuditEmitter
 from authz.audit.records import EXT_AUTHZ_NAMESPACE, USAGE_NAMESPACE, decision_line, outcome_line
-from authz.cache import TokenRecord, catalog_for
+from authz.cache import ModelCatalog, TokenRecord
 from authz.outcomes import DENIALS, Outcome
 from authz.pipeline import Decision
 from authz.request import GatewayRequest
@@ -286,7 +290,7 @@ AT_ISO = "2025-06-15T15:06:40.250000+00:00"
 def token_record(**overrides: Any) -> TokenRecord:
     fields: dict[str, Any] = {
         "token_id": TOKEN_ID, "token_hash": "h" * 64, "user_id": USER_ID, "user_email": "ada@example.com",
-        "team": "research", "environment": "production", "catalog": catalog_for(["gpt-4o-mini", "claude-3-5-*"]),
+        "team": "research", "environment": "production", "catalog": ModelCatalog(["gpt-4o-mini", "claude-3-5-*"]),
         "expires_at": None, "owner_active": True,
     }
     return TokenRecord(**(fields | overrides))
@@ -383,3 +387,81 @@ def test_a_client_chosen_model_name_of_any_length_still_makes_a_valid_line() -> 
     assert record.catalog.allows(model)
     decision = Decision(Outcome.ALLOWED, Api.ANTHROPIC, record, model)
     DecisionLine.model_validate(spooled(decision_line(decision, gateway_request("/anthropic/v1/messages"), AT, None)))
+
+
+# -- the emitter ----------------------------------------------------------------------------------
+
+
+class RecordingSpool:
+    """Keeps every line it is given, in one list per write; refuses, as a full disk would, every batch
+    when ``refuse_batches`` and every line of a request in ``refuse``."""
+
+    def __init__(self, *, refuse_batches: bool = False, refuse: Iterable[str] = ()) -> None:
+        self.writes: list[list[dict[str, Any]]] = []
+        self.refuse_batches = refuse_batches
+        self.refuse = set(refuse)
+
+    def append(self, record: dict[str, Any]) -> None:
+        self._write([record])
+
+    def append_many(self, records: Iterable[dict[str, Any]]) -> None:
+        records = list(records)
+        if self.refuse_batches:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self._write(records)
+
+    def _write(self, records: list[dict[str, Any]]) -> None:
+        if any(record["request_id"] in self.refuse for record in records):
+            raise OSError(errno.EFBIG, "File too large")
+        self.writes.append(records)
+
+    @property
+    def lines(self) -> list[dict[str, Any]]:
+        return [line for write in self.writes for line in write]
+
+
+@pytest.mark.parametrize(
+    "decision",
+    [
+        Decision(Outcome.ALLOWED, Api.OPENAI, token_record(), "gpt-4o-mini"),
+        Decision(Outcome.MODEL_NOT_ALLOWED, Api.OPENAI, token_record(), "o1"),
+        Decision(Outcome.TOKEN_MISSING, None),
+    ],
+    ids=lambda d: d.outcome.value,
+)
+def test_a_recorded_decision_is_answered_as_decided(decision: Decision) -> None:
+    spool = RecordingSpool()
+    answer = AuditEmitter(spool, clock=lambda: AT).decision(decision, gateway_request())
+    assert answer is decision
+    assert spool.lines == [decision_line(decision, gateway_request(), AT, status_of(decision))]
+
+
+def test_a_decision_that_cannot_be_recorded_is_refused_as_audit_unavailable() -> None:
+    decision = Decision(Outcome.ALLOWED, Api.ANTHROPIC, token_record(), "claude-3-5-haiku-latest")
+    spool = RecordingSpool(refuse={REQUEST_ID})
+    answer = AuditEmitter(spool, clock=lambda: AT).decision(decision, gateway_request())
+    assert answer.outcome is Outcome.AUDIT_UNAVAILABLE
+    assert (answer.api, answer.record, answer.model) == (decision.api, decision.record, decision.model)
+    assert spool.lines == []
+
+
+def entries_of(*request_ids: str) -> list[HTTPAccessLogEntry]:
+    entries = []
+    for request_id in request_ids:
+        entry = allowed_completion()
+        entry.request.request_id = request_id
+        entries.append(entry)
+    return entries
+
+
+def test_outcome_lines_of_one_message_go_to_the_spool_in_one_write() -> None:
+    spool = RecordingSpool()
+    entries = entries_of("r1", "r2", "r3")
+    AuditEmitter(spool).outcomes(entries)
+    assert spool.writes == [[outcome_line(entry) for entry in entries]]
+
+
+def test_when_the_write_fails_each_outcome_line_is_tried_alone() -> None:
+    spool = RecordingSpool(refuse_batches=True, refuse={"r2"})
+    AuditEmitter(spool).outcomes(entries_of("r1", "r2", "r3"))
+    assert [line["request_id"] for line in spool.lines] == ["r1", "r3"]

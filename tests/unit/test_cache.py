@@ -1,10 +1,10 @@
-"""The in-memory token index and the model catalogs it points at."""
+"""The in-memory token index, the model catalogs it points at and the interner that shares them."""
 
 from __future__ import annotations
 
 import pytest
 
-from authz.cache import ModelCatalog, TokenCache, TokenRecord, catalog_for
+from authz.cache import Interner, ModelCatalog, ProfileCatalog, TokenCache, TokenRecord
 
 # -- ModelCatalog ---------------------------------------------------------------------------------
 
@@ -63,12 +63,37 @@ def test_catalog_keeps_its_entries_in_order() -> None:
     assert ModelCatalog(iter(["b*", "a"])).entries == ("b*", "a")
 
 
-def test_catalog_for_shares_one_instance_per_list() -> None:
-    first = catalog_for(["gpt-4o", "claude-*"])
-    assert catalog_for(("gpt-4o", "claude-*")) is first
-    assert catalog_for(e for e in ["gpt-4o", "claude-*"]) is first
-    assert catalog_for(["gpt-4o"]) is not first
+# -- Interner -------------------------------------------------------------------------------------
+
+
+def test_interner_shares_one_catalog_per_list() -> None:
+    shared = Interner()
+    first = shared.catalog(["gpt-4o", "claude-*"])
+    assert shared.catalog(("gpt-4o", "claude-*")) is first
+    assert shared.catalog(e for e in ["gpt-4o", "claude-*"]) is first
+    assert shared.catalog(["gpt-4o"]) is not first
     assert first.allows("claude-3-haiku")
+
+
+def test_a_new_interner_shares_nothing_with_the_last() -> None:
+    """Each snapshot gets its own: what no token of the new snapshot uses is not kept alive."""
+    assert Interner().catalog(["gpt-4o"]) is not Interner().catalog(["gpt-4o"])
+
+
+def test_interner_compiles_a_profile_once_per_key() -> None:
+    shared = Interner()
+    compiled: list[str] = []
+
+    def compile_profile(environments: list[str]) -> ProfileCatalog:
+        compiled.append("x")
+        return ProfileCatalog([("*", "gpt-4o*", None)], environments)
+
+    first = shared.profile(("profile-1", 1.0), compile_profile, ["dev"])
+    assert shared.profile(("profile-1", 1.0), compile_profile, ["dev"]) is first
+    newer = shared.profile(("profile-1", 2.0), compile_profile, ["dev", "prod"])
+    assert newer is not first
+    assert newer.environments == {"dev", "prod"}
+    assert len(compiled) == 2
 
 
 # -- TokenCache -----------------------------------------------------------------------------------
@@ -80,7 +105,7 @@ def record(token_id: str, token_hash: str | None = None, **fields: object) -> To
         "user_email": f"{token_id}@example.com",
         "team": "platform",
         "environment": "dev",
-        "catalog": catalog_for(["gpt-4o"]),
+        "catalog": ModelCatalog(["gpt-4o"]),
         "expires_at": None,
         "owner_active": True,
         **fields,
@@ -102,15 +127,12 @@ def cache() -> TokenCache:
 def test_empty_cache(cache: TokenCache) -> None:
     assert len(cache) == 0
     assert cache.get("hash-of-a") is None
-    assert cache.token_ids() == set()
-    assert cache.generation == 0
 
 
 def test_upsert_adds(cache: TokenCache) -> None:
     a = record("a")
     cache.upsert(a)
     assert cache.get("hash-of-a") is a
-    assert cache.token_ids() == {"a"}
     assert len(cache) == 1
 
 
@@ -131,57 +153,63 @@ def test_upsert_with_a_changed_hash_drops_the_old_hash(cache: TokenCache) -> Non
     assert cache.get("new") is rotated
     assert cache.get("other") is not None
     assert len(cache) == 2
-    assert cache.token_ids() == {"a", "b"}
 
 
-def test_replace_all_swaps_everything_and_bumps_generation(cache: TokenCache) -> None:
+def test_replace_all_swaps_everything(cache: TokenCache) -> None:
     cache.upsert(record("a"))
     cache.replace_all([record("b"), record("c")])
     assert cache.get("hash-of-a") is None
     assert cache.get("hash-of-b") is not None
-    assert cache.token_ids() == {"b", "c"}
-    assert cache.generation == 1
+    assert cache.get("hash-of-c") is not None
+    assert len(cache) == 2
     cache.replace_all([])
     assert len(cache) == 0
-    assert cache.token_ids() == set()
-    assert cache.generation == 2
+    assert cache.get("hash-of-b") is None
 
 
-def test_only_snapshots_bump_generation(cache: TokenCache) -> None:
-    cache.replace_all([record("a")])
+def test_only_snapshots_replace_everything(cache: TokenCache) -> None:
+    cache.replace_all([record("a"), record("c")])
     cache.upsert(record("b"))
-    cache.mark_revoked("a")
+    cache.upsert(record("a", revoked=True))
     cache.forget("b")
-    assert cache.generation == 1
+    assert is_revoked(cache, "hash-of-a")
+    assert cache.get("hash-of-b") is None
+    assert not is_revoked(cache, "hash-of-c")
+    assert len(cache) == 2
 
 
-def test_mark_revoked_leaves_a_tombstone(cache: TokenCache) -> None:
+# What the listener does on a NOTIFY for a revoked token: re-read its row and upsert it, revoked.
+
+
+def test_a_revoked_upsert_leaves_a_tombstone(cache: TokenCache) -> None:
     cache.upsert(record("a"))
     cache.upsert(record("b"))
-    cache.mark_revoked("a")
+    cache.upsert(record("a", revoked=True))
     assert is_revoked(cache, "hash-of-a")  # still there, as a tombstone
     assert not is_revoked(cache, "hash-of-b")
     assert len(cache) == 2
 
 
-def test_mark_revoked_follows_a_changed_hash(cache: TokenCache) -> None:
+def test_a_revoked_upsert_follows_a_changed_hash(cache: TokenCache) -> None:
     cache.upsert(record("a", "old"))
-    cache.upsert(record("a", "new"))
-    cache.mark_revoked("a")
+    cache.upsert(record("a", "new", revoked=True))  # rotated, then revoked, before the listener ran
     assert is_revoked(cache, "new")
+    assert cache.get("old") is None
+    assert len(cache) == 1
 
 
 def test_next_snapshot_drops_the_tombstone(cache: TokenCache) -> None:
     cache.replace_all([record("a"), record("b")])
-    cache.mark_revoked("a")
+    cache.upsert(record("a", revoked=True))
     cache.replace_all([record("b")])
     assert cache.get("hash-of-a") is None
 
 
-def test_mark_revoked_of_an_unknown_token_is_a_no_op(cache: TokenCache) -> None:
+def test_a_revoked_upsert_of_an_unknown_token_touches_no_other(cache: TokenCache) -> None:
     cache.upsert(record("a"))
-    cache.mark_revoked("nope")
+    cache.upsert(record("nope", revoked=True))
     assert not is_revoked(cache, "hash-of-a")
+    assert is_revoked(cache, "hash-of-nope")
 
 
 def test_forget(cache: TokenCache) -> None:
@@ -192,6 +220,6 @@ def test_forget(cache: TokenCache) -> None:
     cache.forget("never-seen")
     assert cache.get("new") is None
     assert cache.get("old") is None
-    assert cache.token_ids() == {"b"}
+    assert cache.get("hash-of-b") is not None
     assert len(cache) == 1
-    cache.mark_revoked("a")  # a NOTIFY for a forgotten token must not fail
+    cache.forget("a")  # a second NOTIFY for a deleted token must not fail

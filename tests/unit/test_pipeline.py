@@ -7,7 +7,9 @@ looks at the body, the checksum before any lookup) and the usage side effect.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import pytest
@@ -15,10 +17,11 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from authz import request as request_codec
 from authz import response as response_codec
-from authz.cache import ProfileCatalog, TokenCache, TokenRecord, catalog_for
+from authz.audit.emitter import AuditEmitter
+from authz.cache import NO_PROFILE, ModelCatalog, ProfileCatalog, TokenCache, TokenRecord
 from authz.outcomes import Outcome
 from authz.pipeline import Decision, Pipeline
-from authz.server import AuthorizationServicer
+from authz.servicer import AuthorizationServicer
 from authz.tokens import generate_token, hash_token
 from tests.unit import checkrequests as cr
 
@@ -80,6 +83,7 @@ class Gateway:
         self.cache = RecordingCache()
         self.usage = RecordingSink()
         self.pipeline = Pipeline(cache=self.cache, hash_key=HASH_KEY, usage=self.usage, clock=self.clock)
+        self.records: dict[str, TokenRecord] = {}
         self._ids = 0
 
     def clock(self) -> float:
@@ -99,10 +103,14 @@ class Gateway:
             "owner_active": True,
             **fields,
         }
-        self.cache.upsert(
-            TokenRecord(token_hash=hash_token(token, hash_key), catalog=catalog_for(models), **values)
-        )
+        record = TokenRecord(token_hash=hash_token(token, hash_key), catalog=ModelCatalog(models), **values)
+        self.records[record.token_id] = record
+        self.cache.upsert(record)
         return token
+
+    def revoke(self, token_id: str) -> None:
+        """What the listener does on the NOTIFY for a revocation: upsert the re-read row, now revoked."""
+        self.cache.upsert(dataclasses.replace(self.records[token_id], revoked=True))
 
     def check(self, check: CheckRequest) -> Result:
         gateway_request = request_codec.parse(check)
@@ -196,7 +204,7 @@ def test_token_hashed_under_another_key_is_unknown(gw: Gateway) -> None:
 def test_token_revoked(gw: Gateway) -> None:
     token = gw.mint(token_id="tok-r")
     assert gw.check(cr.openai_chat(token)).outcome is Outcome.ALLOWED
-    gw.cache.mark_revoked("tok-r")
+    gw.revoke("tok-r")
     assert_denied(gw.check(cr.openai_chat(token)), Outcome.TOKEN_REVOKED, 401)
 
 
@@ -326,9 +334,22 @@ def test_the_profile_bounds_the_token_and_the_token_narrows_the_profile(gw: Gate
     assert_denied(gw.check(cr.openai_chat(narrow_token, "gpt-4o")), Outcome.MODEL_NOT_ALLOWED, 403)
 
 
-def test_a_team_without_a_profile_may_use_nothing(gw: Gateway) -> None:
+def test_a_profile_that_allows_no_environment_allows_nothing(gw: Gateway) -> None:
     token = gw.mint(profile=ProfileCatalog([], []), models=("*",))
     assert_denied(gw.check(cr.openai_chat(token)), Outcome.ENVIRONMENT_NOT_ALLOWED, 403)
+
+
+@pytest.mark.parametrize("canned", [cr.openai_chat, cr.anthropic_messages, cr.openai_models])
+def test_team_has_no_profile(gw: Gateway, canned) -> None:
+    token = gw.mint(profile=NO_PROFILE, models=("*",))
+    result = gw.check(canned(token))
+    assert_denied(result, Outcome.TEAM_HAS_NO_PROFILE, 403)
+    assert "no access profile" in result.response.denied_response.body
+
+
+def test_membership_is_judged_before_the_missing_profile(gw: Gateway) -> None:
+    token = gw.mint(profile=NO_PROFILE, member=False, models=("*",))
+    assert_denied(gw.check(cr.openai_chat(token)), Outcome.NOT_A_MEMBER, 403)
 
 
 class FullSpool:
@@ -341,14 +362,18 @@ class FullSpool:
         self.attempts += 1
         raise OSError(28, "No space left on device")
 
+    def append_many(self, records: Iterable[dict]) -> None:
+        self.attempts += 1
+        raise OSError(28, "No space left on device")
 
-async def test_audit_unavailable(gw: Gateway) -> None:
+
+def test_audit_unavailable(gw: Gateway) -> None:
     token = gw.mint()
     ready = asyncio.Event()
     ready.set()
     spool = FullSpool()
-    servicer = AuthorizationServicer(gw.pipeline, ready, spool)  # type: ignore[arg-type]
-    response = await servicer.Check(cr.openai_chat(token), context=None)
+    servicer = AuthorizationServicer(gw.pipeline, ready, AuditEmitter(spool))
+    response = servicer.check(cr.openai_chat(token), context=None)
     assert spool.attempts == 1
     assert response.denied_response.status.code == 503
     assert response.status.code == 14  # UNAVAILABLE
@@ -424,7 +449,7 @@ def test_unauthenticated_garbage_body_is_401_not_400(gw: Gateway) -> None:
 @pytest.mark.parametrize("canned", [cr.garbage_body, cr.openai_files, cr.truncated_chat])
 def test_bad_token_is_judged_before_route_and_body(gw: Gateway, canned) -> None:
     token = gw.mint(token_id="tok-r")
-    gw.cache.mark_revoked("tok-r")
+    gw.revoke("tok-r")
     assert_denied(gw.check(canned(token)), Outcome.TOKEN_REVOKED, 401)
     assert_denied(gw.check(canned(cr.mistyped(token))), Outcome.TOKEN_MALFORMED, 401)
 
@@ -470,6 +495,7 @@ def _denied(outcome: Outcome, canned, **state: object):
 @pytest.mark.parametrize(
     ("outcome", "canned", "state"),
     [
+        _denied(Outcome.TEAM_HAS_NO_PROFILE, cr.openai_chat, profile=NO_PROFILE),
         _denied(Outcome.MODEL_NOT_ALLOWED, lambda token: cr.openai_chat(token, "gpt-4o")),
         _denied(Outcome.MODEL_MISSING, cr.body_without_model),
         _denied(Outcome.BODY_NOT_JSON, cr.garbage_body),

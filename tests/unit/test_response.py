@@ -9,7 +9,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 
 from authz import request as request_codec
 from authz import response as response_codec
-from authz.cache import ProfileCatalog, TokenCache, TokenRecord, catalog_for
+from authz.cache import NO_PROFILE, ModelCatalog, ProfileCatalog, TokenCache, TokenRecord
 from authz.outcomes import Outcome
 from authz.pipeline import Decision, Pipeline
 from authz.routes import Api
@@ -36,6 +36,7 @@ EXPECTED = {
     Outcome.MODEL_NOT_ALLOWED: (403, PERMISSION_DENIED),
     Outcome.ENVIRONMENT_NOT_ALLOWED: (403, PERMISSION_DENIED),
     Outcome.NOT_A_MEMBER: (403, PERMISSION_DENIED),
+    Outcome.TEAM_HAS_NO_PROFILE: (403, PERMISSION_DENIED),
     Outcome.AUDIT_UNAVAILABLE: (503, UNAVAILABLE),
 }
 DENIALS = list(EXPECTED)
@@ -57,7 +58,7 @@ def record(**fields: object) -> TokenRecord:
         "user_email": "ada@example.com",
         "team": "research",
         "environment": "prod",
-        "catalog": catalog_for(["gpt-4o-mini"]),
+        "catalog": ModelCatalog(["gpt-4o-mini"]),
         "expires_at": None,
         "owner_active": True,
         **fields,
@@ -242,10 +243,11 @@ SCENARIOS = {
     Outcome.MODEL_NOT_ALLOWED: (lambda pat: cr.openai_chat(pat, "gpt-4o"), {}),
     Outcome.ENVIRONMENT_NOT_ALLOWED: (cr.openai_chat, {"profile": ProfileCatalog([("*", "*", None)], ["nowhere"])}),
     Outcome.NOT_A_MEMBER: (cr.openai_chat, {"member": False}),
+    Outcome.TEAM_HAS_NO_PROFILE: (cr.anthropic_messages, {"profile": NO_PROFILE}),
 }
 
 
-# AUDIT_UNAVAILABLE comes from the servicer, not the pipeline: see test_pipeline.test_audit_unavailable.
+# AUDIT_UNAVAILABLE comes from the audit emitter, not the pipeline: see test_pipeline.test_audit_unavailable.
 @pytest.mark.parametrize("outcome", [o for o in Outcome if o is not Outcome.AUDIT_UNAVAILABLE], ids=lambda o: o.value)
 def test_pat_never_appears_in_the_response(outcome: Outcome) -> None:
     pat = generate_token()

@@ -1,0 +1,171 @@
+"""The authz process: settings, the gRPC server, the background tasks, signals, in that order.
+
+One server carries ``envoy.service.auth.v3.Authorization`` (:mod:`authz.servicer`), Envoy's access-log
+stream (:mod:`authz.access_log`) and standard gRPC health checking, which says SERVING only once the
+first token snapshot is loaded.
+
+Threads: gRPC is served by the *synchronous* ``grpc.server`` from a small thread pool, because a
+Check costs far less CPU there than in ``grpc.aio`` (see ``bench/RESULTS.md``). Everything that is
+asyncio (the LISTEN/NOTIFY listener that owns the token cache, the batched ``last_used_at`` writer,
+the audit shipper and the spool's fsync timer) runs on one event loop in a background thread
+(:class:`~authz.loop.LoopThread`). The main thread only starts things, waits for a signal and stops
+them in order. Shared state is safe for this: the cache is mutated only on the loop thread, one dict
+operation at a time, and read by Checks; :class:`~authz.audit.spool.Spool` and
+:class:`~authz.usage.LastUsedTracker` take a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+from concurrent import futures
+from pathlib import Path
+
+import asyncpg
+import grpc
+import httpx
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
+
+from authz.access_log import AccessLogReceiver
+from authz.audit.emitter import AuditEmitter
+from authz.audit.shipper import Shipper, sync_forever
+from authz.audit.spool import Spool
+from authz.cache import TokenCache
+from authz.config import AuthzSettings
+from authz.listener import ChangeListener
+from authz.logs import configure as configure_logging
+from authz.loop import LoopThread
+from authz.pipeline import Pipeline
+from authz.servicer import SERVICE_NAME, AuthorizationServicer
+from authz.usage import LastUsedTracker
+
+log = structlog.get_logger("authz")
+
+#: Threads for long-lived streams (Envoy's access-log streams, one per Envoy worker; health Watch)
+#: and anything else. Each open stream holds one for its whole life, so they get their own pool,
+#: created on demand, and can never starve Checks.
+STREAM_THREADS = 256
+#: Seconds in-flight RPCs get to finish on SIGTERM before they are cancelled.
+SHUTDOWN_GRACE_SECONDS = 2.0
+
+
+def build_server(pipeline: Pipeline, ready: asyncio.Event, audit: AuditEmitter, check_threads: int
+                 ) -> tuple[grpc.Server, health.HealthServicer]:
+    streams = futures.ThreadPoolExecutor(max_workers=STREAM_THREADS, thread_name_prefix="authz-stream")
+    checks = futures.ThreadPoolExecutor(max_workers=check_threads, thread_name_prefix="authz-check")
+    server = grpc.server(streams, options=[("grpc.so_reuseport", 0)])
+    AuthorizationServicer(pipeline, ready, audit).add_to(server, checks)
+    AccessLogReceiver(audit).add_to(server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=streams)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    return server, health_servicer
+
+
+def _set_health(health_servicer: health.HealthServicer, status: int) -> None:
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, status)
+
+
+async def _start_background(settings: AuthzSettings, listener: ChangeListener, tracker: LastUsedTracker,
+                            spool: Spool) -> tuple[list[asyncio.Task], asyncpg.Pool, httpx.AsyncClient]:
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=2,
+        server_settings={"application_name": "keyward-authz-usage"},
+    )
+    client = httpx.AsyncClient(timeout=httpx.Timeout(30, connect=2))
+    shipper = Shipper(spool, client=client, url=settings.ingest_url, token=settings.ingest_token,
+                      batch_lines=settings.audit_batch_lines,
+                      batch_bytes=settings.audit_batch_bytes)
+    tasks = [
+        asyncio.create_task(listener.run(), name="listener"),
+        asyncio.create_task(tracker.run(pool, settings.last_used_flush_seconds), name="last-used"),
+        asyncio.create_task(shipper.run(), name="audit-shipper"),
+        asyncio.create_task(sync_forever(spool, settings.audit_fsync_seconds), name="audit-fsync"),
+    ]
+    return tasks, pool, client
+
+
+async def _stop_background(tasks: list[asyncio.Task], pool: asyncpg.Pool, client: httpx.AsyncClient, *,
+                           tracker: LastUsedTracker) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    with contextlib.suppress(Exception):
+        await tracker.flush(pool)  # do not lose the last few seconds of last_used_at
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(pool.close(), timeout=5)
+    await client.aclose()
+
+
+def serve(settings: AuthzSettings, stop: threading.Event) -> None:
+    """Run until ``stop`` is set (SIGTERM or SIGINT in :func:`main`), then shut down in order."""
+    cache = TokenCache()
+    tracker = LastUsedTracker()
+    listener = ChangeListener(
+        dsn=settings.database_url,
+        channel=settings.notify_channel,
+        cache=cache,
+        keepalive_seconds=settings.listener_keepalive_seconds,
+    )
+    pipeline = Pipeline(cache=cache, hash_key=settings.hash_key, usage=tracker)
+    spool = Spool(Path(settings.audit_spool_dir))
+
+    server, health_servicer = build_server(pipeline, listener.ready, AuditEmitter(spool),
+                                           settings.authz_check_threads)
+    _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.add_insecure_port(settings.authz_address)
+    server.start()
+    background = LoopThread()
+    started: tuple[list[asyncio.Task], asyncpg.Pool, httpx.AsyncClient] | None = None
+    try:
+        if settings.authz_metrics_port:
+            start_http_server(settings.authz_metrics_port, addr="127.0.0.1")
+        log.info("authz.listening", address=settings.authz_address)
+        background.start()
+        started = background.call(_start_background(settings, listener, tracker, spool))
+        # Serve health as soon as the first snapshot is in: wait for it on the loop, but keep an eye
+        # on ``stop`` so a SIGTERM during a slow first load still shuts down cleanly.
+        ready = asyncio.run_coroutine_threadsafe(listener.ready.wait(), background.loop)
+        while not stop.is_set():
+            with contextlib.suppress(futures.TimeoutError):
+                ready.result(timeout=0.05)
+                _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+                log.info("authz.ready", tokens=len(cache))
+                break
+        while not stop.wait(0.5):
+            pass
+        ready.cancel()
+        log.info("authz.stopping")
+    finally:
+        # Also on a failed start: open streams hold pool threads, and the interpreter would wait
+        # for those at exit, so the server must always be stopped.
+        _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+        server.stop(grace=SHUTDOWN_GRACE_SECONDS).wait()
+        try:
+            if started is not None:
+                background.call(_stop_background(*started, tracker=tracker), timeout=15)
+        finally:
+            background.stop()
+            spool.close()
+    log.info("authz.stopped")
+
+
+def main() -> None:
+    # Past a file-size limit, writes must fail with EFBIG (and deny the request), not kill us.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    settings = AuthzSettings()  # type: ignore[call-arg]
+    configure_logging(settings.log_level)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    serve(settings, stop)
+
+
+if __name__ == "__main__":
+    main()

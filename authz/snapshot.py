@@ -1,0 +1,111 @@
+"""Read token records from Postgres: the whole snapshot, or the tokens a notification names.
+
+One row per token carries everything a Check needs (the owner's state, membership, the team's
+access profile), so a record is built from its row alone. Rows are turned into records through an
+:class:`~authz.cache.Interner`, so the rows of one snapshot that share a model list or a profile
+version share one compiled object. Nothing here touches the cache; :mod:`authz.listener` decides
+what to do with the records.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+import asyncpg
+
+from authz.cache import NO_PROFILE, Interner, ProfileCatalog, TokenRecord
+
+# One row per token with everything a Check needs: the owner's state (a user or a service account),
+# whether the owner still belongs to the token's team, and the team's access profile.
+_RECORD_COLUMNS = """
+    SELECT t.id::text AS token_id, t.token_hash, t.user_id::text AS user_id,
+           COALESCE(u.email, 'service-account:' || sa.name) AS email, tm.name AS team,
+           t.environment, t.models, extract(epoch FROM t.expires_at)::float8 AS expires_at,
+           COALESCE(u.status = 'active', sa.status = 'active') AS owner_active,
+           t.revoked_at IS NOT NULL AS revoked, t.name,
+           t.team_id IS NOT NULL AS has_team, p.id::text AS profile_id,
+           extract(epoch FROM p.updated_at)::float8 AS profile_version, p.catalog::text AS catalog,
+           p.environments AS profile_environments,
+           CASE WHEN t.team_id IS NULL THEN true
+                WHEN t.user_id IS NOT NULL THEN m.user_id IS NOT NULL
+                ELSE sa.team_id = t.team_id END AS member
+    FROM tokens t
+    LEFT JOIN memberships m ON m.user_id = t.user_id AND m.team_id = t.team_id
+    LEFT JOIN users u ON u.id = t.user_id
+    LEFT JOIN service_accounts sa ON sa.id = t.service_account_id
+    LEFT JOIN teams tm ON tm.id = t.team_id
+    LEFT JOIN access_profiles p ON p.id = tm.profile_id
+"""
+SNAPSHOT_SQL = _RECORD_COLUMNS + " WHERE t.revoked_at IS NULL"
+# Revoked tokens included: a token revoked since the snapshot must become a tombstone.
+_BY_TOKEN_SQL = _RECORD_COLUMNS + " WHERE t.id = ANY($1::uuid[])"
+_LIVE = " AND t.revoked_at IS NULL"
+#: NOTIFY payload kind -> the live tokens it can affect.
+_AFFECTED_SQL = {
+    "user": _RECORD_COLUMNS + " WHERE t.user_id = ANY($1::uuid[])" + _LIVE,
+    "team": _RECORD_COLUMNS + " WHERE t.team_id = ANY($1::uuid[])" + _LIVE,
+    "profile": _RECORD_COLUMNS + " WHERE tm.profile_id = ANY($1::uuid[])" + _LIVE,
+    "sa": _RECORD_COLUMNS + " WHERE t.service_account_id = ANY($1::uuid[])" + _LIVE,
+    # "member:<user>:<team>" is looked up by user alone: every live token of the user is re-read,
+    # not only that team's. Broader than needed but harmless, and one query serves the whole batch.
+    "member": _RECORD_COLUMNS + " WHERE t.user_id = ANY($1::uuid[])" + _LIVE,
+}
+#: The NOTIFY payload kinds :func:`load_affected` understands, besides ``token``.
+AFFECTED_KINDS = tuple(_AFFECTED_SQL)
+
+
+def _compile_profile(row: asyncpg.Record) -> ProfileCatalog:
+    entries = [(e["provider"], e["pattern"], tuple(e["environments"]) if e.get("environments") else None)
+               for e in json.loads(row["catalog"])]
+    return ProfileCatalog(entries, row["profile_environments"])
+
+
+def _profile(row: asyncpg.Record, interner: Interner) -> ProfileCatalog | None:
+    if not row["has_team"]:
+        return None  # a token from before teams: its own model list is its policy
+    if row["profile_id"] is None:
+        return NO_PROFILE  # a team without a profile may use nothing
+    # Keyed by id and version (updated_at), so a million rows of a few profiles parse a few catalogs.
+    return interner.profile((row["profile_id"], row["profile_version"]), _compile_profile, row)
+
+
+def record_from_row(row: asyncpg.Record, interner: Interner) -> TokenRecord:
+    return TokenRecord(
+        token_id=row["token_id"],
+        token_hash=row["token_hash"],
+        user_id=row["user_id"],
+        user_email=row["email"],
+        team=row["team"],
+        environment=row["environment"],
+        catalog=interner.catalog(row["models"]),
+        expires_at=row["expires_at"],
+        owner_active=row["owner_active"],
+        revoked=row["revoked"],
+        name=row["name"],
+        profile=_profile(row, interner),
+        member=row["member"],
+    )
+
+
+async def load_snapshot(connection: asyncpg.Connection, interner: Interner, *,
+                        batch: int = 20_000) -> list[TokenRecord]:
+    """Every live token with its owner's state, streamed through a cursor to bound memory."""
+    records: list[TokenRecord] = []
+    async with connection.transaction(readonly=True, isolation="repeatable_read"):
+        async for row in connection.cursor(SNAPSHOT_SQL, prefetch=batch):
+            records.append(record_from_row(row, interner))
+    return records
+
+
+async def load_tokens(connection: asyncpg.Connection, token_ids: Iterable[str],
+                      interner: Interner) -> list[TokenRecord]:
+    """The named tokens, revoked ones included; a token that is not returned no longer exists."""
+    return [record_from_row(row, interner) for row in await connection.fetch(_BY_TOKEN_SQL, list(token_ids))]
+
+
+async def load_affected(connection: asyncpg.Connection, kind: str, idents: Iterable[str],
+                        interner: Interner) -> list[TokenRecord]:
+    """The live tokens a change to these users, teams, profiles, service accounts or memberships
+    (``kind`` from :data:`AFFECTED_KINDS`) can affect."""
+    return [record_from_row(row, interner) for row in await connection.fetch(_AFFECTED_SQL[kind], list(idents))]
