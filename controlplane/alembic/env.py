@@ -8,7 +8,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from controlplane.core.config import sqlalchemy_url
+from authz.config import sqlalchemy_url
 from controlplane.models import Base
 
 target_metadata = Base.metadata

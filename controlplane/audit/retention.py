@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from controlplane.audit import chain
 from controlplane.audit.events import Actor, record_event
-from controlplane.core.config import sqlalchemy_url
+from authz.config import sqlalchemy_url
 
 _PARTITIONS = """
 SELECT c.relname FROM pg_inherits i

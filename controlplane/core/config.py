@@ -8,39 +8,19 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Shared with authz, which must not import control-plane code: one definition of each rule.
+from authz.config import sqlalchemy_url
 from authz.tokens import check_hash_key
 
 
-def sqlalchemy_url(url: str) -> str:
-    """Accept libpq-style URLs (``postgresql://``) and name the asyncpg driver for SQLAlchemy."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix) :]
-    return url
+class OidcSettings(BaseModel):
+    """Sign-in with OpenID Connect (unset issuer: off). Shared by the control plane's :class:`Settings`
+    and the stack launcher, which passes them on as ``KEYWARD_OIDC_*``, so both know the same defaults.
+    """
 
-
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="KEYWARD_", extra="ignore", populate_by_name=True)
-
-    environment: Literal["development", "production"] = "development"
-    database_url: str = Field(validation_alias="DATABASE_URL")
-    #: Break-glass credential for automation; every use is recorded as actor ``admin:bootstrap``.
-    admin_token: str = Field(min_length=16)
-    token_hash_key: str
-    #: Credential the data plane's audit shipper presents to /api/v1/audit/ingest (unset: no ingest).
-    ingest_token: str | None = Field(default=None, min_length=16)
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(default=8000, ge=1, le=65535)
-    #: Largest admin API request body, in bytes.
-    max_body_bytes: int = Field(default=1_048_576, gt=0)
-    #: How often token expiry events and the dormant-token policy run.
-    lifecycle_interval_seconds: float = Field(default=30, gt=0, le=3600)
-    log_level: str = "info"
-
-    # -- sign-in with OpenID Connect (unset issuer: OIDC off) -----------------------------------------
     #: The issuer URL; its discovery document is read from <issuer>/.well-known/openid-configuration.
     oidc_issuer: str | None = None
     #: The web sign-in client (authorization code with PKCE); the secret is optional for a public client.
@@ -62,6 +42,26 @@ class Settings(BaseSettings):
     #: Lifetime of a browser session and of a ``keyward login`` credential.
     oidc_session_minutes: int = Field(default=60, gt=0, le=24 * 60)
     oidc_cli_credential_hours: int = Field(default=12, gt=0, le=24 * 30)
+
+
+class Settings(OidcSettings, BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KEYWARD_", extra="ignore", populate_by_name=True)
+
+    environment: Literal["development", "production"] = "development"
+    database_url: str = Field(validation_alias="DATABASE_URL")
+    #: Break-glass credential for automation; every use is recorded as actor ``admin:bootstrap``.
+    admin_token: str = Field(min_length=16)
+    token_hash_key: str
+    #: Credential the data plane's audit shipper presents to /api/v1/audit/ingest (unset: no ingest).
+    ingest_token: str | None = Field(default=None, min_length=16)
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=1, le=65535)
+    #: Largest admin API request body, in bytes.
+    max_body_bytes: int = Field(default=1_048_576, gt=0)
+    #: How often token expiry events and the dormant-token policy run.
+    lifecycle_interval_seconds: float = Field(default=30, gt=0, le=3600)
+    log_level: str = "info"
+
     #: Signs the short-lived sign-in state cookie and derives CSRF tokens (the runner generates one).
     session_secret: str | None = Field(default=None, min_length=32)
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from collections.abc import AsyncIterator
 
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -52,15 +53,26 @@ def _is_anthropic(request: Request) -> bool:
     return "anthropic-version" in request.headers
 
 
-def _key_error(request: Request) -> Response | None:
+class MockSettings(BaseSettings):
+    """The mock's own settings (``MOCK_*``), which the stack runner sets: the provider keys Envoy must
+    inject, and the pace of streams."""
+
+    model_config = SettingsConfigDict(env_prefix="MOCK_", extra="ignore")
+
+    openai_key: str = Field(default="", description="Empty: every OpenAI request is refused.")
+    anthropic_key: str = Field(default="", description="Empty: every Anthropic request is refused.")
+    stream_interval: float = Field(default=0.1, ge=0)
+
+
+def _key_error(request: Request, settings: MockSettings) -> Response | None:
     if _is_anthropic(request):
-        if request.headers.get("x-api-key") == os.environ.get("MOCK_ANTHROPIC_KEY"):
+        if settings.anthropic_key and request.headers.get("x-api-key") == settings.anthropic_key:
             return None
         return JSONResponse(
             {"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}},
             status_code=401,
         )
-    if request.headers.get("authorization") == f"Bearer {os.environ.get('MOCK_OPENAI_KEY')}":
+    if settings.openai_key and request.headers.get("authorization") == f"Bearer {settings.openai_key}":
         return None
     return JSONResponse(
         {
@@ -89,11 +101,12 @@ def _sse(events: list[tuple[str | None, dict | str]], interval: float) -> AsyncI
 
 def create_app() -> Starlette:
     recorder = Recorder()
-    interval = float(os.environ.get("MOCK_STREAM_INTERVAL", "0.1"))
+    settings = MockSettings()
+    interval = settings.stream_interval
 
     async def chat_completions(request: Request) -> Response:
         body = json.loads(await recorder.record(request) or b"{}")
-        if (denied := _key_error(request)) is not None:
+        if (denied := _key_error(request, settings)) is not None:
             return denied
         model = body.get("model", "gpt-4o-mini")
         ident = f"chatcmpl-{uuid.uuid4().hex[:12]}"
@@ -151,7 +164,7 @@ def create_app() -> Starlette:
 
     async def embeddings(request: Request) -> Response:
         body = json.loads(await recorder.record(request) or b"{}")
-        if (denied := _key_error(request)) is not None:
+        if (denied := _key_error(request, settings)) is not None:
             return denied
         inputs = body.get("input", "")
         inputs = inputs if isinstance(inputs, list) else [inputs]
@@ -166,7 +179,7 @@ def create_app() -> Starlette:
 
     async def models(request: Request) -> Response:
         await recorder.record(request)
-        if (denied := _key_error(request)) is not None:
+        if (denied := _key_error(request, settings)) is not None:
             return denied
         if _is_anthropic(request):
             data = [
@@ -184,7 +197,7 @@ def create_app() -> Starlette:
 
     async def model(request: Request) -> Response:
         await recorder.record(request)
-        if (denied := _key_error(request)) is not None:
+        if (denied := _key_error(request, settings)) is not None:
             return denied
         name = request.path_params["name"]
         if _is_anthropic(request):
@@ -195,7 +208,7 @@ def create_app() -> Starlette:
 
     async def messages(request: Request) -> Response:
         body = json.loads(await recorder.record(request) or b"{}")
-        if (denied := _key_error(request)) is not None:
+        if (denied := _key_error(request, settings)) is not None:
             return denied
         model_name = body.get("model", "claude-haiku-4-5")
         ident = f"msg_{uuid.uuid4().hex[:12]}"
@@ -257,7 +270,7 @@ def create_app() -> Starlette:
 
     async def count_tokens(request: Request) -> Response:
         await recorder.record(request)
-        if (denied := _key_error(request)) is not None:
+        if (denied := _key_error(request, settings)) is not None:
             return denied
         return JSONResponse({"input_tokens": 9})
 

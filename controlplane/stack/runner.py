@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controlplane.core.config import OidcSettings
 from controlplane.migrate import upgrade
 from controlplane.stack.embedded_pg import APP_ROLE, EmbeddedPostgres, with_user
 from controlplane.stack.envoy_config import GatewayLayout, Upstream, render, write_provider_secrets
@@ -38,7 +39,7 @@ from controlplane.stack.envoy_config import GatewayLayout, Upstream, render, wri
 _PROVIDER_SECRETS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
 
 
-class StackSettings(BaseSettings):
+class StackSettings(OidcSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEYWARD_", extra="ignore", populate_by_name=True)
 
     data_dir: Path = Path(".keyward")
@@ -63,19 +64,8 @@ class StackSettings(BaseSettings):
     mock_stream_interval: float = 0.1
     #: How often the control plane records expiries and applies the dormant-token policy.
     lifecycle_interval_seconds: float = 30
-    #: Sign-in with OpenID Connect (unset issuer: off); passed to the control plane as KEYWARD_OIDC_*.
-    oidc_issuer: str | None = None
-    oidc_client_id: str | None = None
-    oidc_client_secret: str | None = None
-    oidc_cli_client_id: str | None = None
-    #: Default: http://127.0.0.1:<api_port>.
-    oidc_redirect_base: str | None = None
-    oidc_scopes: str | None = None
-    oidc_jit_provisioning: bool = False
-    oidc_groups_claim: str | None = None
-    oidc_admin_groups: str | None = None
-    oidc_auditor_groups: str | None = None
-    oidc_finance_groups: str | None = None
+    # Sign-in with OpenID Connect: the OidcSettings fields, passed to the control plane as KEYWARD_OIDC_*
+    # (the redirect base defaults to http://127.0.0.1:<api_port>).
 
 
 @dataclass
@@ -321,15 +311,10 @@ class Stack:
         s = self.settings
         if not s.oidc_issuer:
             return {}
-        values = {
-            "issuer": s.oidc_issuer, "client_id": s.oidc_client_id, "client_secret": s.oidc_client_secret,
-            "cli_client_id": s.oidc_cli_client_id,
-            "redirect_base": s.oidc_redirect_base or f"http://127.0.0.1:{s.api_port}",
-            "scopes": s.oidc_scopes, "jit_provisioning": str(s.oidc_jit_provisioning).lower(),
-            "groups_claim": s.oidc_groups_claim, "admin_groups": s.oidc_admin_groups,
-            "auditor_groups": s.oidc_auditor_groups, "finance_groups": s.oidc_finance_groups,
-        }
-        return {f"KEYWARD_OIDC_{name.upper()}": value for name, value in values.items() if value is not None}
+        values = {name: getattr(s, name) for name in OidcSettings.model_fields}
+        values["oidc_redirect_base"] = s.oidc_redirect_base or f"http://127.0.0.1:{s.api_port}"
+        return {f"KEYWARD_{name.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
+                for name, value in values.items() if value is not None}
 
     def _add(self, service: Service) -> None:
         self.services[service.name] = service
