@@ -21,9 +21,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
+from authz.config import sqlalchemy_url
 from controlplane.audit import chain
 from controlplane.audit.events import Actor, record_event
-from authz.config import sqlalchemy_url
 
 _PARTITIONS = """
 SELECT c.relname FROM pg_inherits i

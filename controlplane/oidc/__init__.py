@@ -3,10 +3,10 @@ IdP groups claim), in the browser and through ``keyward login``.
 
 * :mod:`.client` — the relying party: discovery, authorization code with PKCE, state and nonce, the
   code exchange, ID-token checks against the issuer's JWKS (fetched again when keys rotate);
-* :mod:`.signin` — who may sign in and in which role, sessions and CLI credentials;
-* :mod:`.selfservice` — a signed-in user's own teams and tokens, through :mod:`controlplane.tokens`;
-* :mod:`.web` — the browser routes: ``/auth/login``, ``/auth/callback``, ``/auth/logout`` and ``/me``.
+* :mod:`.signin` — who may sign in and in which role, sessions and CLI credentials.
 
-The JSON side (``/api/v1/me…`` and the ``keyward login`` exchange) is in
-:mod:`controlplane.api.routes.me`; the command is :mod:`controlplane.cli_login`.
+The routes are :mod:`controlplane.api.routes.web` (the browser: ``/auth/…`` and ``/me``) and
+:mod:`controlplane.api.routes.me` (``/api/v1/me…`` and the ``keyward login`` exchange); a signed-in
+user's own tokens go through :mod:`controlplane.services.selfservice`; the command is
+:mod:`controlplane.cli.session`.
 """

@@ -36,7 +36,7 @@ async def get_or_404(session: AsyncSession, model: type[T], ident: Any, *, code:
     return row
 
 
-def public(model: type[schemas._Output], row: Any) -> dict[str, Any]:
+def public(model: type[schemas.Output], row: Any) -> dict[str, Any]:
     """``row`` as the JSON document ``model`` publishes (what events record as before / after)."""
     return model.model_validate(row).model_dump(mode="json")
 
@@ -50,7 +50,7 @@ async def flush_unique(session: AsyncSession, code: Code, message: str) -> None:
 
 
 async def insert_recorded(session: AsyncSession, row: Any, *, actor: Actor, action: str, target_type: str,
-                          published: type[schemas._Output], conflict: tuple[Code, str]) -> Any:
+                          published: type[schemas.Output], conflict: tuple[Code, str]) -> Any:
     """Insert ``row`` (a unique-index race becomes the 409 ``conflict``), then record ``action`` with the
     row's public document."""
     session.add(row)

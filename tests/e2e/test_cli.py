@@ -1,5 +1,7 @@
 """The ``keyward`` command line against the real stack, run the way an operator runs it: as a process,
-configured by the environment (or its config file), reading its stdout and exit code."""
+configured by the environment (or its config directory), reading its stdout and exit code.
+
+``keyward login`` itself needs the test OpenID provider: tests/e2e/test_oidc.py drives it."""
 
 from __future__ import annotations
 
@@ -9,12 +11,14 @@ import stat
 import subprocess
 import sys
 import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, get_args
 
 import pytest
 
-from controlplane import cli_api, schemas
+from controlplane import schemas
+from controlplane.cli import vocabulary
 from tests.e2e.conftest import Gateway, free_port
 from tests.e2e.test_denials import sql
 
@@ -28,7 +32,7 @@ def keyward(gateway: Gateway, *args: str, env: dict[str, str | None] | None = No
     and a None value removes a variable."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_")}
     environment |= {"KEYWARD_API_URL": gateway.info.api_url, "KEYWARD_API_TOKEN": gateway.info.admin_token,
-                    "KEYWARD_CONFIG": "/nonexistent/keyward/config.toml", "PYTHONIOENCODING": "utf-8",
+                    "KEYWARD_CONFIG_DIR": "/nonexistent/keyward", "PYTHONIOENCODING": "utf-8",
                     "NO_COLOR": "1"}
     for name, value in (env or {}).items():
         if value is None:
@@ -54,13 +58,14 @@ def refused(gateway: Gateway, secret: str) -> bool:
 
 
 def test_vocabularies_match_the_api() -> None:
-    assert tuple(cli_api.Env) == get_args(schemas.Environment)
-    assert tuple(cli_api.Role) == get_args(schemas.Role)
-    assert cli_api.PROVIDERS == get_args(schemas.Provider)
-    assert cli_api.parse_model("anthropic:claude-*@dev,ci") == {
+    assert tuple(vocabulary.Env) == get_args(schemas.Environment)
+    assert tuple(vocabulary.Role) == get_args(schemas.Role)
+    assert vocabulary.PROVIDERS == get_args(schemas.Provider)
+    assert vocabulary.parse_model("anthropic:claude-*@dev,ci") == {
         "provider": "anthropic", "pattern": "claude-*", "environments": ["dev", "ci"]}
     # A model name may contain ':' and '@'; only a list of environments after the last '@' is one.
-    assert cli_api.parse_model("openai:ft:gpt-4o:acme@2024") == {"provider": "openai", "pattern": "ft:gpt-4o:acme@2024"}
+    assert vocabulary.parse_model("openai:ft:gpt-4o:acme@2024") == {
+        "provider": "openai", "pattern": "ft:gpt-4o:acme@2024"}
 
 
 def test_operator_sets_up_a_team_and_mints_a_working_token(gateway: Gateway) -> None:
@@ -161,8 +166,8 @@ def test_credentials_carry_their_role(gateway: Gateway) -> None:
 
 
 def test_config_file_is_written_private_and_refused_when_not(gateway: Gateway, tmp_path: Path) -> None:
-    from_file = {"HOME": str(tmp_path), "KEYWARD_CONFIG": None, "KEYWARD_API_URL": None, "KEYWARD_API_TOKEN": None,
-                 "KEYWARD_ADMIN_TOKEN": None}
+    from_file = {"HOME": str(tmp_path), "KEYWARD_CONFIG_DIR": None, "KEYWARD_API_URL": None,
+                 "KEYWARD_API_TOKEN": None, "KEYWARD_ADMIN_TOKEN": None}
     ok(keyward(gateway, "configure", "--api-url", gateway.info.api_url, "--token", gateway.info.admin_token,
                env=from_file))
     path = tmp_path / ".config" / "keyward" / "config.toml"
@@ -173,3 +178,73 @@ def test_config_file_is_written_private_and_refused_when_not(gateway: Gateway, t
     result = keyward(gateway, "whoami", env=from_file)
     assert result.returncode == 3 and f"chmod 600 {path}" in result.stderr and result.stdout == ""
     assert gateway.info.admin_token not in result.stderr
+
+
+# -- one configuration: the environment, then a `keyward login` sign-in, then config.toml -------------
+
+
+def write_sign_in(path: Path, api_url: str, *, expires_in: timedelta) -> None:
+    """A credentials.json as `keyward login` writes it, with a token Keyward never issued."""
+    path.write_text(json.dumps({"api_url": api_url, "token": "kw_cli_" + "x" * 43, "email": "nobody@example.com",
+                                "role": "admin", "expires_at": (datetime.now(UTC) + expires_in).isoformat()}))
+    path.chmod(0o600)
+
+
+def test_whoami_names_the_credential_it_used_in_the_order_documented(gateway: Gateway, tmp_path: Path) -> None:
+    url, admin_token = gateway.info.api_url, gateway.info.admin_token
+    said = ok(keyward(gateway, "whoami"))
+    assert "environment (KEYWARD_API_TOKEN)" in said and "admin:bootstrap" in said and url in said
+    said = ok(keyward(gateway, "whoami", env={"KEYWARD_API_TOKEN": None, "KEYWARD_ADMIN_TOKEN": admin_token}))
+    assert "environment (KEYWARD_ADMIN_TOKEN)" in said
+
+    # KEYWARD_CONFIG_DIR holds config.toml ...
+    config_dir = tmp_path / "keyward"
+    files = {"KEYWARD_CONFIG_DIR": str(config_dir), "KEYWARD_API_TOKEN": None, "KEYWARD_ADMIN_TOKEN": None}
+    ok(keyward(gateway, "configure", "--api-url", url, "--token", admin_token, env=files))
+    config = config_dir / "config.toml"
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600 and stat.S_IMODE(config_dir.stat().st_mode) == 0o700
+    assert f"config ({config})" in ok(keyward(gateway, "whoami", env=files))
+
+    # ... and the sign-in, which comes first while it is live: this one Keyward never issued.
+    sign_in = config_dir / "credentials.json"
+    write_sign_in(sign_in, url, expires_in=timedelta(hours=1))
+    refused = keyward(gateway, "whoami", env=files)
+    assert refused.returncode == 1 and refused.stdout == ""
+    assert "(401 credential_invalid) - run `keyward login` again" in refused.stderr
+    # The environment comes before both.
+    assert "environment (KEYWARD_API_TOKEN)" in ok(keyward(gateway, "whoami", env={
+        **files, "KEYWARD_API_TOKEN": admin_token}))
+    # A sign-in to another control plane is not used for KEYWARD_API_URL's.
+    write_sign_in(sign_in, f"http://127.0.0.1:{free_port()}", expires_in=timedelta(hours=1))
+    assert f"config ({config})" in ok(keyward(gateway, "whoami", env=files))
+    # Nor is an expired one; with nothing after it, the error says what to do.
+    write_sign_in(sign_in, url, expires_in=-timedelta(minutes=1))
+    assert f"config ({config})" in ok(keyward(gateway, "whoami", env=files))
+    config.unlink()
+    expired = keyward(gateway, "users", "list", env=files)
+    assert expired.returncode == 3 and expired.stdout == "" and expired.stderr.count("\n") == 1
+    assert "expired" in expired.stderr and "run `keyward login`" in expired.stderr
+    # A sign-in that others may read is refused, not used.
+    write_sign_in(sign_in, url, expires_in=timedelta(hours=1))
+    sign_in.chmod(0o644)
+    loose = keyward(gateway, "whoami", env=files)
+    assert loose.returncode == 3 and "may be read by others" in loose.stderr and "kw_cli_" not in loose.stderr
+    # Nothing at all: the error names every way to connect.
+    sign_in.unlink()
+    nothing = keyward(gateway, "whoami", env=files)
+    assert nothing.returncode == 3 and "keyward login" in nothing.stderr and "KEYWARD_API_TOKEN" in nothing.stderr
+
+
+def test_the_older_keyward_config_still_names_config_toml(gateway: Gateway, tmp_path: Path) -> None:
+    legacy = tmp_path / "elsewhere" / "keyward.toml"
+    env = {"HOME": str(tmp_path), "KEYWARD_CONFIG_DIR": None, "KEYWARD_CONFIG": str(legacy),
+           "KEYWARD_API_URL": None, "KEYWARD_API_TOKEN": None, "KEYWARD_ADMIN_TOKEN": None}
+    ok(keyward(gateway, "configure", "--api-url", gateway.info.api_url, "--token", gateway.info.admin_token, env=env))
+    assert stat.S_IMODE(legacy.stat().st_mode) == 0o600
+    assert f"config ({legacy})" in ok(keyward(gateway, "whoami", env=env))
+    # Set together, the two must name the same file.
+    both = keyward(gateway, "whoami", env={**env, "KEYWARD_CONFIG_DIR": str(tmp_path / "other")})
+    assert both.returncode == 3 and "KEYWARD_CONFIG" in both.stderr and both.stderr.count("\n") == 1
+    same = {**env, "KEYWARD_CONFIG_DIR": str(legacy.parent), "KEYWARD_CONFIG": str(legacy.parent / "config.toml")}
+    agreed = keyward(gateway, "whoami", env=same)  # no config.toml there: nothing to connect with
+    assert agreed.returncode == 3 and "no API token" in agreed.stderr

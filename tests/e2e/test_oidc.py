@@ -486,16 +486,24 @@ def test_routes_answer_404_when_oidc_is_off(gateway: Gateway) -> None:
 
 # -- keyward login --------------------------------------------------------------------------------
 
+CLI = [sys.executable, "-m", "controlplane.cli"]
 
-def test_keyward_login_stores_a_private_credential_that_works(gateway: Gateway, idp: OidcProvider,
-                                                              tmp_path: Path) -> None:
-    hedy = ACCOUNTS["hedy"]
-    team = gateway.team()
-    keyward_user(gateway, hedy, team)
-    config_dir = tmp_path / "keyward-config"
-    env = {**os.environ, "KEYWARD_CONFIG_DIR": str(config_dir), "KEYWARD_API_URL": gateway.info.api_url}
-    cli = [sys.executable, "-m", "controlplane.cli"]
-    login = subprocess.Popen([*cli, "login", "--no-browser", "--timeout", "60"], env=env, cwd=ROOT,
+
+def cli_env(gateway: Gateway, config_dir: Path, **extra: str) -> dict[str, str]:
+    """The CLI's environment: the stack's URL and ``config_dir``, and no token (none of the caller's)."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_")},
+            "KEYWARD_CONFIG_DIR": str(config_dir), "KEYWARD_API_URL": gateway.info.api_url, "NO_COLOR": "1", **extra}
+
+
+def keyward(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def keyward_login(idp: OidcProvider, account: Account, env: dict[str, str]) -> tuple[str, str]:
+    """Run ``keyward login --no-browser`` and sign in at the provider as ``account`` with the URL it
+    prints, as a person would; its stdout and stderr."""
+    login = subprocess.Popen([*CLI, "login", "--no-browser", "--timeout", "60"], env=env, cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert login.stderr is not None
@@ -511,13 +519,24 @@ def test_keyward_login_stores_a_private_credential_that_works(gateway: Gateway, 
         with httpx.Client(timeout=15) as client:
             b = Browser(idp.issuer, idp)
             b.client = client
-            done = b.through_idp(client.get(url), hedy)
+            done = b.through_idp(client.get(url), account)
         assert done.status_code == 200 and "Signed in" in done.text
         out, err = login.communicate(timeout=60)
     finally:
         if login.poll() is None:
             login.kill()
     assert login.returncode == 0, err
+    return out, err
+
+
+def test_keyward_login_stores_a_private_credential_that_works(gateway: Gateway, idp: OidcProvider,
+                                                              tmp_path: Path) -> None:
+    hedy = ACCOUNTS["hedy"]
+    team = gateway.team()
+    keyward_user(gateway, hedy, team)
+    config_dir = tmp_path / "keyward-config"
+    env = cli_env(gateway, config_dir)
+    out, err = keyward_login(idp, hedy, env)
     assert shouted(hedy) in out and "role self" in out
 
     path = config_dir / "credentials.json"
@@ -527,7 +546,7 @@ def test_keyward_login_stores_a_private_credential_that_works(gateway: Gateway, 
     secret = credential["token"]
     assert secret.startswith("kw_cli_") and secret not in out + err
 
-    me = subprocess.run([*cli, "me"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    me = keyward(env, "me")
     assert me.returncode == 0, me.stderr
     assert "role self" in me.stdout and team["name"] in me.stdout
 
@@ -540,14 +559,60 @@ def test_keyward_login_stores_a_private_credential_that_works(gateway: Gateway, 
     gateway.wait_until(lambda: gateway.known(pat), what="token to reach authz")
     assert gateway.status_of(pat) == 200
     assert api.get("/users").status_code == 403  # a self credential is not an admin credential
+    # The CLI's admin commands say the same, with the one error line and exit code.
+    denied = keyward(env, "users", "list")
+    assert denied.returncode == 1 and "(403 role_forbidden)" in denied.stderr and denied.stdout == ""
 
     path.chmod(0o644)
-    loose = subprocess.run([*cli, "me"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    loose = keyward(env, "me")
     assert loose.returncode != 0 and "may be read by others" in loose.stderr
     path.chmod(0o600)
 
-    out = subprocess.run([*cli, "logout"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    out = keyward(env, "logout")
     assert out.returncode == 0, out.stderr
     assert not path.exists()
     assert api.get("/me").status_code == 401
     api.close()
+
+
+def test_after_keyward_login_every_command_uses_the_sign_in(gateway: Gateway, idp: OidcProvider,
+                                                            tmp_path: Path) -> None:
+    grace = ACCOUNTS["grace"]
+    keyward_user(gateway, grace)
+    config_dir = tmp_path / "keyward"
+    # Only the directory: no KEYWARD_API_URL either (the sign-in remembers its control plane).
+    env = cli_env(gateway, config_dir)
+    out, _ = keyward_login(idp, grace, env)
+    assert "role admin" in out
+    env.pop("KEYWARD_API_URL")
+
+    # An admin's sign-in works for the admin commands, with no token configured anywhere.
+    listed = keyward(env, "users", "list", "--search", "grace", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert shouted(grace) in [u["email"] for u in json.loads(listed.stdout)["items"]]
+    whoami = keyward(env, "whoami")
+    assert whoami.returncode == 0, whoami.stderr
+    assert f"oidc:{shouted(grace)}" in whoami.stdout and gateway.info.api_url in whoami.stdout
+    assert f"login ({config_dir / 'credentials.json'}" in whoami.stdout
+    made = keyward(env, "users", "create", f"made-by-cli-{secrets.token_hex(4)}@example.com", "--json")
+    assert made.returncode == 0, made.stderr
+    created = events(gateway, target_id=json.loads(made.stdout)["id"], action="user.created")
+    assert [e["actor"] for e in created] == [f"oidc:{shouted(grace)}"]
+
+    # config.toml in the same directory comes after a live sign-in; the environment before it.
+    auditor = gateway.admin.post("/credentials", json={"name": f"cli-{secrets.token_hex(4)}", "role": "auditor"})
+    assert auditor.status_code == 201, auditor.text
+    configured = keyward(env, "configure", "--token", auditor.json()["token"])
+    assert configured.returncode == 0, configured.stderr
+    assert "keyward login" in configured.stderr  # it says the sign-in comes first
+    assert (config_dir / "config.toml").exists() and (config_dir / "credentials.json").exists()
+    assert json.loads(keyward(env, "whoami", "--json").stdout)["role"] == "admin"
+    from_env = keyward({**env, "KEYWARD_API_TOKEN": auditor.json()["token"]}, "whoami")
+    assert from_env.returncode == 0 and "environment (KEYWARD_API_TOKEN)" in from_env.stdout
+    assert "auditor" in from_env.stdout
+
+    # Signed out, config.toml's credential is the one in effect.
+    assert keyward(env, "logout").returncode == 0
+    after = keyward(env, "whoami")
+    assert after.returncode == 0, after.stderr
+    assert "auditor" in after.stdout and f"config ({config_dir / 'config.toml'})" in after.stdout

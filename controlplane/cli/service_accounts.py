@@ -1,0 +1,80 @@
+"""``keyward service-accounts``: workloads owned by a team, with a business and a technical owner.
+Disabling one stops its tokens at once. Named by id or name."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import typer
+
+from controlplane.cli.client import Api, connect, payload
+from controlplane.cli.options import AllPages, CursorOpt, Description, JsonOut, PageSize
+from controlplane.cli.output import Columns, at, done, key, show_page, show_record
+from controlplane.cli.vocabulary import SERVICE_ACCOUNTS, TEAMS, USERS
+
+app = typer.Typer(help="Service accounts: workloads owned by a team.", no_args_is_help=True)
+AccountRef = Annotated[str, typer.Argument(help="Service account id or name.", metavar="SERVICE_ACCOUNT")]
+
+
+def _columns(api: Api) -> Columns:
+    return [("ID", key("id")), ("NAME", key("name")), ("TEAM", lambda r: api.label(TEAMS, r["team_id"])),
+            ("STATUS", key("status")), ("BUSINESS OWNER", lambda r: api.label(USERS, r["business_owner_id"])),
+            ("TECHNICAL OWNER", lambda r: api.label(USERS, r["technical_owner_id"])),
+            ("CREATED", at("created_at"))]
+
+
+@app.command("list")
+def accounts_list(
+    team: Annotated[str | None, typer.Option(help="Team id or name.")] = None,
+    status: Annotated[Literal["active", "disabled"] | None, typer.Option()] = None,
+    sort: Annotated[Literal["created_at", "-created_at", "name", "-name"], typer.Option()] = "created_at",
+    limit: PageSize = None, cursor: CursorOpt = None, all_pages: AllPages = False, as_json: JsonOut = False,
+) -> None:
+    """List service accounts."""
+    api = connect()
+    filters = {"team_id": api.id_of(TEAMS, team) if team else None, "status": status, "sort": sort}
+    page = api.listing("/service-accounts", filters, limit=limit, cursor=cursor, follow=all_pages)
+    show_page(page, _columns(api), as_json, "service accounts")
+
+
+@app.command("create")
+def accounts_create(
+    name: Annotated[str, typer.Argument()],
+    team: Annotated[str, typer.Option(help="The owning team (id or name); its tokens act for it.")],
+    business_owner: Annotated[str, typer.Option(help="User id or email.")],
+    technical_owner: Annotated[str, typer.Option(help="User id or email.")],
+    description: Description = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Create a service account."""
+    api = connect()
+    body = payload(name=name, description=description, team_id=api.id_of(TEAMS, team),
+                   business_owner_id=api.id_of(USERS, business_owner),
+                   technical_owner_id=api.id_of(USERS, technical_owner))
+    show_record(api.post("/service-accounts", body), as_json, labels=api.labels,
+                note=f"Created service account {name}.")
+
+
+@app.command("show")
+def accounts_show(account: AccountRef, as_json: JsonOut = False) -> None:
+    """Show one service account."""
+    api = connect()
+    show_record(api.find(SERVICE_ACCOUNTS, account), as_json, labels=api.labels)
+
+
+def _set_status(ref: str, status: str, as_json: bool, message: str) -> None:
+    api = connect()
+    account = api.patch(f"/service-accounts/{api.id_of(SERVICE_ACCOUNTS, ref)}", {"status": status})
+    done(as_json, account, message.format(name=account["name"]))
+
+
+@app.command("disable")
+def accounts_disable(account: AccountRef, as_json: JsonOut = False) -> None:
+    """Disable a service account: its tokens stop working at the gateway at once."""
+    _set_status(account, "disabled", as_json, "Disabled service account {name}; its tokens are refused.")
+
+
+@app.command("enable")
+def accounts_enable(account: AccountRef, as_json: JsonOut = False) -> None:
+    """Enable a disabled service account."""
+    _set_status(account, "active", as_json, "Enabled service account {name}.")

@@ -1,0 +1,73 @@
+"""The audit store as auditors read it: events, request records, a user's activity, usage."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from controlplane.schemas.common import Output
+from controlplane.schemas.identities import UserPublic
+
+
+class EventPublic(Output):
+    seq: int
+    at: datetime
+    actor: str
+    mechanism: str
+    action: str
+    target_type: str
+    target_id: str
+    before: dict | None
+    after: dict | None
+
+
+class RequestRecord(Output):
+    """One gateway request: who, when, what, the decision, and what happened next."""
+
+    seq: int
+    at: datetime
+    request_id: str
+    source: Literal["authz", "envoy"]
+    token_id: uuid.UUID | None
+    user_id: uuid.UUID | None
+    user_email: str | None
+    team: str | None
+    environment: str | None
+    provider: str | None
+    method: str | None
+    route: str | None
+    model: str | None
+    decision: str
+    status: int | None
+    upstream_status: int | None
+    response_flags: str | None
+    details: str | None = Field(description="Envoy's reason for the response (via_upstream, ext_authz_denied, …).")
+    duration_ms: int | None
+    upstream_ms: int | None
+    bytes_in: int | None
+    bytes_out: int | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+
+
+class UserActivity(BaseModel):
+    user: UserPublic
+    last_request: RequestRecord | None
+    last_allowed_request: RequestRecord | None
+    disabled_at: datetime | None = Field(description="When the user was last suspended or deprovisioned.")
+    disabled_by: EventPublic | None
+    allowed_after_disabled: int | None = Field(
+        description="Requests allowed after disabled_at; null when the user was never disabled."
+    )
+    allowed_after_disabled_examples: list[RequestRecord]
+
+
+class UsageRow(BaseModel):
+    key: str | None
+    requests: int
+    allowed: int
+    prompt_tokens: int
+    completion_tokens: int

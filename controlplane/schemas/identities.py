@@ -1,0 +1,165 @@
+"""People, teams and their members, access profiles, service accounts."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import EmailStr, Field, StringConstraints, model_validator
+
+from controlplane.schemas.common import (
+    MAX_INT,
+    Environment,
+    Input,
+    MemberRole,
+    ModelPattern,
+    Name,
+    Output,
+    Provider,
+    UserStatus,
+)
+
+
+class UserCreate(Input):
+    email: EmailStr
+    display_name: Name | None = None
+    external_id: Annotated[str, StringConstraints(max_length=200)] | None = None
+
+
+class UserUpdate(Input):
+    _not_null = ("status",)
+
+    display_name: Name | None = None
+    status: UserStatus | None = None
+
+
+class UserPublic(Output):
+    id: uuid.UUID
+    email: str
+    display_name: str | None
+    status: UserStatus
+    external_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class CatalogEntry(Input):
+    provider: Provider = Field(description="'*' for every provider.")
+    pattern: ModelPattern
+    environments: list[Environment] | None = Field(
+        default=None, description="Token environments that may use these models; null: all the profile allows."
+    )
+
+
+class ProfileCreate(Input):
+    name: Name
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    catalog: list[CatalogEntry] = Field(max_length=500)
+    environments: list[Environment] = Field(min_length=1)
+    default_token_days: int = Field(default=30, gt=0, le=3650)
+    max_token_days: int = Field(default=90, gt=0, le=3650)
+    dormant_disable_days: int | None = Field(
+        default=None, gt=0, le=3650, description="Opt-in: revoke tokens unused this many days (never used: since mint)."
+    )
+    rate_limit_rpm: int | None = Field(default=None, gt=0, le=MAX_INT)
+    monthly_budget_usd: Decimal | None = Field(default=None, gt=0, max_digits=12, decimal_places=2)
+
+    @model_validator(mode="after")
+    def _lifetimes(self) -> ProfileCreate:
+        if self.default_token_days > self.max_token_days:
+            raise ValueError("default_token_days cannot exceed max_token_days")
+        return self
+
+
+class ProfileUpdate(Input):
+    _not_null = ("name", "catalog", "environments", "default_token_days", "max_token_days")
+
+    name: Name | None = None
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    catalog: list[CatalogEntry] | None = Field(default=None, max_length=500)
+    environments: list[Environment] | None = Field(default=None, min_length=1)
+    default_token_days: int | None = Field(default=None, gt=0, le=3650)
+    max_token_days: int | None = Field(default=None, gt=0, le=3650)
+    dormant_disable_days: int | None = Field(default=None, gt=0, le=3650)
+    rate_limit_rpm: int | None = Field(default=None, gt=0, le=MAX_INT)
+    monthly_budget_usd: Decimal | None = Field(default=None, gt=0, max_digits=12, decimal_places=2)
+
+
+class ProfilePublic(Output):
+    id: uuid.UUID
+    name: str
+    description: str | None
+    catalog: list[dict]
+    environments: list[str]
+    default_token_days: int
+    max_token_days: int
+    dormant_disable_days: int | None
+    rate_limit_rpm: int | None
+    monthly_budget_usd: Decimal | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TeamCreate(Input):
+    name: Name
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    profile_id: uuid.UUID | None = None
+
+
+class TeamUpdate(Input):
+    _not_null = ("name",)
+
+    name: Name | None = None
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    profile_id: uuid.UUID | None = None
+
+
+class TeamPublic(Output):
+    id: uuid.UUID
+    name: str
+    description: str | None
+    profile_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class MembershipSet(Input):
+    role: MemberRole = "member"
+
+
+class MembershipPublic(Output):
+    team_id: uuid.UUID
+    user_id: uuid.UUID
+    role: MemberRole
+    created_at: datetime
+
+
+class ServiceAccountCreate(Input):
+    name: Name
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    team_id: uuid.UUID
+    business_owner_id: uuid.UUID
+    technical_owner_id: uuid.UUID
+
+
+class ServiceAccountUpdate(Input):
+    _not_null = ("business_owner_id", "technical_owner_id", "status")
+
+    description: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    business_owner_id: uuid.UUID | None = None
+    technical_owner_id: uuid.UUID | None = None
+    status: Literal["active", "disabled"] | None = None
+
+
+class ServiceAccountPublic(Output):
+    id: uuid.UUID
+    name: str
+    description: str | None
+    team_id: uuid.UUID
+    business_owner_id: uuid.UUID
+    technical_owner_id: uuid.UUID
+    status: Literal["active", "disabled"]
+    created_at: datetime
+    updated_at: datetime
