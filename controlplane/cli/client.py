@@ -165,6 +165,11 @@ class Api:
     def id_of(self, kind: Kind, ref: str) -> str:
         return ref if is_id(ref) else str(self.find(kind, ref)["id"])
 
+    def set_status(self, kind: Kind, ref: str, status: str) -> dict[str, Any]:
+        """Change the status of the record ``ref`` names (a user, a service account); returns it."""
+        record: dict[str, Any] = self.patch(f"{kind.path}/{self.id_of(kind, ref)}", {"status": status})
+        return record
+
     def label(self, kind: Kind, ident: str | None) -> str:
         """A readable name for an id in a table cell (the id itself if it cannot be looked up)."""
         if not ident:

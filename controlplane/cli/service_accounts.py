@@ -63,9 +63,8 @@ def accounts_show(account: AccountRef, as_json: JsonOut = False) -> None:
 
 
 def _set_status(ref: str, status: str, as_json: bool, message: str) -> None:
-    api = connect()
-    account = api.patch(f"/service-accounts/{api.id_of(SERVICE_ACCOUNTS, ref)}", {"status": status})
-    done(as_json, account, message.format(name=account["name"]))
+    record = connect().set_status(SERVICE_ACCOUNTS, ref, status)
+    done(as_json, record, message.format(name=record["name"]))
 
 
 @app.command("disable")

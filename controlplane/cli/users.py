@@ -51,9 +51,8 @@ def users_show(user: UserRef, as_json: JsonOut = False) -> None:
 
 
 def _set_status(ref: str, status: str, as_json: bool, message: str) -> None:
-    api = connect()
-    user = api.patch(f"/users/{api.id_of(USERS, ref)}", {"status": status})
-    done(as_json, user, message.format(email=user["email"]))
+    record = connect().set_status(USERS, ref, status)
+    done(as_json, record, message.format(email=record["email"]))
 
 
 @app.command("suspend")
