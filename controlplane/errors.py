@@ -7,7 +7,8 @@
     ├── Invalid           422  validation beyond the schema (lifetime too long, …)
     ├── Unauthorized      401  credential_invalid, ingest_token_invalid
     ├── Forbidden         403  role_forbidden, team_forbidden
-    └── Unavailable       502  the identity provider could not be reached
+    ├── Unavailable       502  the identity provider could not be reached
+    └── ServiceUnavailable 503 database_unavailable (with Retry-After)
 
 Every code is a member of :class:`Code`, the one registry of the admin API's machine codes: response
 bodies, log events and metric labels use the same words. (The gateway's denial codes are
@@ -15,7 +16,9 @@ bodies, log events and metric labels use the same words. (The gateway's denial c
 
 A value the schema admits but PostgreSQL cannot store or compare (a NUL character in a text, a
 number past a column's range: SQLSTATE class 22, "data exception") is the client's error too: 422
-``value_invalid``, not a 500.
+``value_invalid``, not a 500. A database that cannot be reached, or that is shutting down or
+refusing connections, is a 503 ``database_unavailable`` with ``Retry-After``: nothing was written
+(every request is one transaction), and the same request will work once the database is back.
 
 Responses keep FastAPI's shape (``{"detail": …}``) and add ``code``, so clients can branch on it.
 :func:`responses` documents them in the OpenAPI document, so a client (or a schema-driven test) knows
@@ -25,12 +28,15 @@ every status an operation can answer and the body that comes with it.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, InterfaceError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 
 class Code(enum.StrEnum):
@@ -43,6 +49,8 @@ class Code(enum.StrEnum):
     CSRF_TOKEN_INVALID = "csrf_token_invalid"
     ROLE_FORBIDDEN = "role_forbidden"
     TEAM_FORBIDDEN = "team_forbidden"
+    # the service itself
+    DATABASE_UNAVAILABLE = "database_unavailable"
     # requests
     BODY_UNREADABLE = "body_unreadable"
     BODY_TOO_LARGE = "body_too_large"
@@ -136,6 +144,10 @@ class Unavailable(KeywardError):
     status_code = 502
 
 
+class ServiceUnavailable(KeywardError):
+    status_code = 503
+
+
 class ErrorBody(BaseModel):
     detail: str = Field(description="What went wrong, for a person.")
     code: str = Field(description="A stable machine code: credential_invalid, role_forbidden, team_not_found, …")
@@ -164,6 +176,7 @@ _DESCRIPTIONS = {
     413: "The body is larger than the control plane accepts (body_too_large).",
     422: "The request does not match the schema, or fails a check beyond it.",
     502: "The identity provider could not be reached.",
+    503: "The database cannot be reached right now (database_unavailable); retry after Retry-After seconds.",
 }
 
 
@@ -186,20 +199,63 @@ def responses(*statuses: int, body: bool = False) -> dict[int | str, dict[str, A
     return documented
 
 
-async def _handle(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, KeywardError)
+#: Seconds a client is asked to wait when the database is unavailable.
+RETRY_AFTER_SECONDS = 2
+#: SQLSTATEs of a database that is away, not of a bad request: connection exceptions (class 08),
+#: shutting down or not yet accepting connections (57P01-57P03), too many connections (53300).
+_UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+#: Replies for a 503 on paths whose protocol has its own error shape (SCIM), by path prefix.
+Shape = Callable[[int, str], JSONResponse]
+
+
+def _reply(exc: KeywardError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    if isinstance(exc, ServiceUnavailable):
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
     return JSONResponse({"detail": exc.message, "code": str(exc.code)}, status_code=exc.status_code, headers=headers)
 
 
-async def _handle_data(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, DBAPIError)
-    if str(getattr(exc.orig, "sqlstate", None) or "").startswith("22"):
-        return await _handle(request, Invalid(Code.VALUE_INVALID, "A value in the request is not one the database "
-                                              "takes (a NUL character, a number out of range)."))
-    raise exc
+async def _handle(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, KeywardError)
+    return _reply(exc)
 
 
-def install(app: FastAPI) -> None:
+def _database_away() -> ServiceUnavailable:
+    return ServiceUnavailable(Code.DATABASE_UNAVAILABLE, "The database cannot be reached right now; nothing was "
+                              f"changed. Retry in {RETRY_AFTER_SECONDS} seconds.")
+
+
+def install(app: FastAPI, *, shapes: dict[str, Shape] | None = None) -> None:
+    """Answer every typed error, and every database failure, as a JSON body with a stable code; on a
+    path with its own protocol (``shapes``), a database outage is answered in that protocol's shape."""
+
+    def unavailable(request: Request) -> JSONResponse:
+        error = _database_away()
+        for prefix, shape in (shapes or {}).items():
+            if request.url.path.startswith(prefix):
+                reply = shape(error.status_code, error.message)
+                reply.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+                return reply
+        return _reply(error)
+
+    async def data_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, DBAPIError)
+        state = str(getattr(exc.orig, "sqlstate", None) or "")
+        if state.startswith("22"):
+            return _reply(Invalid(Code.VALUE_INVALID, "A value in the request is not one the database takes "
+                                  "(a NUL character, a number out of range)."))
+        if exc.connection_invalidated or state.startswith(_UNAVAILABLE_STATES) or isinstance(exc, InterfaceError):
+            return unavailable(request)
+        raise exc
+
+    async def unreachable(request: Request, _exc: Exception) -> JSONResponse:
+        """No connection at all: refused, timed out, or none free in the pool within its timeout."""
+        return unavailable(request)
+
     app.add_exception_handler(KeywardError, _handle)
-    app.add_exception_handler(DBAPIError, _handle_data)
+    app.add_exception_handler(DBAPIError, data_error)
+    for kind in (OSError, PoolTimeout, asyncpg.exceptions.ConnectionDoesNotExistError,
+                 asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.TooManyConnectionsError):
+        app.add_exception_handler(kind, unreachable)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import FastAPI
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from controlplane import errors
@@ -27,6 +25,8 @@ from controlplane.api.routes import (
     users,
     web,
 )
+from controlplane.audit import signing
+from controlplane.background import Duty
 from controlplane.core.config import get_settings
 from controlplane.core.db import get_engine, get_sessionmaker
 from controlplane.scim import errors as scim_errors
@@ -82,40 +82,40 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _lifecycle_duties(interval: float) -> None:
-    """Expiry events and the dormant-token policy, off the request path. One replica at a time does
-    the work (a transaction-scoped advisory lock); the others skip that round."""
-    log = structlog.get_logger("controlplane.lifecycle")
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            async with get_sessionmaker()() as session, session.begin():
-                if await session.scalar(text("SELECT pg_try_advisory_xact_lock(4924001)")):
-                    expired = await lifecycle.record_expirations(session)
-                    retired = await lifecycle.retire_dormant(session)
-                    if expired or retired:
-                        log.info("lifecycle.applied", expired=expired, dormant_revoked=retired)
-        except (SQLAlchemyError, OSError) as exc:
-            log.warning("lifecycle.failed", error=f"{type(exc).__name__}: {exc}")
+async def _lifecycle_round() -> None:
+    """Expiry events and the dormant-token policy. One replica at a time does the work (a
+    transaction-scoped advisory lock); the others skip that round."""
+    async with get_sessionmaker()() as session, session.begin():
+        if await session.scalar(text("SELECT pg_try_advisory_xact_lock(4924001)")):
+            expired = await lifecycle.record_expirations(session)
+            retired = await lifecycle.retire_dormant(session)
+            if expired or retired:
+                structlog.get_logger("controlplane.lifecycle").info("lifecycle.applied", expired=expired,
+                                                                    dormant_revoked=retired)
 
 
 @asynccontextmanager
-async def _lifespan(_app: FastAPI) -> AsyncIterator[None]:
-    duties = asyncio.create_task(_lifecycle_duties(get_settings().lifecycle_interval_seconds))
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    duties = [Duty("lifecycle", get_settings().lifecycle_interval_seconds, _lifecycle_round)]
+    app.state.duties = duties
+    for duty in duties:
+        duty.start()
     yield
-    duties.cancel()
+    for duty in duties:
+        await duty.stop()
     await get_engine().dispose()
 
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    signing.install(signing.Signer(settings.audit_signing_key))
     app = FastAPI(
         title="Keyward control plane",
         version="0.1.0",
         description="Identities, personal access tokens and audit events for the Keyward AI gateway.",
         lifespan=_lifespan,
     )
-    errors.install(app)
+    errors.install(app, shapes={"/scim/": scim_errors.shape})
     app.add_exception_handler(ScimError, scim_errors.handle)
     app.include_router(scim_routes.router)
     app.include_router(health.router)

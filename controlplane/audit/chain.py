@@ -3,8 +3,14 @@
 Each audit table is one chain ordered by ``seq``. A record's hash is
 ``sha256(prev_hash || canonical(record))`` where the canonical form is compact JSON of the chain's
 name and the record's fields in a fixed order, timestamps in UTC with microseconds, UUIDs as text.
+Fields added after the first release (:data:`EXTENSIONS`) follow as one object of those that are set,
+and only when one is: a row written before they existed hashes exactly as it always did.
 The first record's predecessor is :data:`GENESIS`; after retention drops old partitions, the
 predecessor of the first remaining record is the hash pinned by a ``retention`` checkpoint.
+
+A chain alone proves order and integrity, not authorship: whoever can insert rows can compute
+sha256. Every head is therefore signed as well (:mod:`controlplane.audit.signing`), with a key the
+database never holds.
 
 The same :func:`link` is used when records are written (ingest, events) and when they are
 verified (``keyward audit verify``), so both sides agree by construction.
@@ -33,6 +39,13 @@ FIELDS: dict[str, tuple[str, ...]] = {
                "upstream_ms", "bytes_in", "bytes_out", "prompt_tokens", "completion_tokens"),
 }
 
+#: Fields hashed only when not null, after the fields above (see the module docstring).
+EXTENSIONS: dict[str, tuple[str, ...]] = {
+    EVENTS: (),
+    REQUESTS: ("sanitized",),
+    OUTCOMES: ("sanitized", "decided"),
+}
+
 #: Keys for pg_advisory_xact_lock: one writer per chain at a time, across every control-plane replica.
 LOCKS = {EVENTS: 0x4B57_0001, REQUESTS: 0x4B57_0002, OUTCOMES: 0x4B57_0003}
 
@@ -52,7 +65,10 @@ ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=Fa
 
 
 def canonical(chain: str, record: Mapping[str, Any]) -> bytes:
-    values = [chain, *(_plain(record[field]) for field in FIELDS[chain])]
+    values: list[Any] = [chain, *(_plain(record[field]) for field in FIELDS[chain])]
+    extended = {field: _plain(record[field]) for field in EXTENSIONS.get(chain, ()) if record.get(field) is not None}
+    if extended:
+        values.append(extended)
     return ENCODE(values).encode()
 
 

@@ -1,7 +1,8 @@
 """The events chain: who did what, through which door, recorded in the transaction of the change.
 
 Every mutating service function calls :func:`record_event` inside the caller's transaction, so a
-change and its audit record commit together or not at all. The transaction-scoped advisory lock
+change and its audit record commit together or not at all, with the signed checkpoint of the new
+head (:mod:`controlplane.audit.signing`). The transaction-scoped advisory lock
 serialises writers until commit, so ``seq`` and ``prev_hash`` always name the row committed just
 before; it is released with the transaction, whatever its outcome.
 """
@@ -15,7 +16,7 @@ from typing import Any
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from controlplane.audit import chain
+from controlplane.audit import chain, signing
 from controlplane.models import Event
 
 
@@ -57,4 +58,9 @@ async def record_event(
     event.hash = chain.link(chain.EVENTS, prev_hash, fields)
     session.add(event)
     await session.flush()
+    row = signing.current().checkpoint(chain.EVENTS, seq, event.hash)
+    await session.execute(
+        text("INSERT INTO audit_checkpoints (chain, seq, hash, kind, signature) "
+             "VALUES (:chain, :seq, :hash, :kind, :signature)"),
+        dict(zip(("chain", "seq", "hash", "kind", "signature"), row, strict=True)))
     return event

@@ -20,28 +20,59 @@ which is why the shipper sends large batches.
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import structlog
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
-from controlplane.audit import chain
+from controlplane.audit import chain, signing
 
 log = structlog.get_logger("controlplane.audit.ingest")
 
-CHECKPOINT_EVERY = 10_000
+#: The longest text a record keeps of a value the client chose; longer values are cut, not refused.
+TEXT_LIMIT = 512
+REQUEST_ID_LIMIT = 128
+Text = Annotated[str, StringConstraints(max_length=TEXT_LIMIT)]
+#: What PostgreSQL text cannot hold (NUL) or UTF-8 cannot encode (lone surrogates) becomes U+FFFD.
+_UNSTORABLE = {0: "\ufffd", **{code: "\ufffd" for code in range(0xD800, 0xE000)}}
 
-Text = Annotated[str, StringConstraints(max_length=512)]
+
+def storable(value: str, limit: int) -> str:
+    """``value`` as a text column can hold it: unstorable characters replaced, cut to ``limit``."""
+    if "\x00" in value or not value.isascii():
+        value = value.translate(_UNSTORABLE)
+    return value[:limit]
 
 
 class _Line(BaseModel):
+    """Lines are what a client's request became, so every text in one is made storable rather than
+    refused: one hostile value must never stop the lines behind it. A line that needed that says so
+    (``sanitized``), and so does its row."""
+
     model_config = ConfigDict(extra="forbid")
 
     at: AwareDatetime
-    request_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    request_id: Annotated[str, StringConstraints(min_length=1, max_length=REQUEST_ID_LIMIT)]
+    sanitized: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        changed = {}
+        for name, value in data.items():
+            if isinstance(value, str) and name not in ("at", "kind"):
+                fixed = storable(value, REQUEST_ID_LIMIT if name == "request_id" else TEXT_LIMIT)
+                if fixed != value:
+                    changed[name] = fixed
+        if not changed:
+            return data
+        return data | changed | {"sanitized": True}
 
 
 class DecisionLine(_Line):
@@ -71,7 +102,8 @@ class OutcomeLine(_Line):
     bytes_out: int | None = Field(default=None, ge=0)
     prompt_tokens: int | None = Field(default=None, ge=0)
     completion_tokens: int | None = Field(default=None, ge=0)
-    #: False when the request never got an authz decision (Envoy answered it alone).
+    #: False when Envoy answered without an authz decision (authz unreachable or too slow, a
+    #: malformed request): what the client saw was Envoy's answer, whatever authz may have recorded.
     decided: bool
     method: Text | None = None
     route: Text | None = None
@@ -117,11 +149,13 @@ def _envoy_record(line: OutcomeLine) -> dict[str, Any]:
     reason = line.details or line.response_flags or "unknown"
     return {"at": line.at, "request_id": line.request_id, "source": "envoy", "token_id": None, "user_id": None,
             "user_email": None, "team": None, "environment": None, "provider": None, "method": line.method,
-            "route": line.route, "model": None, "decision": f"envoy:{reason}"[:64], "status": line.status}
+            "route": line.route, "model": None, "decision": f"envoy:{reason}"[:64], "status": line.status,
+            "sanitized": line.sanitized}
 
 
-_RECORD_FIELDS = tuple(f for f in chain.FIELDS[chain.REQUESTS] if f not in ("seq", "source"))
-_OUTCOME_FIELDS = tuple(f for f in chain.FIELDS[chain.OUTCOMES] if f != "seq")
+_RECORD_FIELDS = tuple(f for f in (*chain.FIELDS[chain.REQUESTS], *chain.EXTENSIONS[chain.REQUESTS])
+                       if f not in ("seq", "source"))
+_OUTCOME_FIELDS = tuple(f for f in (*chain.FIELDS[chain.OUTCOMES], *chain.EXTENSIONS[chain.OUTCOMES]) if f != "seq")
 
 
 def split(batch: IngestBatch) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -143,8 +177,23 @@ def split(batch: IngestBatch) -> tuple[list[dict[str, Any]], list[dict[str, Any]
 
 
 def parse_body(body: bytes | str) -> IngestBatch:
-    """Validate a request body (JSON) into a batch without building Python objects for the JSON first."""
-    return IngestBatch.model_validate_json(body)
+    """Validate a request body (JSON) into a batch without building Python objects for the JSON first.
+
+    A body pydantic's strict JSON reader refuses for its characters alone (bytes that are not UTF-8,
+    an escaped lone surrogate) is read again leniently, so those lines are stored, sanitized, rather
+    than refused with every good line of the batch."""
+    try:
+        return IngestBatch.model_validate_json(body)
+    except ValidationError as exc:
+        if not any(error["type"] == "json_invalid" for error in exc.errors()):
+            raise
+        strict = exc
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):
+        raise strict from None
+    return IngestBatch.model_validate(document)
 
 
 # -- the chain, fast --------------------------------------------------------------------------------
@@ -162,25 +211,32 @@ def _text(value: Any) -> Any:
 
 def _converters(table: str) -> tuple[Callable[[Any], Any] | None, ...]:
     """Per chain field, how :func:`chain._plain` would change its value (None: it would not). Only
-    ``at`` (a datetime) and the UUID columns can hold anything but text, numbers and nulls here."""
+    ``at`` (a datetime) and the UUID columns can hold anything but text, numbers, booleans and nulls."""
     special: dict[str, Callable[[Any], Any]] = {"at": _iso, "token_id": _text, "user_id": _text}
-    return tuple(special.get(name) for name in chain.FIELDS[table] if name != "seq")
+    return tuple(special.get(name) for name in _COLUMNS[table])
 
 
+#: The columns a batch writes, in order: the chain's fields (``seq`` first), then its extensions.
+_COLUMNS = {table: (*chain.FIELDS[table][1:], *chain.EXTENSIONS[table]) for table in (chain.REQUESTS, chain.OUTCOMES)}
 _CONVERTERS = {table: _converters(table) for table in (chain.REQUESTS, chain.OUTCOMES)}
 
 
 def _digests(table: str, prev_hash: bytes, first_seq: int, rows: Sequence[Sequence[Any]]) -> list[bytes]:
-    """The chain hashes of ``rows`` (values in chain field order, ``seq`` excluded), linked from
+    """The chain hashes of ``rows`` (values in :data:`_COLUMNS` order, ``seq`` excluded), linked from
     ``prev_hash``: byte for byte what :func:`chain.link` computes, without a dict or an encoder per row."""
     converters = _CONVERTERS[table]
+    extensions = chain.EXTENSIONS[table]
+    base = len(converters) - len(extensions)
     sha256 = hashlib.sha256
     digests = []
     seq = first_seq
     for row in rows:
         values: list[Any] = [table, seq]
         values.extend([value if convert is None else convert(value)
-                       for convert, value in zip(converters, row, strict=True)])
+                       for convert, value in zip(converters[:base], row[:base], strict=True)])
+        extended = {name: value for name, value in zip(extensions, row[base:], strict=True) if value is not None}
+        if extended:
+            values.append(extended)
         prev_hash = sha256(prev_hash + _canonical_encode(values).encode()).digest()
         digests.append(prev_hash)
         seq += 1
@@ -208,6 +264,21 @@ class Ingestor:
             await connection.execute("SELECT keyward_ensure_audit_partition($1)", month)
             self._months.add(month)
 
+    @staticmethod
+    async def _recorded(connection: Any, rows: Sequence[dict[str, Any]]) -> set[str]:
+        """Request ids among Envoy's own records that already have a record (an authz decision in
+        this batch or in the store): one request, one record, whichever line arrived first."""
+        envoy = [row for row in rows if row["source"] == "envoy"]
+        if not envoy:
+            return set()
+        decided = {row["request_id"] for row in rows if row["source"] == "authz"}
+        stored = await connection.fetch(
+            "SELECT k.request_id FROM unnest($1::text[], $2::timestamptz[]) AS k(request_id, at)"
+            " CROSS JOIN LATERAL (SELECT 1 FROM request_records r WHERE r.request_id = k.request_id"
+            " AND r.at BETWEEN k.at - interval '1 hour' AND k.at + interval '1 hour' LIMIT 1) AS stored",
+            [row["request_id"] for row in envoy], [row["at"] for row in envoy])
+        return decided | {r["request_id"] for r in stored}
+
     async def _append(self, connection: Any, table: str, rows: Sequence[dict[str, Any]]) -> int:
         if not rows:
             return 0
@@ -224,19 +295,19 @@ class Ingestor:
             [row["request_id"] for row in rows], [row["at"] for row in rows],
         )
         seen = {(r["request_id"], r["at"]) for r in existing}
+        recorded = await self._recorded(connection, rows) if table == chain.REQUESTS else set()
         fresh = []
         for row in sorted(rows, key=lambda r: r["at"]):
             key = (row["request_id"], row["at"])
-            if key not in seen:
+            if key not in seen and not (row.get("source") == "envoy" and row["request_id"] in recorded):
                 seen.add(key)
                 fresh.append(row)
         if not fresh:
             return 0
         head = await connection.fetchrow(f"SELECT seq, hash FROM {table} ORDER BY seq DESC LIMIT 1")  # noqa: S608
         seq, prev_hash = (head["seq"], bytes(head["hash"])) if head else (0, chain.GENESIS)
-        fields = chain.FIELDS[table][1:]  # every chain field but seq, which comes first
         assert chain.FIELDS[table][0] == "seq"
-        values = [[row[name] for name in fields] for row in fresh]
+        values = [[row[name] for name in _COLUMNS[table]] for row in fresh]
         digests = _digests(table, prev_hash, seq + 1, values)
         # The fast hashes must be chain.link's: prove it on the batch's first row (a mismatch would
         # only show at the next verify, as a store that looks tampered with).
@@ -247,17 +318,13 @@ class Ingestor:
             for number, row in enumerate(fresh, start=seq + 1):
                 digests.append(chain.link(table, digests[-1] if digests else prev_hash, row | {"seq": number}))
         tuples = []
-        checkpoints = []
         link_from = prev_hash
         for number, (row_values, digest) in enumerate(zip(values, digests, strict=True), start=seq + 1):
             tuples.append((number, *row_values, link_from, digest))
-            if number % CHECKPOINT_EVERY == 0:
-                checkpoints.append((table, number, digest, "periodic"))
             link_from = digest
-        columns = [*chain.FIELDS[table], "prev_hash", "hash"]
+        columns = ["seq", *_COLUMNS[table], "prev_hash", "hash"]
         await connection.copy_records_to_table(table, records=tuples, columns=columns)
-        if checkpoints:
-            await connection.executemany(
-                "INSERT INTO audit_checkpoints (chain, seq, hash, kind) VALUES ($1, $2, $3, $4)", checkpoints
-            )
+        await connection.execute(
+            "INSERT INTO audit_checkpoints (chain, seq, hash, kind, signature) VALUES ($1, $2, $3, $4, $5)",
+            *signing.current().checkpoint(table, seq + len(fresh), link_from))
         return len(fresh)

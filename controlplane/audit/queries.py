@@ -114,10 +114,9 @@ async def request_page(session: AsyncSession, filters: RequestFilter, *, cursor:
     """One page of requests in ``(at, seq)`` order, and where the next page starts (None: the last)."""
     if cursor is not None:
         at, seq = cursor
-        try:
-            filters.after = (at, int(seq))
-        except ValueError as exc:
-            raise Invalid(Code.CURSOR_INVALID, "The cursor is not one this API issued.") from exc
+        if not isinstance(at, datetime) or at.tzinfo is None or not seq.isdigit():
+            raise Invalid(Code.CURSOR_INVALID, "The cursor is not one this API issued.")
+        filters.after = (at, int(seq))
     query, params = filters.sql(limit=limit + 1)
     rows = [dict(row) for row in (await session.execute(text(query), params)).mappings().all()]
     following = (rows[limit - 1]["at"], rows[limit - 1]["seq"]) if len(rows) > limit else None
@@ -161,10 +160,9 @@ async def event_page(session: AsyncSession, filters: EventFilter, *, cursor: str
                      limit: int) -> dict[str, Any]:
     after = None
     if cursor:
-        try:
-            after = int(cursor)
-        except ValueError as exc:
-            raise Invalid(Code.CURSOR_INVALID, "The cursor is not one this API issued.") from exc
+        if not cursor.isdigit() or len(cursor) > 18:  # a bigint, as this API issues it
+            raise Invalid(Code.CURSOR_INVALID, "The cursor is not one this API issued.")
+        after = int(cursor)
     query, params = filters.sql(after_seq=after)
     rows = (await session.execute(text(query + " LIMIT :limit"), params | {"limit": limit + 1})).mappings().all()
     return {"items": [dict(r) for r in rows[:limit]],

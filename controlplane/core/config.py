@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Shared with authz, which must not import control-plane code: one definition of each rule.
 from authz.config import sqlalchemy_url
 from authz.tokens import check_hash_key
+from controlplane.audit.signing import check_private_key
 
 
 class OidcSettings(BaseModel):
@@ -64,6 +65,8 @@ class Settings(OidcSettings, BaseSettings):
 
     #: Signs the short-lived sign-in state cookie and derives CSRF tokens (the runner generates one).
     session_secret: str | None = Field(default=None, min_length=32)
+    #: Signs every audit chain head (Ed25519 seed, base64); the database never holds it.
+    audit_signing_key: str
 
     @field_validator("database_url")
     @classmethod
@@ -74,6 +77,11 @@ class Settings(OidcSettings, BaseSettings):
     @classmethod
     def _hex_key(cls, value: str) -> str:
         return check_hash_key(value)
+
+    @field_validator("audit_signing_key")
+    @classmethod
+    def _signing_key(cls, value: str) -> str:
+        return check_private_key(value)
 
     @model_validator(mode="after")
     def _production_secrets(self) -> Settings:

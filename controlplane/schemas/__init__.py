@@ -16,6 +16,8 @@ from controlplane.schemas.access import (
     ScimConnectionPublic,
     ScimCredentialIssued,
     ScimCredentialPublic,
+    ScimHandedOver,
+    ScimHandover,
     WhoAmI,
 )
 from controlplane.schemas.audit import (
@@ -107,6 +109,8 @@ __all__ = [
     "ScimConnectionPublic",
     "ScimCredentialIssued",
     "ScimCredentialPublic",
+    "ScimHandedOver",
+    "ScimHandover",
     "ServiceAccountCreate",
     "ServiceAccountPublic",
     "ServiceAccountUpdate",

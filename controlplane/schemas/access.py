@@ -76,3 +76,16 @@ class ScimCredentialIssued(ScimCredentialPublic):
 class ScimConnectionIssued(BaseModel):
     connection: ScimConnectionPublic
     credential: ScimCredentialIssued
+
+
+class ScimHandover(Input):
+    """Users and teams (groups) an admin hands over to a SCIM connection, which from then on manages
+    them: it sees them, and may change, deactivate or delete them."""
+
+    user_ids: list[uuid.UUID] = Field(default_factory=list, max_length=1000)
+    team_ids: list[uuid.UUID] = Field(default_factory=list, max_length=1000)
+
+
+class ScimHandedOver(BaseModel):
+    users: int
+    teams: int

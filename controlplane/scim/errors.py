@@ -63,3 +63,8 @@ def response(error: ScimError) -> JSONResponse:
 async def handle(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ScimError)
     return response(exc)
+
+
+def shape(status: int, detail: str) -> JSONResponse:
+    """Any status and message as a SCIM error (for failures raised outside the SCIM routes' own code)."""
+    return response(ScimError(status, detail))

@@ -126,7 +126,7 @@ async def _from_body(request: Request) -> Search:
 
 
 @router.get("/ServiceProviderConfig")
-async def service_provider_config(_c: ConnectionDep) -> JSONResponse:
+async def service_provider_config(connection: ConnectionDep) -> JSONResponse:
     config = ServiceProviderConfig.model_validate({
         "documentationUri": "https://github.com/keyward/keyward#scim",
         "patch": {"supported": True},
@@ -160,13 +160,13 @@ def _list(resources: list[dict[str, Any]], total: int, start: int) -> dict[str, 
 
 
 @router.get("/ResourceTypes")
-async def resource_types(request: Request, _c: ConnectionDep) -> JSONResponse:
+async def resource_types(request: Request, connection: ConnectionDep) -> JSONResponse:
     types = _resource_types(_base(request))
     return _reply(_list(types, len(types), 1))
 
 
 @router.get("/ResourceTypes/{name}")
-async def resource_type(name: str, request: Request, _c: ConnectionDep) -> JSONResponse:
+async def resource_type(name: str, request: Request, connection: ConnectionDep) -> JSONResponse:
     for item in _resource_types(_base(request)):
         if item["id"] == name:
             return _reply(item)
@@ -184,13 +184,13 @@ def _schemas(base: str) -> list[dict[str, Any]]:
 
 
 @router.get("/Schemas")
-async def schemas(request: Request, _c: ConnectionDep) -> JSONResponse:
+async def schemas(request: Request, connection: ConnectionDep) -> JSONResponse:
     documents = _schemas(_base(request))
     return _reply(_list(documents, len(documents), 1))
 
 
 @router.get("/Schemas/{schema_id}")
-async def schema(schema_id: str, request: Request, _c: ConnectionDep) -> JSONResponse:
+async def schema(schema_id: str, request: Request, connection: ConnectionDep) -> JSONResponse:
     for document in _schemas(_base(request)):
         if document["id"] == schema_id:
             return _reply(document)
@@ -211,7 +211,8 @@ async def _search(request: Request, session: AsyncSession, search: Search, *, mo
     return _reply(_list(resources, total, search.start))
 
 
-async def _search_users(request: Request, session: AsyncSession, search: Search) -> JSONResponse:
+async def _search_users(request: Request, session: AsyncSession, connection: store.Connection,
+                        search: Search) -> JSONResponse:
     async def prepare(session: AsyncSession, rows: Any) -> Any:
         teams = await store.teams_of(session, [row.id for row in rows])
 
@@ -220,18 +221,18 @@ async def _search_users(request: Request, session: AsyncSession, search: Search)
 
         return render
 
-    return await _search(request, session, search, model=UserRow, live=store.live_users(),
+    return await _search(request, session, search, model=UserRow, live=store.live_users(connection),
                          translator=store.USER_FILTER, render=store.user_document, prepare=prepare)
 
 
 @router.get("/Users")
-async def list_users(request: Request, session: SessionDep, _c: ConnectionDep) -> JSONResponse:
-    return await _search_users(request, session, _from_query(request))
+async def list_users(request: Request, session: SessionDep, connection: ConnectionDep) -> JSONResponse:
+    return await _search_users(request, session, connection, _from_query(request))
 
 
 @router.post("/Users/.search")
-async def search_users(request: Request, session: SessionDep, _c: ConnectionDep) -> JSONResponse:
-    return await _search_users(request, session, await _from_body(request))
+async def search_users(request: Request, session: SessionDep, connection: ConnectionDep) -> JSONResponse:
+    return await _search_users(request, session, connection, await _from_body(request))
 
 
 @router.post("/Users")
@@ -242,8 +243,8 @@ async def create_user(request: Request, session: SessionDep, connection: Connect
 
 
 @router.get("/Users/{user_id}")
-async def get_user(user_id: str, request: Request, session: SessionDep, _c: ConnectionDep) -> JSONResponse:
-    user = await store.get_user(session, user_id)
+async def get_user(user_id: str, request: Request, session: SessionDep, connection: ConnectionDep) -> JSONResponse:
+    user = await store.get_user(session, connection, user_id)
     search = _from_query(request)
     return _reply(project(await store.user_document(session, user, _base(request)), search.attributes,
                           search.excluded))
@@ -252,14 +253,14 @@ async def get_user(user_id: str, request: Request, session: SessionDep, _c: Conn
 @router.put("/Users/{user_id}")
 async def replace_user(user_id: str, request: Request, session: SessionDep,
                        connection: ConnectionDep) -> JSONResponse:
-    user = await store.get_user(session, user_id)
+    user = await store.get_user(session, connection, user_id)
     user = await store.replace_user(session, connection, user, await _body(request))
     return _reply(await store.user_document(session, user, _base(request)))
 
 
 @router.patch("/Users/{user_id}")
 async def patch_user(user_id: str, request: Request, session: SessionDep, connection: ConnectionDep) -> JSONResponse:
-    user = await store.get_user(session, user_id)
+    user = await store.get_user(session, connection, user_id)
     body = await _body(request)
     base = _base(request)
     current = await store.user_document(session, user, base)
@@ -272,7 +273,7 @@ async def patch_user(user_id: str, request: Request, session: SessionDep, connec
 
 @router.delete("/Users/{user_id}")
 async def delete_user(user_id: str, session: SessionDep, connection: ConnectionDep) -> Response:
-    user = await store.get_user(session, user_id)
+    user = await store.get_user(session, connection, user_id)
     await store.delete_user(session, connection, user)
     return Response(status_code=204)
 
@@ -286,24 +287,25 @@ def _wants_members(attributes: list[str] | None, excluded: list[str] | None) -> 
     return not attributes or "members" in attributes
 
 
-async def _search_groups(request: Request, session: AsyncSession, search: Search) -> JSONResponse:
+async def _search_groups(request: Request, session: AsyncSession, connection: store.Connection,
+                         search: Search) -> JSONResponse:
     members = _wants_members(search.attributes, search.excluded)
 
     async def render(session: AsyncSession, team: Team, base: str) -> dict[str, Any]:
         return await store.group_document(session, team, base, members=members)
 
-    return await _search(request, session, search, model=Team, live=store.live_groups(),
+    return await _search(request, session, search, model=Team, live=store.live_groups(connection),
                          translator=store.GROUP_FILTER, render=render)
 
 
 @router.get("/Groups")
-async def list_groups(request: Request, session: SessionDep, _c: ConnectionDep) -> JSONResponse:
-    return await _search_groups(request, session, _from_query(request))
+async def list_groups(request: Request, session: SessionDep, connection: ConnectionDep) -> JSONResponse:
+    return await _search_groups(request, session, connection, _from_query(request))
 
 
 @router.post("/Groups/.search")
-async def search_groups(request: Request, session: SessionDep, _c: ConnectionDep) -> JSONResponse:
-    return await _search_groups(request, session, await _from_body(request))
+async def search_groups(request: Request, session: SessionDep, connection: ConnectionDep) -> JSONResponse:
+    return await _search_groups(request, session, connection, await _from_body(request))
 
 
 @router.post("/Groups")
@@ -314,8 +316,8 @@ async def create_group(request: Request, session: SessionDep, connection: Connec
 
 
 @router.get("/Groups/{group_id}")
-async def get_group(group_id: str, request: Request, session: SessionDep, _c: ConnectionDep) -> JSONResponse:
-    team = await store.get_group(session, group_id)
+async def get_group(group_id: str, request: Request, session: SessionDep, connection: ConnectionDep) -> JSONResponse:
+    team = await store.get_group(session, connection, group_id)
     search = _from_query(request)
     document = await store.group_document(session, team, _base(request),
                                           members=_wants_members(search.attributes, search.excluded))
@@ -325,14 +327,14 @@ async def get_group(group_id: str, request: Request, session: SessionDep, _c: Co
 @router.put("/Groups/{group_id}")
 async def replace_group(group_id: str, request: Request, session: SessionDep,
                         connection: ConnectionDep) -> JSONResponse:
-    team = await store.get_group(session, group_id)
+    team = await store.get_group(session, connection, group_id)
     team = await store.replace_group(session, connection, team, await _body(request))
     return _reply(await store.group_document(session, team, _base(request)))
 
 
 @router.patch("/Groups/{group_id}")
 async def patch_group(group_id: str, request: Request, session: SessionDep, connection: ConnectionDep) -> Response:
-    team = await store.get_group(session, group_id)
+    team = await store.get_group(session, connection, group_id)
     body = await _body(request)
     base = _base(request)
     current = await store.group_document(session, team, base)
@@ -349,13 +351,13 @@ async def patch_group(group_id: str, request: Request, session: SessionDep, conn
 
 @router.delete("/Groups/{group_id}")
 async def delete_group(group_id: str, session: SessionDep, connection: ConnectionDep) -> Response:
-    team = await store.get_group(session, group_id)
+    team = await store.get_group(session, connection, group_id)
     await store.delete_group(session, connection, team)
     return Response(status_code=204)
 
 
 @router.post("/.search")
-async def search_all(request: Request, session: SessionDep, _c: ConnectionDep) -> JSONResponse:
+async def search_all(request: Request, session: SessionDep, connection: ConnectionDep) -> JSONResponse:
     """A search across users and groups (RFC 7644 §3.4.3). A filter naming an attribute only one type
     has selects from that type; one that neither type knows is an invalidFilter error."""
     search = await _from_body(request)
@@ -364,7 +366,7 @@ async def search_all(request: Request, session: SessionDep, _c: ConnectionDep) -
     errors: list[ScimError] = []
     for searcher in (_search_users, _search_groups):
         try:
-            reply = await searcher(request, session, Search(search.filter, 1, MAX_COUNT, search.attributes,
+            reply = await searcher(request, session, connection, Search(search.filter, 1, MAX_COUNT, search.attributes,
                                                             search.excluded))
         except ScimError as exc:
             errors.append(exc)
@@ -382,7 +384,7 @@ _READ_ONLY = {"ServiceProviderConfig", "ResourceTypes", "Schemas"}
 
 
 @router.api_route("/{anything:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"])
-async def unknown(anything: str, _c: ConnectionDep) -> Response:
+async def unknown(anything: str, connection: ConnectionDep) -> Response:
     """Anything else under /scim/v2 is a SCIM error, not the framework's."""
     if anything.split("/")[0] in _READ_ONLY:
         raise ScimError(405, f"/{anything} is read-only")

@@ -7,6 +7,11 @@
   connection. Reactivation restores the account but never resurrects a token.
 * Groups are teams; adding a member grants the team's access profile, removing one narrows their
   tokens for that team at once (authz hears about it through NOTIFY).
+* Each connection sees and changes only what it provisioned: its own users and groups, and as group
+  members only its own users. People an admin created, or another IdP pushed, are invisible to it
+  (a 404, or a ``uniqueness`` conflict naming the way out) until an admin hands them over
+  (``POST /api/v1/scim-connections/{id}/adopt``). So one IdP can never deprovision, rename or
+  enlist someone it does not manage.
 """
 
 from __future__ import annotations
@@ -116,20 +121,28 @@ async def _user_named(session: AsyncSession, user_name: str, exclude: uuid.UUID 
     return await session.scalar(query)
 
 
-async def _live(session: AsyncSession, model: Any, kind: str, ident: str) -> Any:
-    """The row ``ident`` names, if it exists and was not deleted through SCIM; a SCIM 404 otherwise."""
+async def _live(session: AsyncSession, connection: Connection, model: Any, kind: str, ident: str) -> Any:
+    """The row ``ident`` names, if it exists, was not deleted through SCIM and belongs to this
+    connection; a SCIM 404 otherwise (another owner's row is not this connection's to see)."""
     try:
         key = uuid.UUID(ident)
     except ValueError as exc:
         raise ScimError.not_found(f"{kind} {ident} not found") from exc
     row = await session.get(model, key)
-    if row is None or row.deleted_at is not None:
+    if row is None or row.deleted_at is not None or row.scim_connection_id != connection.id:
         raise ScimError.not_found(f"{kind} {ident} not found")
     return row
 
 
-async def get_user(session: AsyncSession, user_id: str) -> UserRow:
-    user: UserRow = await _live(session, UserRow, "User", user_id)
+def _taken(kind: str, name: str, row: Any, connection: Connection) -> ScimError:
+    if row.scim_connection_id == connection.id:
+        return ScimError.uniqueness(f"{kind} {name} is taken")
+    return ScimError.uniqueness(f"{kind} {name} exists in Keyward but was not provisioned by this connection; "
+                                "an admin can hand it over (POST /api/v1/scim-connections/{id}/adopt)")
+
+
+async def get_user(session: AsyncSession, connection: Connection, user_id: str) -> UserRow:
+    user: UserRow = await _live(session, connection, UserRow, "User", user_id)
     return user
 
 
@@ -144,8 +157,8 @@ def _name_parts(attributes: dict[str, Any]) -> tuple[str | None, str | None, str
 async def create_user(session: AsyncSession, connection: Connection, payload: Any) -> UserRow:
     attributes = _validate_user(payload, Context.RESOURCE_CREATION_REQUEST)
     user_name = attributes["userName"]
-    if await _user_named(session, user_name):
-        raise ScimError.uniqueness(f"userName {user_name} is taken")
+    if (existing := await _user_named(session, user_name)) is not None:
+        raise _taken("userName", user_name, existing, connection)
     display, given, family = _name_parts(attributes)
     active = attributes.get("active", True) is not False
     user = UserRow(id=uuid.uuid4(), email=user_name, display_name=display, given_name=given, family_name=family,
@@ -168,8 +181,8 @@ def _stored(attributes: dict[str, Any]) -> dict[str, Any]:
 async def replace_user(session: AsyncSession, connection: Connection, user: UserRow, payload: Any) -> UserRow:
     attributes = _validate_user(payload, Context.RESOURCE_REPLACEMENT_REQUEST)
     user_name = attributes["userName"]
-    if await _user_named(session, user_name, exclude=user.id):
-        raise ScimError.uniqueness(f"userName {user_name} is taken")
+    if (existing := await _user_named(session, user_name, exclude=user.id)) is not None:
+        raise _taken("userName", user_name, existing, connection)
     before = {"userName": user.email, "active": user.status == "active", "externalId": user.external_id}
     display, given, family = _name_parts(attributes)
     user.email, user.display_name, user.given_name, user.family_name = user_name, display, given, family
@@ -186,15 +199,19 @@ async def replace_user(session: AsyncSession, connection: Connection, user: User
 
 
 async def _set_active(session: AsyncSession, connection: Connection, user: UserRow, active: bool) -> None:
-    was_active = user.status == "active"
-    if was_active and not active:
+    """Deactivation deprovisions whatever the user's state (an admin may have suspended them first) and
+    revokes every live token; reactivation undoes only a deprovisioning and never revives a token. An
+    admin's suspension is the admin's to lift: the IdP saying "active" does not lift it."""
+    if not active:
+        was = user.status
         user.status = "deprovisioned"
         await session.flush()
         revoked = await lifecycle.revoke_where(session, actor=connection.actor, user_id=user.id,
-                                            reason=f"deprovisioned by SCIM connection {connection.name}")
-        await record_event(session, actor=connection.actor, action="scim.deprovision", target_type="user",
-                           target_id=str(user.id), after={"tokens_revoked": revoked})
-    elif active and not was_active:
+                                               reason=f"deprovisioned by SCIM connection {connection.name}")
+        if was != "deprovisioned" or revoked:
+            await record_event(session, actor=connection.actor, action="scim.deprovision", target_type="user",
+                               target_id=str(user.id), after={"tokens_revoked": revoked, "was": was})
+    elif user.status == "deprovisioned":
         user.status = "active"  # old tokens stay revoked: reactivation never resurrects them
         await record_event(session, actor=connection.actor, action="scim.reactivate", target_type="user",
                            target_id=str(user.id))
@@ -266,8 +283,8 @@ async def group_document(session: AsyncSession, team: Team, base: str, *, member
     return document
 
 
-async def get_group(session: AsyncSession, group_id: str) -> Team:
-    team: Team = await _live(session, Team, "Group", group_id)
+async def get_group(session: AsyncSession, connection: Connection, group_id: str) -> Team:
+    team: Team = await _live(session, connection, Team, "Group", group_id)
     return team
 
 
@@ -296,8 +313,8 @@ async def _team_named(session: AsyncSession, name: str, exclude: uuid.UUID | Non
 
 async def create_group(session: AsyncSession, connection: Connection, payload: Any) -> Team:
     fields = _validate_group(payload, Context.RESOURCE_CREATION_REQUEST)
-    if await _team_named(session, fields["displayName"]):
-        raise ScimError.uniqueness(f"displayName {fields['displayName']} is taken")
+    if (existing := await _team_named(session, fields["displayName"])) is not None:
+        raise _taken("displayName", fields["displayName"], existing, connection)
     team = Team(id=uuid.uuid4(), name=fields["displayName"], external_id=fields["externalId"],
                 scim_connection_id=connection.id)
     session.add(team)
@@ -319,7 +336,8 @@ async def set_members(session: AsyncSession, connection: Connection, team: Team,
         except ValueError as exc:
             raise ScimError.invalid_value(f"member {value!r} is not a user id") from exc
     existing_users = set((await session.scalars(
-        select(UserRow.id).where(UserRow.id.in_(wanted_ids), UserRow.deleted_at.is_(None)))).all())
+        select(UserRow.id).where(UserRow.id.in_(wanted_ids), UserRow.deleted_at.is_(None),
+                                 UserRow.scim_connection_id == connection.id))).all())
     unknown = wanted_ids - existing_users
     if unknown:
         raise ScimError.invalid_value(f"unknown member(s): {', '.join(sorted(map(str, unknown)))}")
@@ -341,8 +359,8 @@ async def set_members(session: AsyncSession, connection: Connection, team: Team,
 
 async def replace_group(session: AsyncSession, connection: Connection, team: Team, payload: Any) -> Team:
     fields = _validate_group(payload, Context.RESOURCE_REPLACEMENT_REQUEST)
-    if await _team_named(session, fields["displayName"], exclude=team.id):
-        raise ScimError.uniqueness(f"displayName {fields['displayName']} is taken")
+    if (existing := await _team_named(session, fields["displayName"], exclude=team.id)) is not None:
+        raise _taken("displayName", fields["displayName"], existing, connection)
     if (team.name, team.external_id) != (fields["displayName"], fields["externalId"]):
         before = {"displayName": team.name, "externalId": team.external_id}
         team.name, team.external_id = fields["displayName"], fields["externalId"]
@@ -367,9 +385,9 @@ async def delete_group(session: AsyncSession, connection: Connection, team: Team
                        target_id=str(team.id))
 
 
-def live_users() -> ColumnElement[bool]:
-    return and_(UserRow.deleted_at.is_(None))
+def live_users(connection: Connection) -> ColumnElement[bool]:
+    return and_(UserRow.deleted_at.is_(None), UserRow.scim_connection_id == connection.id)
 
 
-def live_groups() -> ColumnElement[bool]:
-    return Team.deleted_at.is_(None)
+def live_groups(connection: Connection) -> ColumnElement[bool]:
+    return and_(Team.deleted_at.is_(None), Team.scim_connection_id == connection.id)

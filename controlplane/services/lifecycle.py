@@ -217,6 +217,8 @@ async def rotate(
         user_id=old.user_id, service_account_id=old.service_account_id, team_id=old.team_id,
         name=data.name or old.name, environment=old.environment, models=old.models, scopes=old.scopes,  # type: ignore[arg-type]
     )
+    # The successor is a new token: its owner must still be allowed one (active, still in the team).
+    await resolve_team(session, request)
     new, secret = await mint(session, actor=actor, data=request, team_id=old.team_id, hash_key=hash_key,
                              rotated_from=old.id)
     deadline = now + timedelta(hours=data.grace_hours)

@@ -99,6 +99,14 @@ def decode_cursor(cursor: str) -> tuple[Any, str]:
         raise _cursor_invalid() from exc
 
 
+def _sorts_as(value: Any, sort: Any) -> bool:
+    """Whether a cursor's value has the type of the sort key it continues: a timestamp, or else text
+    (every other sort key is text, ``lower(name)`` included, whose SQL type SQLAlchemy does not know)."""
+    if sort.type.python_type is datetime:
+        return isinstance(value, datetime) and value.tzinfo is not None
+    return isinstance(value, str)
+
+
 async def paginate(
     session: AsyncSession,
     query: Select,
@@ -120,6 +128,8 @@ async def paginate(
             ident = id_col.type.python_type(row_id)
         except (ValueError, TypeError) as exc:
             raise _cursor_invalid() from exc
+        if not _sorts_as(value, sort):  # a cursor edited by hand, or issued for another sort order
+            raise _cursor_invalid()
         key_now, key_then = tuple_(sort, id_col), tuple_(value, ident)
         after = key_now < key_then if descending else key_now > key_then
         key = key.where(after)

@@ -2,6 +2,9 @@
 (``kw_scim_…``) that SCIM, and only SCIM, accepts.
 
 Two credentials can be valid at once: mint the new one, switch the IdP over, then revoke the old.
+
+A connection manages only what it provisioned (:mod:`controlplane.scim.store`); :func:`hand_over` is
+the admin's explicit act that gives it people or teams it did not create.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane import schemas
 from controlplane.audit.events import Actor, record_event
 from controlplane.errors import Code, Conflict, NotFound
-from controlplane.models import ScimConnection, ScimCredential
+from controlplane.models import ScimConnection, ScimCredential, Team, User
 from controlplane.services import credentials
 from controlplane.services.rows import get_or_404, paginate
 
@@ -87,3 +90,27 @@ async def authenticate(session: AsyncSession, presented: str, *, hash_key: bytes
                                                 table=ScimCredential)
     return None if credential is None else await session.get(ScimConnection, credential.connection_id)
 
+
+
+async def hand_over(session: AsyncSession, *, actor: Actor, connection_id: uuid.UUID,
+                    data: schemas.ScimHandover) -> dict[str, int]:
+    """Make the connection the manager of these users and teams, one event each (before: who managed
+    it until now; None: Keyward's admins)."""
+    connection = await get_connection(session, connection_id=connection_id)
+    counts = {"users": 0, "teams": 0}
+    for model, ids, kind, code, label in ((User, data.user_ids, "users", Code.USER_NOT_FOUND, "user"),
+                                          (Team, data.team_ids, "teams", Code.TEAM_NOT_FOUND, "team")):
+        for ident in dict.fromkeys(ids):
+            row: Any = await get_or_404(session, model, ident, code=code, label=label)
+            if row.deleted_at is not None:
+                raise NotFound(code, f"No {label} with id {ident}.")
+            if row.scim_connection_id == connection.id:
+                continue
+            before = {"scim_connection_id": str(row.scim_connection_id) if row.scim_connection_id else None}
+            row.scim_connection_id = connection.id
+            await record_event(session, actor=actor, action="scim.handed_over", target_type=label,
+                               target_id=str(ident), before=before,
+                               after={"scim_connection_id": str(connection.id), "connection": connection.name})
+            counts[kind] += 1
+    await session.flush()
+    return counts

@@ -30,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controlplane.audit import signing
 from controlplane.core.config import OidcSettings
 from controlplane.migrate import upgrade
 from controlplane.stack.embedded_pg import APP_ROLE, EmbeddedPostgres, with_user
@@ -190,6 +191,8 @@ class Stack:
         upgrade(owner_url)
         ingest_token, _ = _read_or_create(secrets_dir / "ingest_token", lambda: secrets.token_urlsafe(32))
         session_secret, _ = _read_or_create(secrets_dir / "session_secret", lambda: secrets.token_urlsafe(32))
+        audit_key, _ = _read_or_create(secrets_dir / "audit_signing_key", signing.new_private_key)
+        (secrets_dir / "audit_public_key").write_text(signing.Signer(audit_key).public_key + "\n")
 
         base_env = {k: v for k, v in os.environ.items() if k not in _PROVIDER_SECRETS and not k.startswith("MOCK_")}
         python = sys.executable
@@ -239,7 +242,8 @@ class Stack:
                 ],
                 {**common, "KEYWARD_ADMIN_TOKEN": admin_token,
                  "KEYWARD_LIFECYCLE_INTERVAL_SECONDS": str(s.lifecycle_interval_seconds),
-                 "KEYWARD_SESSION_SECRET": session_secret, **self._oidc_env()},
+                 "KEYWARD_SESSION_SECRET": session_secret, "KEYWARD_AUDIT_SIGNING_KEY": audit_key,
+                 **self._oidc_env()},
                 logs / "controlplane.log",
             )
         )

@@ -67,6 +67,11 @@ class Gateway:
         for client in (self.admin, self.http, self.mock):
             client.close()
 
+    @property
+    def audit_public_key(self) -> str:
+        """The control plane's audit public key, which ``make up`` publishes beside its secrets."""
+        return (self.stack.data_dir / "secrets" / "audit_public_key").read_text().strip()
+
     # -- identities -------------------------------------------------------------------------------
 
     def user(self, **fields: object) -> dict:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+
 import httpx
 import pytest
 
@@ -109,6 +112,30 @@ def test_pagination_walks_every_item_once(gateway: Gateway) -> None:
     everything = gateway.admin.get("/users", params={"limit": 500}).json()["items"]
     assert seen == [u["id"] for u in everything]
     assert gateway.admin.get("/users", params={"cursor": "garbage!"}).status_code == 422
+
+
+def _cursor(*parts: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(list(parts)).encode()).decode()
+
+
+@pytest.mark.parametrize(("path", "params", "cursor"), [
+    # A sort key of the wrong type: text where a timestamp is sorted on, and the other way round.
+    ("/users", {"sort": "created_at"}, _cursor("sNOT A TIME", "00000000-0000-0000-0000-000000000000")),
+    ("/users", {"sort": "email"}, _cursor("d2026-01-01T00:00:00+00:00", "00000000-0000-0000-0000-000000000000")),
+    ("/tokens", {"sort": "-last_used_at"}, _cursor("i42", "00000000-0000-0000-0000-000000000000")),
+    ("/tokens", {"sort": "created_at"}, _cursor("d2026-01-01T00:00:00", "00000000-0000-0000-0000-000000000000")),
+    ("/teams", {}, _cursor("d2026-01-01T00:00:00+00:00", "not-a-uuid")),
+    ("/users", {}, _cursor(["d2026"], "x")),
+    ("/users", {}, _cursor("d2026-01-01T00:00:00+00:00")),
+    ("/audit/requests", {}, _cursor("sNOT A TIME", "1")),
+    ("/audit/requests", {}, _cursor("d2026-01-01T00:00:00+00:00", "1; DROP TABLE users")),
+    ("/audit/events", {}, "99999999999999999999999"),
+    ("/audit/events", {}, "-1"),
+])
+def test_a_tampered_cursor_is_a_422_not_a_500(gateway: Gateway, path: str, params: dict, cursor: str) -> None:
+    reply = gateway.admin.get(path, params={**params, "cursor": cursor})
+    assert reply.status_code == 422, reply.text
+    assert reply.json()["code"] == "cursor_invalid"
 
 
 def test_every_action_is_an_event_with_actor_and_mechanism(gateway: Gateway) -> None:

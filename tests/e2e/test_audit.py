@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -11,6 +12,9 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import anthropic
@@ -162,6 +166,8 @@ def test_every_mutating_admin_endpoint_records_an_event(gateway: Gateway) -> Non
     ok(admin.post(f"/scim-connections/{conn_id}/credentials/{second['id']}/revoke"))
     did("POST", "/scim-connections/{connection_id}/credentials/{credential_id}/revoke", "scim_connection", conn_id,
         "scim.credential_revoked")
+    ok(admin.post(f"/scim-connections/{conn_id}/adopt", json={"user_ids": [other["id"]]}))
+    did("POST", "/scim-connections/{connection_id}/adopt", "user", other["id"], "scim.handed_over")
 
     assert mutating == set(exercised), f"mutating endpoints without an event test: {mutating - set(exercised)}"
     for target_type, target_id, action in exercised.values():
@@ -219,7 +225,8 @@ def test_nothing_is_lost_when_the_control_plane_is_killed_under_load(gateway: Ga
 
 def verify(gateway: Gateway) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "controlplane.cli", "audit", "verify",
-                           "--database-url", gateway.info.owner_database_url],
+                           "--database-url", gateway.info.owner_database_url,
+                           "--public-key", gateway.audit_public_key],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -279,6 +286,81 @@ def test_verify_detects_a_modified_event(gateway: Gateway) -> None:
         assert f"events seq {event['seq']}" in result.stdout
     finally:
         sql(gateway, "UPDATE events SET actor = $2 WHERE seq = $1", event["seq"], event["actor"])
+
+
+@contextmanager
+def _chain_held(gateway: Gateway) -> Iterator[None]:
+    """Hold the request chain's writer lock: no ingest may link a real record to a forged one meanwhile."""
+    from controlplane.audit import chain
+
+    async def lock() -> asyncpg.Connection:
+        connection = await asyncpg.connect(gateway.info.owner_database_url)
+        await connection.execute("SELECT pg_advisory_lock($1)", chain.LOCKS[chain.REQUESTS])
+        return connection
+
+    loop = asyncio.new_event_loop()  # the connection lives on this loop until the lock is let go
+    connection = loop.run_until_complete(lock())
+    try:
+        yield
+    finally:
+        loop.run_until_complete(connection.close())
+        loop.close()
+
+
+def _forge_next_record(gateway: Gateway, **changes: object) -> int:
+    """Append, as the application's own database role, a record with a valid hash link: what someone
+    holding the app's database credentials but not the control plane's signing key can write."""
+    from controlplane.audit import chain
+
+    [head] = sql(gateway, "SELECT * FROM request_records ORDER BY seq DESC LIMIT 1")  # type: ignore[misc]
+    fields = chain.FIELDS[chain.REQUESTS]
+    row = {name: head[name] for name in (*fields, *chain.EXTENSIONS[chain.REQUESTS])}
+    row |= {"seq": head["seq"] + 1, "request_id": f"forged-{uuid.uuid4()}", "decision": "allowed", **changes}
+    digest = chain.link(chain.REQUESTS, bytes(head["hash"]), row)
+    columns = [*row, "prev_hash", "hash"]
+    sql(gateway, f"INSERT INTO request_records ({', '.join(columns)}) "
+                 f"VALUES ({', '.join(f'${i + 1}' for i in range(len(columns)))})",
+        *row.values(), bytes(head["hash"]), digest, as_app=True)
+    return int(row["seq"])  # type: ignore[call-overload]
+
+
+def test_verify_detects_a_record_appended_without_the_signing_key(gateway: Gateway) -> None:
+    _settled(gateway)
+    with _chain_held(gateway):
+        seq = _forge_next_record(gateway, model="gpt-4o-mini")
+        try:
+            result = verify(gateway)
+            assert result.returncode == 1, result.stdout
+            assert f"request_records seq {seq}" in result.stdout and "no signature covers" in result.stdout
+        finally:
+            sql(gateway, "DELETE FROM request_records WHERE seq = $1", seq)
+    assert verify(gateway).returncode == 0
+
+
+def test_verify_detects_a_forged_signature(gateway: Gateway) -> None:
+    _settled(gateway)
+    with _chain_held(gateway):
+        seq = _forge_next_record(gateway)
+        [forged] = sql(gateway, "SELECT hash FROM request_records WHERE seq = $1", seq)  # type: ignore[misc]
+        sql(gateway, "INSERT INTO audit_checkpoints (chain, seq, hash, kind, signature) "
+                     "VALUES ('request_records', $1, $2, 'signed', $3)", seq, forged["hash"], b"\x00" * 64,
+            as_app=True)
+        try:
+            result = verify(gateway)
+            assert result.returncode == 1, result.stdout
+            assert "signature does not verify" in result.stdout
+        finally:
+            sql(gateway, "DELETE FROM audit_checkpoints WHERE chain = 'request_records' AND seq = $1", seq)
+            sql(gateway, "DELETE FROM request_records WHERE seq = $1", seq)
+    assert verify(gateway).returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["retention", "periodic"])
+def test_the_application_role_cannot_write_an_anchor(gateway: Gateway, kind: str) -> None:
+    # Verification starts at the newest retention anchor: an app-written one could hide everything before it.
+    with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        sql(gateway, "INSERT INTO audit_checkpoints (chain, seq, hash, kind) VALUES ('events', 1, $1, $2)",
+            b"\x00" * 32, kind, as_app=True)
 
 
 @pytest.mark.parametrize("statement", [

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from controlplane.audit import signing
 from controlplane.audit.ingest import IngestBatch, Ingestor
 from controlplane.migrate import upgrade
 from tests.e2e.conftest import Gateway
@@ -38,6 +39,11 @@ async def _run(url: str, query: str, *args: object) -> list[asyncpg.Record]:
         return await connection.fetch(query, *args)
     finally:
         await connection.close()
+
+
+#: The retention tests' own signing key: they write their own chains, as the control plane would.
+SIGNING_KEY = signing.new_private_key()
+PUBLIC_KEY = signing.Signer(SIGNING_KEY).public_key
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +67,7 @@ def _lines(count: int) -> IngestBatch:
 
 
 async def _ingest(url: str, batch: IngestBatch) -> None:
+    signing.install(signing.Signer(SIGNING_KEY))
     connection = await asyncpg.connect(url)
     try:
         async with connection.transaction():
@@ -70,7 +77,8 @@ async def _ingest(url: str, batch: IngestBatch) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controlplane.cli", "audit", *args],
+    keys = ["--signing-key", SIGNING_KEY] if args[0] == "retention" else ["--public-key", PUBLIC_KEY]
+    return subprocess.run([sys.executable, "-m", "controlplane.cli", "audit", *args, *keys],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -103,7 +111,7 @@ def test_retention_exports_pins_records_and_drops(audit_db: str, tmp_path: Path)
 
     verified = _cli("verify", "--database-url", audit_db)
     assert verified.returncode == 0, verified.stdout
-    assert "request_records: 5 records, chain intact" in verified.stdout
+    assert "request_records: 5 records, chain intact, signed" in verified.stdout
 
     # The anchor still catches tampering with what is left.
     asyncio.run(_run(audit_db, "DELETE FROM request_records WHERE seq = 11"))

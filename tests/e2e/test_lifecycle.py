@@ -80,6 +80,27 @@ def test_a_rotated_token_works_during_the_grace_period_and_fails_after(gateway: 
     assert event["after"]["successor"] == rotated["new"]["id"]
 
 
+@pytest.mark.parametrize("departure", ["left the team", "suspended", "deprovisioned"])
+def test_rotation_is_refused_when_the_owner_may_no_longer_hold_a_token(gateway: Gateway, departure: str) -> None:
+    # A successor minted now would be a token its owner may not have, waiting to come alive again.
+    team = gateway.team()
+    minted = gateway.mint(team=team)
+    user_id = minted.user["id"]
+    if departure == "left the team":
+        assert gateway.admin.delete(f"/teams/{team['id']}/members/{user_id}").status_code == 204
+        code = "not_a_member"
+    else:
+        assert gateway.admin.patch(f"/users/{user_id}", json={"status": departure}).status_code == 200
+        code = "user_not_active"
+    reply = gateway.admin.post(f"/tokens/{minted.id}/rotate", json={"grace_hours": 24})
+    if departure == "deprovisioned":  # deprovisioning revoked the token itself
+        code = "token_not_live"
+    assert reply.status_code == 409, reply.text
+    assert reply.json()["code"] == code
+    tokens = gateway.admin.get("/tokens", params={"user_id": user_id}).json()["items"]
+    assert [t["id"] for t in tokens] == [minted.id]  # no successor was minted
+
+
 def test_a_dormant_token_is_disabled_by_an_opt_in_policy(gateway: Gateway) -> None:
     team = _team(gateway, _profile(gateway, dormant_disable_days=5))
     dormant, busy = gateway.mint(team=team), gateway.mint(team=team)

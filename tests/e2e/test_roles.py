@@ -62,7 +62,8 @@ MATRIX: dict[str, frozenset[str]] = {
     "GET /api/v1/teams/{team_id}": READ_TEAM,
     "PATCH /api/v1/teams/{team_id}": ADMIN_ONLY,
     "GET /api/v1/teams/{team_id}/members": READ_TEAM,
-    "PUT /api/v1/teams/{team_id}/members/{user_id}": MANAGE_TEAM,
+    # Who belongs to a team decides whose tokens it may mint: enlisting people is the admins' (or the IdP's).
+    "PUT /api/v1/teams/{team_id}/members/{user_id}": ADMIN_ONLY,
     "DELETE /api/v1/teams/{team_id}/members/{user_id}": MANAGE_TEAM,
     "POST /api/v1/teams/{team_id}/tokens/revoke": MANAGE_TEAM,
     "POST /api/v1/profiles": ADMIN_ONLY,
@@ -93,6 +94,7 @@ MATRIX: dict[str, frozenset[str]] = {
     "POST /api/v1/scim-connections/{connection_id}/credentials": ADMIN_ONLY,
     "GET /api/v1/scim-connections/{connection_id}/credentials": AUDIT,
     "POST /api/v1/scim-connections/{connection_id}/credentials/{credential_id}/revoke": ADMIN_ONLY,
+    "POST /api/v1/scim-connections/{connection_id}/adopt": ADMIN_ONLY,
     "GET /api/v1/me": SIGN_IN_ONLY,
     "GET /api/v1/me/tokens": SIGN_IN_ONLY,
     "POST /api/v1/me/tokens": SIGN_IN_ONLY,
@@ -102,7 +104,7 @@ MATRIX: dict[str, frozenset[str]] = {
 
 #: Not in the matrix: unauthenticated probes, the data plane's ingest (its own token; see
 #: test_no_role_credential_can_ingest), and the public steps of signing in with OIDC.
-NOT_ROLE_CHECKED = {"GET /healthz", "GET /readyz", "POST /api/v1/audit/ingest", "GET /api/v1/auth/oidc",
+NOT_ROLE_CHECKED = {"GET /healthz", "GET /livez", "GET /readyz", "POST /api/v1/audit/ingest", "GET /api/v1/auth/oidc",
                     "POST /api/v1/auth/oidc/cli-token"}
 
 #: Callers with no valid admin-API credential: always 401.
@@ -266,6 +268,8 @@ REQUESTS: dict[str, Recipe] = {
         "GET", f"/scim-connections/{w.scim_connection['id']}/credentials"),
     "POST /api/v1/scim-connections/{connection_id}/credentials/{credential_id}/revoke": lambda w, s: Call(
         "POST", f"/scim-connections/{w.scim_connection['id']}/credentials/{w.fresh_scim_credential()['id']}/revoke"),
+    "POST /api/v1/scim-connections/{connection_id}/adopt": lambda w, s: Call(
+        "POST", f"/scim-connections/{w.scim_connection['id']}/adopt", json={"user_ids": [w.fresh_user()["id"]]}),
     "GET /api/v1/me": lambda w, s: Call("GET", "/me"),
     "GET /api/v1/me/tokens": lambda w, s: Call("GET", "/me/tokens"),
     "POST /api/v1/me/tokens": lambda w, s: Call("POST", "/me/tokens", json={"name": _unique("roles")}),
@@ -415,6 +419,17 @@ def test_every_break_glass_use_is_recorded_with_method_and_path(world: World) ->
     listed = world.clients[AUDITOR].get("/audit/events", params={"action": "admin.break_glass_used",
                                                                  "limit": 500}).json()["items"]
     assert all(item["action"] == "admin.break_glass_used" for item in listed)
+
+
+def test_an_owner_cannot_enlist_someone_and_mint_a_token_in_their_name(world: World) -> None:
+    owner = world.clients[OWNER]
+    a, b = world.sides["A"], world.sides["B"]
+    enlisted = owner.put(f"/teams/{a.team['id']}/members/{b.member['id']}", json={"role": "member"})
+    assert enlisted.status_code == 403 and enlisted.json()["code"] == "role_forbidden", enlisted.text
+    minted = owner.post("/tokens", json={"user_id": b.member["id"], "team_id": a.team["id"], "name": "borrowed"})
+    assert minted.status_code == 409 and minted.json()["code"] == "not_a_member", minted.text
+    members = world.clients[ADMIN].get(f"/teams/{a.team['id']}/members", params={"limit": 500}).json()["items"]
+    assert b.member["id"] not in {m["user_id"] for m in members}
 
 
 def test_an_owner_lists_only_their_own_teams_objects(world: World) -> None:

@@ -68,6 +68,43 @@ def mint_for(gateway: Gateway, user_id: str, team_id: str) -> str:
     return secret
 
 
+def _provision(gateway: Gateway, client: httpx.Client) -> tuple[dict, str, str]:
+    """A user and a group pushed by ``client``, the group given a profile, and a token for the user."""
+    login = f"sam.{uuid.uuid4().hex[:8]}@example.com"
+    user = client.post("/Users", json={"schemas": [USER], "userName": login, "active": True}).json()
+    group = client.post("/Groups", json={"schemas": [GROUP], "displayName": f"g-{uuid.uuid4().hex[:8]}",
+                                         "members": [{"value": user["id"]}]}).json()
+    grant_profile(gateway, group["id"])
+    return user, group["id"], mint_for(gateway, user["id"], group["id"])
+
+
+def test_deactivating_an_admin_suspended_user_revokes_and_reactivation_revives_nothing(
+        gateway: Gateway, okta: httpx.Client) -> None:
+    user, _group, secret = _provision(gateway, okta)
+    assert gateway.admin.patch(f"/users/{user['id']}", json={"status": "suspended"}).status_code == 200
+    gateway.wait_until(lambda: gateway.status_of(secret) == 401, timeout=2, what="suspension")
+    deactivated = okta.patch(f"/Users/{user['id']}", json={"schemas": [PATCH], "Operations": [
+        {"op": "replace", "value": {"active": False}}]})
+    assert deactivated.status_code == 200, deactivated.text
+    [token] = gateway.admin.get("/tokens", params={"user_id": user["id"]}).json()["items"]
+    assert token["revoked_at"] is not None  # revoked, not merely refused while suspended
+    reactivated = okta.patch(f"/Users/{user['id']}", json={"schemas": [PATCH], "Operations": [
+        {"op": "replace", "value": {"active": True}}]})
+    assert reactivated.status_code == 200 and reactivated.json()["active"] is True
+    assert gateway.admin.get(f"/users/{user['id']}").json()["status"] == "active"
+    reply = gateway.chat(secret)
+    assert reply.status_code == 401 and reply.json()["error"]["code"] == "token_revoked"
+
+
+def test_the_idp_saying_active_does_not_lift_an_admin_suspension(gateway: Gateway, okta: httpx.Client) -> None:
+    user, _group, secret = _provision(gateway, okta)
+    assert gateway.admin.patch(f"/users/{user['id']}", json={"status": "suspended"}).status_code == 200
+    put = okta.put(f"/Users/{user['id']}", json={"schemas": [USER], "userName": user["userName"], "active": True})
+    assert put.status_code == 200, put.text
+    assert gateway.admin.get(f"/users/{user['id']}").json()["status"] == "suspended"
+    assert gateway.status_of(secret) == 401
+
+
 def test_okta_lifecycle(gateway: Gateway, okta: httpx.Client) -> None:
     login = f"Dana.{uuid.uuid4().hex[:6]}@Example.com"
     # Connection test and "does the user exist?"
@@ -281,3 +318,51 @@ def test_discovery_endpoints(okta: httpx.Client) -> None:
     schema_ids = {s["id"] for s in okta.get("/Schemas").json()["Resources"]}
     assert {USER, GROUP, ENTERPRISE} <= schema_ids
     assert okta.get(f"/Schemas/{USER}").json()["id"] == USER
+
+
+# -- each connection manages only what it provisioned ---------------------------------------------
+
+
+def test_a_connection_cannot_see_or_change_people_it_did_not_provision(gateway: Gateway, okta: httpx.Client,
+                                                                      entra: httpx.Client) -> None:
+    admins_user = gateway.user()
+    entras_user, entras_group, entras_secret = _provision(gateway, entra)
+    for user in (admins_user, entras_user):
+        scim_error(okta.get(f"/Users/{user['id']}"), 404)
+        scim_error(okta.patch(f"/Users/{user['id']}", json={"schemas": [PATCH], "Operations": [
+            {"op": "replace", "value": {"active": False}}]}), 404)
+        scim_error(okta.delete(f"/Users/{user['id']}"), 404)
+        email = user.get("email") or user["userName"]
+        assert okta.get("/Users", params={"filter": f'userName eq "{email}"'}).json()["totalResults"] == 0
+        taken = scim_error(okta.post("/Users", json={"schemas": [USER], "userName": email}), 409, "uniqueness")
+        assert "not provisioned by this connection" in taken["detail"]
+    scim_error(okta.get(f"/Groups/{entras_group}"), 404)
+    mine = okta.post("/Groups", json={"schemas": [GROUP], "displayName": f"okta-{uuid.uuid4().hex[:8]}"}).json()
+    enlisted = okta.patch(f"/Groups/{mine['id']}", json={"schemas": [PATCH], "Operations": [
+        {"op": "add", "path": "members", "value": [{"value": admins_user["id"]}]}]})
+    scim_error(enlisted, 400, "invalidValue")
+    assert gateway.status_of(entras_secret) == 200  # nothing Okta sent touched Entra's user
+    assert gateway.admin.get(f"/users/{admins_user['id']}").json()["status"] == "active"
+
+
+def test_an_admin_hands_a_person_over_to_a_connection(gateway: Gateway) -> None:
+    okta_connection, token = connection(gateway, "okta")
+    user = gateway.user()
+    team = gateway.team()
+    secret = gateway.mint(user, team).secret
+    with httpx.Client(base_url=f"{gateway.info.api_url}/scim/v2", timeout=10,
+                      headers={"Authorization": f"Bearer {token}", **SCIM_JSON}) as okta:
+        scim_error(okta.get(f"/Users/{user['id']}"), 404)
+        handed = gateway.admin.post(f"/scim-connections/{okta_connection['id']}/adopt",
+                                    json={"user_ids": [user["id"]], "team_ids": [team["id"]]})
+        assert handed.status_code == 200 and handed.json() == {"users": 1, "teams": 1}, handed.text
+        [event] = gateway.admin.get("/audit/events", params={"target_id": user["id"],
+                                                             "action": "scim.handed_over"}).json()["items"]
+        assert event["before"] == {"scim_connection_id": None}
+        assert event["after"]["scim_connection_id"] == okta_connection["id"]
+        assert okta.get(f"/Users/{user['id']}").status_code == 200
+        assert okta.get(f"/Groups/{team['id']}").status_code == 200
+        deactivated = okta.patch(f"/Users/{user['id']}", json={"schemas": [PATCH], "Operations": [
+            {"op": "replace", "value": {"active": False}}]})
+        assert deactivated.status_code == 200, deactivated.text
+    gateway.wait_until(lambda: gateway.status_of(secret) == 401, timeout=2, what="deprovision after handover")

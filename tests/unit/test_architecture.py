@@ -120,7 +120,7 @@ LAYERS = [
     ("services", ("controlplane.services", "controlplane.scim", "controlplane.oidc", "controlplane.audit",
                   "controlplane.migrate")),
     ("core", ("controlplane.models", "controlplane.schemas", "controlplane.errors", "controlplane.core",
-              "controlplane.audit.chain", "controlplane.audit.events")),
+              "controlplane.audit.chain", "controlplane.audit.signing", "controlplane.audit.events")),
 ]
 
 

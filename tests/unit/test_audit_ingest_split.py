@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -10,14 +11,14 @@ import pytest
 from pydantic import ValidationError
 
 from controlplane.audit import chain
-from controlplane.audit.ingest import IngestBatch, split
+from controlplane.audit.ingest import IngestBatch, parse_body, split
 
 AT = "2025-06-15T15:06:40.123456+00:00"
 TOKEN_ID = "0b7e5c1a-3f2d-4e6b-8a9c-1d2e3f4a5b6c"
 USER_ID = "5f4e3d2c-1b0a-4987-8765-43210fedcba9"
 
-RECORD_COLUMNS = set(chain.FIELDS[chain.REQUESTS]) - {"seq"}
-OUTCOME_COLUMNS = set(chain.FIELDS[chain.OUTCOMES]) - {"seq"}
+RECORD_COLUMNS = set(chain.FIELDS[chain.REQUESTS]) - {"seq"} | set(chain.EXTENSIONS[chain.REQUESTS])
+OUTCOME_COLUMNS = set(chain.FIELDS[chain.OUTCOMES]) - {"seq"} | set(chain.EXTENSIONS[chain.OUTCOMES])
 
 
 # -- factories: lines as they arrive in the JSON body ---------------------------------------------
@@ -77,6 +78,7 @@ def test_a_decision_becomes_an_authz_record() -> None:
         "model": None,
         "decision": "token_revoked",
         "status": 401,
+        "sanitized": None,
     }]
 
 
@@ -96,6 +98,8 @@ def test_a_decided_outcome_is_an_outcome_and_no_record() -> None:
         "bytes_out": 2201,
         "prompt_tokens": 12,
         "completion_tokens": 7,
+        "sanitized": None,
+        "decided": True,
     }]
 
 
@@ -117,6 +121,7 @@ def test_an_undecided_outcome_is_also_the_request_s_envoy_record() -> None:
         "model": None,
         "decision": "envoy:request_payload_too_large",
         "status": 413,
+        "sanitized": None,
     }]
 
 
@@ -215,18 +220,57 @@ def test_at_most_20000_records_per_batch() -> None:
     "line",
     [
         decision(request_id=""),
-        decision(request_id="r" * 129),
         decision(decision=""),
         decision(status=99),
         decision(token_id="not-a-uuid"),
-        decision(model="m" * 513),
         outcome(status=600),
         outcome(upstream_status=0),
         outcome(prompt_tokens=-1),
         outcome(decided=None),
     ],
-    ids=["empty-id", "long-id", "empty-decision", "status-99", "bad-uuid", "long-model", "status-600",
+    ids=["empty-id", "empty-decision", "status-99", "bad-uuid", "status-600",
          "upstream-0", "negative-tokens", "decided-null"],
 )
 def test_malformed_lines_are_refused(line: dict[str, Any]) -> None:
     rejects({"records": [line]})
+
+
+# -- what a client chose is stored, not refused ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "stored"),
+    [
+        (decision(request_id="r" * 129), "request_id", "r" * 128),
+        (decision(model="m" * 513), "model", "m" * 512),
+        (decision(model="m" * 1_000_000), "model", "m" * 512),
+        (decision(model="gpt-4o-mini\u0000x"), "model", "gpt-4o-mini\ufffdx"),
+        (decision(route="/openai/v1/\ud800"), "route", "/openai/v1/\ufffd"),
+        (outcome(details="x\u0000" * 400), "details", ("x\ufffd" * 400)[:512]),
+    ],
+    ids=["long-id", "long-model", "1MB-model", "nul", "lone-surrogate", "long-nul-details"],
+)
+def test_a_value_postgres_cannot_hold_is_made_storable_and_the_line_marked(line: dict[str, Any], field: str,
+                                                                              stored: str) -> None:
+    parsed = batch(line).records[0]
+    assert getattr(parsed, field) == stored
+    assert parsed.sanitized is True
+    stored_text = getattr(parsed, field)
+    assert "\x00" not in stored_text
+    stored_text.encode("utf-8")  # storable: no lone surrogate left
+
+
+def test_an_untouched_line_is_not_marked() -> None:
+    assert batch(decision(), outcome()).records[0].sanitized is None
+
+
+def test_a_body_the_strict_reader_refuses_for_its_characters_is_read_again_and_kept() -> None:
+    good = json.dumps({"records": [decision(request_id="good")]})
+    # Invalid UTF-8 and an escaped lone surrogate: the strict JSON reader refuses the whole body.
+    for body in (good.replace("ada@example.com", "ada@exa\\ud800mple.com").encode(),
+                 good.encode().replace(b"ada@example.com", b"ada@exa\xffmple.com")):
+        with pytest.raises(ValidationError):
+            IngestBatch.model_validate_json(body)
+        [line] = parse_body(body).records
+        assert line.request_id == "good"
+        assert "\ufffd" in (line.user_email or "")

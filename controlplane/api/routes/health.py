@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -15,6 +15,15 @@ router = APIRouter(tags=["health"])
 async def healthz() -> dict:
     """The process is up. Says nothing about the database."""
     return {"status": "ok"}
+
+
+@router.get("/livez")
+async def livez(request: Request) -> JSONResponse:
+    """The process is alive: its background duties still run (a dead one fails this, and the
+    orchestrator restarts the process). Says nothing about the database, which a restart cannot fix."""
+    duties = {duty.name: duty.alive() for duty in getattr(request.app.state, "duties", [])}
+    status = 200 if all(duties.values()) else 503
+    return JSONResponse({"status": "ok" if status == 200 else "dead", "duties": duties}, status_code=status)
 
 
 @router.get("/readyz")

@@ -58,3 +58,11 @@ async def revoke_credential(connection_id: uuid.UUID, credential_id: uuid.UUID, 
                             caller: Admin) -> ScimCredential:
     return await scim_connections.revoke_credential(session, actor=caller.actor, connection_id=connection_id,
                                                     credential_id=credential_id)
+
+
+@router.post("/{connection_id}/adopt", response_model=schemas.ScimHandedOver,
+             responses=errors.responses(404, body=True))
+async def hand_over(connection_id: uuid.UUID, data: schemas.ScimHandover, session: SessionDep, caller: Admin) -> dict:
+    """Hand users and teams over to this connection: it manages them from now on (and may deactivate or
+    delete them). A connection never touches what it did not provision unless an admin does this."""
+    return await scim_connections.hand_over(session, actor=caller.actor, connection_id=connection_id, data=data)

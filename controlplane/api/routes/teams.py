@@ -63,10 +63,10 @@ async def list_members(
 
 @router.put("/{team_id}/members/{user_id}", response_model=schemas.MembershipPublic,
             responses=errors.responses(404, body=True))
-async def set_member(team_id: uuid.UUID, user_id: uuid.UUID, session: SessionDep, caller: Manager,
+async def set_member(team_id: uuid.UUID, user_id: uuid.UUID, session: SessionDep, caller: Admin,
                      data: schemas.MembershipSet | None = None) -> Membership:
-    """Add a user to the team (or change their role). Idempotent."""
-    caller.require_team(team_id)
+    """Add a user to the team (or change their role). Idempotent. Admins only: membership decides
+    whose tokens a team owner may mint, so owners cannot enlist people themselves."""
     return await teams.set_member(session, actor=caller.actor, team_id=team_id, user_id=user_id,
                                   role=(data or schemas.MembershipSet()).role)
 
