@@ -2,7 +2,9 @@
 
 Envoy streams one entry per finished request, batched into messages; each message's outcome lines go
 to the audit spool through :meth:`authz.audit.emitter.AuditEmitter.outcomes`. A stream lives as long
-as its Envoy worker and holds one thread of the server's stream pool for that whole time.
+as its Envoy worker and holds one thread of the server's stream pool for that whole time, so nothing
+one message holds may end it: ``outcomes`` settles every line of a message itself (spooled, or
+counted and logged) and never raises over a line it could not write.
 """
 
 from __future__ import annotations

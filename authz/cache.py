@@ -8,8 +8,15 @@ Invariants:
   record either before or after a change. Between the operations of one batch a Check can see some
   tokens updated and others not yet (for microseconds), and a token whose hash changed is briefly
   unknown: both only ever err towards refusing;
-* a revoked token stays as a tombstone until the next snapshot, so its denial can say "revoked"
-  rather than "unknown"; a snapshot holds only tokens that are not revoked;
+* a revoked token is known as revoked for good, so its denial says "revoked" rather than "unknown",
+  across restarts too: a snapshot holds the records of tokens that are not revoked plus the set of
+  revoked ones (:meth:`TokenCache.is_revoked`, keyed by :func:`revoked_key`: 16 raw bytes of the
+  digest, not a record, because there may be millions); a token revoked since the snapshot also
+  stays as a tombstone record until the next one, so its denial can still name its owner;
+* the revoked set follows every update: a revoked upsert adds the token, an upsert that is not
+  revoked (or that moves a token to another hash) takes its old key out, and forgetting a token
+  the cache knows by id takes it out too. A revoked token known only from the snapshot has no id
+  here, so if its row is deleted it stays "revoked" (still refused) until the next snapshot;
 * records share compiled catalogs and profiles through an :class:`Interner` that lives exactly as
   long as one snapshot, so a catalog or profile no token uses any more goes with the next reload.
 """
@@ -151,40 +158,75 @@ class TokenRecord:
     member: bool = True
 
 
-class TokenCache:
-    """``hash → record`` for the hot path, with a ``token id → hash`` index for NOTIFY updates."""
+def revoked_key(token_hash: str) -> bytes:
+    """The revoked set's key for a keyed hash: its first 16 bytes (a hash that is not hex is kept whole).
 
-    __slots__ = ("_by_hash", "_hash_by_id")
+    >>> revoked_key("00ff" + "a" * 60).hex()
+    '00ffaaaaaaaaaaaaaaaaaaaaaaaaaaaa'
+    """
+    try:
+        return bytes.fromhex(token_hash[:32])
+    except ValueError:
+        return token_hash.encode("utf-8", "surrogatepass")
+
+
+class TokenCache:
+    """``hash → record`` for the hot path, with a ``token id → hash`` index for NOTIFY updates and the
+    set of revoked tokens' keys, asked only when a hash has no record."""
+
+    __slots__ = ("_by_hash", "_hash_by_id", "_revoked")
 
     def __init__(self) -> None:
         self._by_hash: dict[str, TokenRecord] = {}
         self._hash_by_id: dict[str, str] = {}
+        self._revoked: set[bytes] = set()
 
     def __len__(self) -> int:
         return len(self._by_hash)
 
+    @property
+    def revoked_count(self) -> int:
+        return len(self._revoked)
+
     def get(self, token_hash: str) -> TokenRecord | None:
         return self._by_hash.get(token_hash)
 
-    def replace_all(self, records: Iterable[TokenRecord]) -> None:
+    def is_revoked(self, token_hash: str) -> bool:
+        """Whether the token with this hash was revoked (for a hash :meth:`get` has no record of)."""
+        return revoked_key(token_hash) in self._revoked
+
+    def replace_all(self, records: Iterable[TokenRecord], revoked: Iterable[bytes] = ()) -> None:
+        """Swap in a snapshot: its live ``records`` and the :func:`revoked_key` of every revoked token."""
         by_hash: dict[str, TokenRecord] = {}
         hash_by_id: dict[str, str] = {}
         for record in records:
             by_hash[record.token_hash] = record
             hash_by_id[record.token_id] = record.token_hash
-        # Checks read only ``_by_hash``, so each sees the old index or the new one, never a mix;
+        revoked_set = revoked if isinstance(revoked, set) else set(revoked)
+        # Checks read ``_by_hash`` and, on a miss, ``_revoked``; each is swapped whole, and whichever mix
+        # a Check sees, it answers for each token as the old or the new snapshot would.
         # ``_hash_by_id`` is read only by the mutators, all on the loop thread.
+        self._revoked = revoked_set
         self._by_hash, self._hash_by_id = by_hash, hash_by_id
 
     def upsert(self, record: TokenRecord) -> None:
-        """Add or replace one token; a revoked record stays as a tombstone until the next snapshot."""
+        """Add or replace one token; a revoked record stays as a tombstone until the next snapshot and
+        its key joins the revoked set for good."""
         old_hash = self._hash_by_id.get(record.token_id)
         if old_hash is not None and old_hash != record.token_hash:
             self._by_hash.pop(old_hash, None)
+            self._revoked.discard(revoked_key(old_hash))  # no token has that hash any more
+        key = revoked_key(record.token_hash)
+        if record.revoked:
+            self._revoked.add(key)
+        else:
+            self._revoked.discard(key)  # un-revoked by hand in the database: live again
         self._by_hash[record.token_hash] = record
         self._hash_by_id[record.token_id] = record.token_hash
 
     def forget(self, token_id: str) -> None:
+        """Drop a token that no longer exists (its row was deleted)."""
         token_hash = self._hash_by_id.pop(token_id, None)
         if token_hash is not None:
             self._by_hash.pop(token_hash, None)
+            self._revoked.discard(revoked_key(token_hash))

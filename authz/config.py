@@ -69,6 +69,12 @@ class AuthzSettings(BaseSettings):
     #: Threads that run Checks. A Check never blocks for long and the GIL runs one thread at a time,
     #: so a few are enough; more only add thread switches (measured: 4 is cheaper per Check than 16).
     authz_check_threads: int = Field(default=4, ge=1, le=256)
+    #: How long a background task (listener, last-used writer, audit shipper, fsync timer) may stay
+    #: down, failing and being restarted, before health ``keyward.authz.Background`` says NOT_SERVING.
+    background_grace_seconds: float = Field(default=30.0, gt=0, le=3600)
+    #: How long the event loop may leave a callback waiting before ``keyward.authz.Background`` says
+    #: NOT_SERVING: a loop that runs nothing runs none of the background tasks either.
+    loop_stall_seconds: float = Field(default=10.0, gt=0, le=3600)
     #: Port for Prometheus metrics on 127.0.0.1; 0 turns the endpoint off.
     authz_metrics_port: int = Field(default=0, ge=0, le=65535)
     log_level: str = "info"

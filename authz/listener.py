@@ -8,6 +8,11 @@ before the snapshot so no change can fall between the two. When the connection d
 ``pg_terminate_backend``, a network cut) it reconnects and reloads the whole snapshot, so changes made
 while it was away are not lost.
 
+What a database does (restart, terminate the backend, drop off the network) is expected and handled
+here, by reconnecting and reloading; anything else propagates to the supervisor
+(:mod:`authz.supervisor`), whose restart of :meth:`ChangeListener.run` reconnects and reloads too, so
+the cache never stays behind Postgres.
+
 All of this runs on the event loop's thread, off the request path: it is the only writer of the
 cache, and a Check only ever reads it. Each full snapshot is built through a fresh
 :class:`~authz.cache.Interner`, which the updates until the next snapshot then share.
@@ -23,7 +28,7 @@ import asyncpg
 import structlog
 
 from authz.cache import Interner, TokenCache
-from authz.metrics import LISTENER_RECONNECTS, SNAPSHOT_SECONDS, SNAPSHOT_TOKENS
+from authz.metrics import LISTENER_RECONNECTS, SNAPSHOT_REVOKED, SNAPSHOT_SECONDS, SNAPSHOT_TOKENS
 from authz.snapshot import AFFECTED_KINDS, load_affected, load_snapshot, load_tokens
 
 log = structlog.get_logger("authz.listener")
@@ -79,7 +84,7 @@ class ChangeListener:
             elapsed = time.perf_counter() - started
             SNAPSHOT_SECONDS.set(elapsed)
             SNAPSHOT_TOKENS.set(tokens)
-            log.info("snapshot.loaded", tokens=tokens, seconds=round(elapsed, 3))
+            log.info("snapshot.loaded", tokens=tokens, revoked=self._cache.revoked_count, seconds=round(elapsed, 3))
             self.ready.set()
             await self._apply_forever(connection)
         finally:
@@ -87,13 +92,14 @@ class ChangeListener:
                 connection.terminate()
 
     async def _reload(self, connection: asyncpg.Connection) -> int:
-        """Replace the whole cache with a fresh snapshot; returns the number of tokens loaded."""
+        """Replace the whole cache with a fresh snapshot; returns the number of live tokens loaded."""
         interner = Interner()
-        records = await load_snapshot(connection, interner)
-        self._cache.replace_all(records)
+        snapshot = await load_snapshot(connection, interner)
+        self._cache.replace_all(snapshot.records, snapshot.revoked)
+        SNAPSHOT_REVOKED.set(len(snapshot.revoked))
         # The old interner goes with the old records: catalogs no token uses any more are freed.
         self._interner = interner
-        return len(records)
+        return len(snapshot.records)
 
     async def _apply_forever(self, connection: asyncpg.Connection) -> None:
         while True:
@@ -129,7 +135,7 @@ class ChangeListener:
             found = set()
             for record in await load_tokens(connection, token_ids, self._interner):
                 found.add(record.token_id)
-                self._cache.upsert(record)  # a revoked token stays, as a tombstone
+                self._cache.upsert(record)  # a revoked token stays, as a tombstone and in the revoked set
             for token_id in token_ids - found:
                 self._cache.forget(token_id)
         for kind, idents in affected.items():

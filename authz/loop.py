@@ -1,8 +1,10 @@
 """The asyncio event loop of the authz process, in a daemon thread of its own.
 
 The work that is asyncio by nature runs here: the LISTEN/NOTIFY listener (the only writer of the
-token cache), the batched ``last_used_at`` writer, the audit shipper and the spool's fsync timer.
-Checks never wait for this loop; the main thread hands it coroutines with :meth:`LoopThread.call`.
+token cache), the batched ``last_used_at`` writer, the audit shipper and the spool's fsync timer, all
+under :class:`authz.supervisor.Supervisor`. Checks never wait for this loop; the main thread hands it
+coroutines with :meth:`LoopThread.call`, and watches that it still runs callbacks
+(:class:`authz.supervisor.LoopWatch`).
 """
 
 from __future__ import annotations

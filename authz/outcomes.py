@@ -15,6 +15,7 @@ from authz.routes import Api
 class Outcome(enum.Enum):
     ALLOWED = "allowed"
     TOKEN_MISSING = "token_missing"
+    CREDENTIAL_AMBIGUOUS = "credential_ambiguous"
     TOKEN_MALFORMED = "token_malformed"
     TOKEN_UNKNOWN = "token_unknown"
     TOKEN_REVOKED = "token_revoked"
@@ -23,6 +24,7 @@ class Outcome(enum.Enum):
     ROUTE_UNKNOWN = "route_unknown"
     BODY_TOO_LARGE = "body_too_large"
     BODY_NOT_JSON = "body_not_json"
+    BODY_AMBIGUOUS = "body_ambiguous"
     MODEL_MISSING = "model_missing"
     MODEL_NOT_ALLOWED = "model_not_allowed"
     ENVIRONMENT_NOT_ALLOWED = "environment_not_allowed"
@@ -52,6 +54,14 @@ DENIALS: dict[Outcome, Denial] = {
         *_AUTH,
         "No API key provided. Send your Keyward personal access token as "
         "'Authorization: Bearer <token>' or 'x-api-key: <token>'.",
+    ),
+    Outcome.CREDENTIAL_AMBIGUOUS: Denial(
+        400,
+        _INVALID_ARGUMENT,
+        "invalid_request_error",
+        "invalid_request_error",
+        "The request presents more than one API key in the same header ('Authorization' or 'x-api-key' "
+        "sent twice, or with two comma-separated values). Send exactly one.",
     ),
     Outcome.TOKEN_MALFORMED: Denial(
         401,
@@ -84,6 +94,14 @@ DENIALS: dict[Outcome, Denial] = {
         "invalid_request_error",
         "invalid_request_error",
         "The request body must be a JSON object.",
+    ),
+    Outcome.BODY_AMBIGUOUS: Denial(
+        400,
+        _INVALID_ARGUMENT,
+        "invalid_request_error",
+        "invalid_request_error",
+        "The request body repeats a key within one JSON object; APIs differ on which value counts, "
+        "so the gateway does not guess. Send each key once.",
     ),
     Outcome.MODEL_MISSING: Denial(
         400,

@@ -4,6 +4,10 @@ Each phase either lets the request through to the next one or ends it with an :c
 Authentication always runs before anything looks at the body, so an anonymous caller learns
 nothing about models or payload rules. Nothing here touches the network or the database; the
 only side effect is noting that a token was used, for the batched ``last_used_at`` writer.
+
+Nothing ambiguous is resolved by guessing: a credential header sent twice (or with two values) and
+a JSON body that repeats a key in any object are refused, because Envoy, authz and the provider
+could each pick a different one (the provider might run the model authz did not check).
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ class Pipeline:
     # -- identify ---------------------------------------------------------------------------------
 
     def _identify(self, request: GatewayRequest) -> tuple[TokenRecord | None, Outcome | None]:
+        if request.credential_ambiguous:
+            return None, Outcome.CREDENTIAL_AMBIGUOUS
         if request.credential is None:
             if request.credential_unreadable:
                 return None, Outcome.TOKEN_MALFORMED
@@ -82,9 +88,11 @@ class Pipeline:
         # The checksum rejects typos and other prefixes before any hashing or lookup.
         if not is_well_formed(request.credential):
             return None, Outcome.TOKEN_MALFORMED
-        record = self._cache.get(hash_token(request.credential, self._hash_key))
+        token_hash = hash_token(request.credential, self._hash_key)
+        record = self._cache.get(token_hash)
         if record is None:
-            return None, Outcome.TOKEN_UNKNOWN
+            # Only a miss pays for the second lookup: revoked before the last snapshot, or since.
+            return None, Outcome.TOKEN_REVOKED if self._cache.is_revoked(token_hash) else Outcome.TOKEN_UNKNOWN
         return record, None
 
     # -- policy -----------------------------------------------------------------------------------
@@ -141,11 +149,27 @@ class Pipeline:
 MAX_MODEL_CHARS = 256
 
 
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise _RepeatedKey
+    return document
+
+
 def _model_from_body(request: GatewayRequest) -> tuple[str | None, Outcome | None]:
     if request.content_type and not request.content_type.startswith("application/json"):
         return None, Outcome.BODY_NOT_JSON
     try:
-        document = json.loads(request.body)
+        # The hook sees every object at every depth. It costs about 1.7x a plain parse (+2 us on a small
+        # chat body, +1 ms on a 1 MB one), paid always: a cheaper pre-check on the raw bytes is fooled
+        # by escapes ("model" and "\u006dodel" are the same key).
+        document = json.loads(request.body, object_pairs_hook=_unique_keys)
+    except _RepeatedKey:
+        return None, Outcome.BODY_AMBIGUOUS
     except (ValueError, RecursionError):  # RecursionError: hostile nesting, far below the size limit
         return None, Outcome.BODY_NOT_JSON
     if not isinstance(document, dict):

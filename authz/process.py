@@ -1,17 +1,24 @@
 """The authz process: settings, the gRPC server, the background tasks, signals, in that order.
 
 One server carries ``envoy.service.auth.v3.Authorization`` (:mod:`authz.servicer`), Envoy's access-log
-stream (:mod:`authz.access_log`) and standard gRPC health checking, which says SERVING only once the
-first token snapshot is loaded.
+stream (:mod:`authz.access_log`) and standard gRPC health checking under three names:
+
+* ``""`` and ``envoy.service.auth.v3.Authorization`` (readiness): SERVING once the first token
+  snapshot is loaded, until shutdown;
+* ``keyward.authz.Background`` (liveness, :mod:`authz.supervisor`): SERVING while every background
+  task runs (or has been failing for less than ``KEYWARD_BACKGROUND_GRACE_SECONDS``) and the event
+  loop answers within ``KEYWARD_LOOP_STALL_SECONDS``; NOT_SERVING otherwise. The main thread judges
+  it every half second, from outside the loop it judges.
 
 Threads: gRPC is served by the *synchronous* ``grpc.server`` from a small thread pool, because a
 Check costs far less CPU there than in ``grpc.aio`` (see ``bench/RESULTS.md``). Everything that is
 asyncio (the LISTEN/NOTIFY listener that owns the token cache, the batched ``last_used_at`` writer,
 the audit shipper and the spool's fsync timer) runs on one event loop in a background thread
-(:class:`~authz.loop.LoopThread`). The main thread only starts things, waits for a signal and stops
-them in order. Shared state is safe for this: the cache is mutated only on the loop thread, one dict
-operation at a time, and read by Checks; :class:`~authz.audit.spool.Spool` and
-:class:`~authz.usage.LastUsedTracker` take a lock.
+(:class:`~authz.loop.LoopThread`), each task under the :class:`~authz.supervisor.Supervisor`, which
+restarts whatever fails. The main thread only starts things, publishes the background health, waits
+for a signal and stops them in order. Shared state is safe for this: the cache is mutated only on the
+loop thread, one dict or set operation at a time, and read by Checks; :class:`~authz.audit.spool.Spool`,
+:class:`~authz.usage.LastUsedTracker` and the supervisor's task states take a lock.
 """
 
 from __future__ import annotations
@@ -20,7 +27,9 @@ import asyncio
 import contextlib
 import signal
 import threading
+import time
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -41,6 +50,7 @@ from authz.logs import configure as configure_logging
 from authz.loop import LoopThread
 from authz.pipeline import Pipeline
 from authz.servicer import SERVICE_NAME, AuthorizationServicer
+from authz.supervisor import BACKGROUND_SERVICE, BackgroundHealth, LoopWatch, Supervisor
 from authz.usage import LastUsedTracker
 
 log = structlog.get_logger("authz")
@@ -51,6 +61,8 @@ log = structlog.get_logger("authz")
 STREAM_THREADS = 256
 #: Seconds in-flight RPCs get to finish on SIGTERM before they are cancelled.
 SHUTDOWN_GRACE_SECONDS = 2.0
+#: How often the main thread judges the background tasks and the loop.
+HEALTH_TICK_SECONDS = 0.5
 
 
 def build_server(pipeline: Pipeline, ready: asyncio.Event, audit: AuditEmitter, check_threads: int
@@ -65,13 +77,24 @@ def build_server(pipeline: Pipeline, ready: asyncio.Event, audit: AuditEmitter, 
     return server, health_servicer
 
 
-def _set_health(health_servicer: health.HealthServicer, status: int) -> None:
-    for name in ("", SERVICE_NAME):
+def _set_health(health_servicer: health.HealthServicer, status: int, names: tuple[str, ...] = ("", SERVICE_NAME)
+                ) -> None:
+    for name in names:
         health_servicer.set(name, status)
 
 
+@dataclass(slots=True)
+class _Background:
+    """What :func:`_start_background` started on the loop, for :func:`_stop_background` to stop."""
+
+    task: asyncio.Task
+    supervisor: Supervisor
+    pool: asyncpg.Pool
+    client: httpx.AsyncClient
+
+
 async def _start_background(settings: AuthzSettings, listener: ChangeListener, tracker: LastUsedTracker,
-                            spool: Spool) -> tuple[list[asyncio.Task], asyncpg.Pool, httpx.AsyncClient]:
+                            spool: Spool) -> _Background:
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=1,
@@ -82,25 +105,23 @@ async def _start_background(settings: AuthzSettings, listener: ChangeListener, t
     shipper = Shipper(spool, client=client, url=settings.ingest_url, token=settings.ingest_token,
                       batch_lines=settings.audit_batch_lines,
                       batch_bytes=settings.audit_batch_bytes)
-    tasks = [
-        asyncio.create_task(listener.run(), name="listener"),
-        asyncio.create_task(tracker.run(pool, settings.last_used_flush_seconds), name="last-used"),
-        asyncio.create_task(shipper.run(), name="audit-shipper"),
-        asyncio.create_task(sync_forever(spool, settings.audit_fsync_seconds), name="audit-fsync"),
-    ]
-    return tasks, pool, client
+    supervisor = Supervisor({
+        "listener": listener.run,
+        "last-used": lambda: tracker.run(pool, settings.last_used_flush_seconds),
+        "audit-shipper": shipper.run,
+        "audit-fsync": lambda: sync_forever(spool, settings.audit_fsync_seconds),
+    })
+    return _Background(asyncio.create_task(supervisor.run(), name="supervisor"), supervisor, pool, client)
 
 
-async def _stop_background(tasks: list[asyncio.Task], pool: asyncpg.Pool, client: httpx.AsyncClient, *,
-                           tracker: LastUsedTracker) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+async def _stop_background(started: _Background, *, tracker: LastUsedTracker) -> None:
+    started.task.cancel()
+    await asyncio.gather(started.task, return_exceptions=True)
     with contextlib.suppress(Exception):
-        await tracker.flush(pool)  # do not lose the last few seconds of last_used_at
+        await tracker.flush(started.pool)  # do not lose the last few seconds of last_used_at
     with contextlib.suppress(Exception):
-        await asyncio.wait_for(pool.close(), timeout=5)
-    await client.aclose()
+        await asyncio.wait_for(started.pool.close(), timeout=5)
+    await started.client.aclose()
 
 
 def serve(settings: AuthzSettings, stop: threading.Event) -> None:
@@ -118,38 +139,47 @@ def serve(settings: AuthzSettings, stop: threading.Event) -> None:
 
     server, health_servicer = build_server(pipeline, listener.ready, AuditEmitter(spool),
                                            settings.authz_check_threads)
-    _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING, ("", SERVICE_NAME, BACKGROUND_SERVICE))
     server.add_insecure_port(settings.authz_address)
     server.start()
     background = LoopThread()
-    started: tuple[list[asyncio.Task], asyncpg.Pool, httpx.AsyncClient] | None = None
+    started: _Background | None = None
     try:
         if settings.authz_metrics_port:
             start_http_server(settings.authz_metrics_port, addr="127.0.0.1")
         log.info("authz.listening", address=settings.authz_address)
         background.start()
         started = background.call(_start_background(settings, listener, tracker, spool))
+        liveness = BackgroundHealth(started.supervisor, LoopWatch(background.loop),
+                                    grace=settings.background_grace_seconds,
+                                    stall_seconds=settings.loop_stall_seconds)
+        liveness.publish(health_servicer)
         # Serve health as soon as the first snapshot is in: wait for it on the loop, but keep an eye
         # on ``stop`` so a SIGTERM during a slow first load still shuts down cleanly.
         ready = asyncio.run_coroutine_threadsafe(listener.ready.wait(), background.loop)
+        next_tick = time.monotonic()
         while not stop.is_set():
+            if time.monotonic() >= next_tick:
+                liveness.publish(health_servicer)
+                next_tick = time.monotonic() + HEALTH_TICK_SECONDS
             with contextlib.suppress(futures.TimeoutError):
                 ready.result(timeout=0.05)
                 _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
-                log.info("authz.ready", tokens=len(cache))
+                log.info("authz.ready", tokens=len(cache), revoked=cache.revoked_count)
                 break
-        while not stop.wait(0.5):
-            pass
+        while not stop.wait(HEALTH_TICK_SECONDS):
+            liveness.publish(health_servicer)
         ready.cancel()
         log.info("authz.stopping")
     finally:
         # Also on a failed start: open streams hold pool threads, and the interpreter would wait
         # for those at exit, so the server must always be stopped.
-        _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+        _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING,
+                    ("", SERVICE_NAME, BACKGROUND_SERVICE))
         server.stop(grace=SHUTDOWN_GRACE_SECONDS).wait()
         try:
             if started is not None:
-                background.call(_stop_background(*started, tracker=tracker), timeout=15)
+                background.call(_stop_background(started, tracker=tracker), timeout=15)
         finally:
             background.stop()
             spool.close()

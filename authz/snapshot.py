@@ -5,16 +5,20 @@ access profile), so a record is built from its row alone. Rows are turned into r
 :class:`~authz.cache.Interner`, so the rows of one snapshot that share a model list or a profile
 version share one compiled object. Nothing here touches the cache; :mod:`authz.listener` decides
 what to do with the records.
+
+A snapshot also carries the keys (:func:`~authz.cache.revoked_key`) of every revoked token, read in
+the same repeatable-read transaction as the live ones, so a restart forgets no revocation.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import asyncpg
 
-from authz.cache import NO_PROFILE, Interner, ProfileCatalog, TokenRecord
+from authz.cache import NO_PROFILE, Interner, ProfileCatalog, TokenRecord, revoked_key
 
 # One row per token with everything a Check needs: the owner's state (a user or a service account),
 # whether the owner still belongs to the token's team, and the team's access profile.
@@ -38,6 +42,8 @@ _RECORD_COLUMNS = """
     LEFT JOIN access_profiles p ON p.id = tm.profile_id
 """
 SNAPSHOT_SQL = _RECORD_COLUMNS + " WHERE t.revoked_at IS NULL"
+#: Only the hash: a revoked token needs nothing else to be refused as revoked.
+REVOKED_SQL = "SELECT token_hash FROM tokens WHERE revoked_at IS NOT NULL"
 # Revoked tokens included: a token revoked since the snapshot must become a tombstone.
 _BY_TOKEN_SQL = _RECORD_COLUMNS + " WHERE t.id = ANY($1::uuid[])"
 _LIVE = " AND t.revoked_at IS NULL"
@@ -88,14 +94,25 @@ def record_from_row(row: asyncpg.Record, interner: Interner) -> TokenRecord:
     )
 
 
-async def load_snapshot(connection: asyncpg.Connection, interner: Interner, *,
-                        batch: int = 20_000) -> list[TokenRecord]:
-    """Every live token with its owner's state, streamed through a cursor to bound memory."""
+@dataclass(slots=True)
+class Snapshot:
+    #: Every live token.
+    records: list[TokenRecord]
+    #: The :func:`~authz.cache.revoked_key` of every revoked token.
+    revoked: set[bytes]
+
+
+async def load_snapshot(connection: asyncpg.Connection, interner: Interner, *, batch: int = 20_000) -> Snapshot:
+    """Every live token with its owner's state, and every revoked token's key, streamed through
+    cursors to bound memory, in one consistent view of the database."""
     records: list[TokenRecord] = []
+    revoked: set[bytes] = set()
     async with connection.transaction(readonly=True, isolation="repeatable_read"):
         async for row in connection.cursor(SNAPSHOT_SQL, prefetch=batch):
             records.append(record_from_row(row, interner))
-    return records
+        async for row in connection.cursor(REVOKED_SQL, prefetch=batch):
+            revoked.add(revoked_key(row["token_hash"]))
+    return Snapshot(records, revoked)
 
 
 async def load_tokens(connection: asyncpg.Connection, token_ids: Iterable[str],

@@ -2,8 +2,14 @@
 
 The pipeline calls :meth:`LastUsedTracker.touch` (a dict assignment); a background task writes
 everything touched since the last flush in one ``UPDATE … FROM unnest(…)`` every couple of seconds.
-A failed flush keeps its entries for the next one. The UPDATE only sets ``last_used_at``, which the
-NOTIFY trigger does not watch, so it never echoes back to the listener.
+A flush that fails for any reason, or is cancelled, keeps its entries for the next one. The UPDATE
+only sets ``last_used_at``, which the NOTIFY trigger does not watch, so it never echoes back to the
+listener.
+
+Postgres being unreachable is expected and waited out here (counted in
+``keyward_authz_last_used_flush_failures_total``), so it never marks the task down: restarting authz
+would not bring the database back. Anything else propagates to the supervisor, which restarts the
+writer with its entries intact.
 
 ``touch`` runs on gRPC worker threads while ``take`` and ``restore`` run on the event loop's thread,
 so the pending dict is only read, written or swapped under a lock.
@@ -18,9 +24,12 @@ from datetime import UTC, datetime
 import asyncpg
 import structlog
 
-from authz.metrics import LAST_USED_FLUSHES
+from authz.metrics import LAST_USED_FLUSH_FAILURES, LAST_USED_FLUSHES
 
 log = structlog.get_logger("authz.usage")
+
+#: What an unreachable or restarting database raises.
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 _FLUSH_SQL = """
     UPDATE tokens SET last_used_at = v.at
@@ -58,7 +67,7 @@ class LastUsedTracker:
         stamps = [datetime.fromtimestamp(pending[i], tz=UTC) for i in ids]
         try:
             await pool.execute(_FLUSH_SQL, ids, stamps)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+        except BaseException:  # cancellation included: the final flush at shutdown takes them
             self.restore(pending)
             raise
         LAST_USED_FLUSHES.inc()
@@ -69,5 +78,6 @@ class LastUsedTracker:
             await asyncio.sleep(interval)
             try:
                 await self.flush(pool)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except DATABASE_ERRORS as exc:
+                LAST_USED_FLUSH_FAILURES.inc()
                 log.warning("last_used.flush_failed", error=f"{type(exc).__name__}: {exc}")

@@ -6,7 +6,11 @@ it hands back an ``audit_unavailable`` decision instead, so the request is refus
 than served unrecorded. The audit promise outranks availability.
 
 :meth:`AuditEmitter.outcomes` spools the outcome lines of Envoy's access-log entries. Those requests
-are already answered, so a line that cannot be written is counted and logged, and costs only itself.
+are already answered, so a line that cannot be built or written is counted and logged, and costs only
+itself: never the other lines of its message, never the access-log stream.
+
+Logging on these paths cannot raise (:mod:`authz.logs`), even when the full disk that refused the
+line is the one the log goes to, so the answer stays ``audit_unavailable`` rather than an error.
 
 Both run on gRPC threads (Checks on the Check pool, access-log streams on the stream pool); the spool
 takes its own lock.
@@ -57,17 +61,25 @@ class AuditEmitter:
 
     def outcomes(self, entries: Sequence[HTTPAccessLogEntry]) -> None:
         """Spool one outcome line per access-log entry, all in one write when possible."""
+        lines = []
+        for entry in entries:
+            try:
+                lines.append(outcome_line(entry))
+            except Exception as exc:  # an entry no line can be built from: a bug, but only its own line
+                AUDIT_SPOOL_FAILURES.labels("outcome").inc()
+                log.error("audit.outcome_unreadable", error=f"{type(exc).__name__}: {exc}",
+                          request_id=entry.request.request_id)
         try:
-            self._spool.append_many([outcome_line(entry) for entry in entries])
+            self._spool.append_many(lines)
         except OSError:
             # The batch failed as a whole (nothing of it was written): try line by line, so one
             # failure costs only the lines that really could not be written.
-            self._one_by_one(entries)
+            self._one_by_one(lines)
 
-    def _one_by_one(self, entries: Iterable[HTTPAccessLogEntry]) -> None:
-        for entry in entries:
+    def _one_by_one(self, lines: Iterable[dict[str, Any]]) -> None:
+        for line in lines:
             try:
-                self._spool.append(outcome_line(entry))
+                self._spool.append(line)
             except OSError as exc:
                 AUDIT_SPOOL_FAILURES.labels("outcome").inc()
-                log.error("audit.spool_failed", error=str(exc), request_id=entry.request.request_id)
+                log.error("audit.spool_failed", error=str(exc), request_id=line["request_id"])

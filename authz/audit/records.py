@@ -1,7 +1,21 @@
-"""The two kinds of audit line, built from what authz and Envoy know. Metadata only, never content."""
+"""The two kinds of audit line, built from what authz and Envoy know. Metadata only, never content.
+
+Invariants:
+
+* a line is storable whatever the client sent: every text the client chose (the request id, the
+  method, the route, the model, Envoy's response details) goes through :func:`storable`, which
+  replaces what PostgreSQL text cannot hold (NUL; lone surrogates, which are not UTF-8) and what is
+  not UTF-8 with U+FFFD and cuts the rest to the ingest schema's limits, so one hostile value can
+  never make the control plane refuse the line, or the lines behind it;
+* a line whose text had to be changed says so with ``"sanitized": true``; a line that needed
+  nothing has no such key, so it is byte for byte what it was before the key existed;
+* ``request_id`` is never empty (a fresh id stands in) and never longer than 128 characters.
+"""
 
 from __future__ import annotations
 
+import re
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,9 +28,55 @@ EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
 USAGE_NAMESPACE = "keyward.usage"
 #: The ingest schema's limit for free text; client-chosen values are cut to it, never rejected whole.
 _TEXT = 512
+#: The ingest schema's limit for a request id.
+_REQUEST_ID = 128
 #: Envoy's request method enum by number, looked up once (a number this build does not know is None).
 _METHODS = {value.number: value.name for value in
             HTTPRequestProperties.DESCRIPTOR.fields_by_name["request_method"].enum_type.values}
+#: What a PostgreSQL text column cannot hold: NUL, and surrogates, which have no UTF-8 encoding.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+_REPLACEMENT = "\ufffd"
+SANITIZED = "sanitized"
+
+
+def storable(value: str | bytes | None, limit: int = _TEXT) -> tuple[str | None, bool]:
+    """``value`` as the audit store can keep it, and whether that changed anything.
+
+    Bytes are read as UTF-8 (what is not UTF-8 becomes U+FFFD); NUL and lone surrogates become
+    U+FFFD; the result is cut to ``limit`` characters.
+
+    >>> storable("gpt-4o-mini\\x00x") == ("gpt-4o-mini\\ufffdx", True)
+    True
+    >>> storable(b"req-\\xff") == ("req-\\ufffd", True)
+    True
+    >>> storable("gpt-4o-mini")
+    ('gpt-4o-mini', False)
+    """
+    if value is None:
+        return None, False
+    changed = False
+    if isinstance(value, bytes):
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text, changed = value.decode("utf-8", "replace"), True
+    else:
+        text = value
+    # The common case, ASCII without NUL, costs two C-speed scans and no regex.
+    if not text.isascii() or "\x00" in text:
+        text, replaced = _UNSTORABLE.subn(_REPLACEMENT, text)
+        changed = changed or replaced > 0
+    if len(text) > limit:
+        text, changed = text[:limit], True
+    return text, changed
+
+
+def _request_id(value: str | bytes | None) -> tuple[str, bool]:
+    request_id, changed = storable(value, _REQUEST_ID)
+    if not request_id:
+        # The store keys requests by id; a line without one could not be joined or deduplicated.
+        return str(uuid.uuid4()), True
+    return request_id, changed
 
 
 def _iso(seconds: float) -> str:
@@ -25,22 +85,29 @@ def _iso(seconds: float) -> str:
 
 def decision_line(decision: Decision, request: GatewayRequest, at: float, status: int | None) -> dict[str, Any]:
     record = decision.record
-    return {
+    request_id, changed_id = _request_id(request.request_id)
+    method, changed_method = storable(request.method)
+    route, changed_route = storable(request.path.split("?", 1)[0])
+    model, changed_model = storable(decision.model or None)
+    line = {
         "kind": "decision",
         "at": _iso(at),
-        "request_id": request.request_id,
+        "request_id": request_id,
         "token_id": record.token_id if record else None,
         "user_id": record.user_id if record else None,
         "user_email": record.user_email if record else None,
         "team": record.team if record else None,
         "environment": record.environment if record else None,
         "provider": decision.api.value if decision.api else None,
-        "method": request.method,
-        "route": request.path.split("?", 1)[0][:_TEXT],
-        "model": decision.model[:_TEXT] if decision.model else None,
+        "method": method,
+        "route": route,
+        "model": model,
         "decision": decision.outcome.value,
         "status": status,
     }
+    if changed_id or changed_method or changed_route or changed_model:
+        line[SANITIZED] = True
+    return line
 
 
 def _ms(duration: Any) -> int | None:
@@ -69,14 +136,19 @@ def outcome_line(entry: HTTPAccessLogEntry) -> dict[str, Any]:
     status = entry.response.response_code.value
     reached_upstream = common.HasField("time_to_first_upstream_rx_byte")
     first_tx, last_rx = _ms(common.time_to_first_upstream_tx_byte), _ms(common.time_to_last_upstream_rx_byte)
-    return {
+    request_id, changed_id = _request_id(entry.request.request_id)
+    flags, changed_flags = storable(_flags(entry))
+    details, changed_details = storable(entry.response.response_code_details or None)
+    method, changed_method = storable(_METHODS.get(entry.request.request_method))
+    route, changed_route = storable((entry.request.original_path or entry.request.path).split("?", 1)[0])
+    line = {
         "kind": "outcome",
         "at": _iso(common.start_time.seconds + common.start_time.nanos / 1e9),
-        "request_id": entry.request.request_id,
+        "request_id": request_id,
         "status": status,
         "upstream_status": status if reached_upstream and status >= 100 else None,
-        "response_flags": _flags(entry),
-        "details": entry.response.response_code_details[:_TEXT] or None,
+        "response_flags": flags,
+        "details": details,
         "duration_ms": _ms(common.duration) if common.HasField("duration") else _ms(
             common.time_to_last_downstream_tx_byte),
         "upstream_ms": last_rx - first_tx if first_tx is not None and last_rx is not None else None,
@@ -85,6 +157,9 @@ def outcome_line(entry: HTTPAccessLogEntry) -> dict[str, Any]:
         "prompt_tokens": _number(usage, "prompt_tokens"),
         "completion_tokens": _number(usage, "completion_tokens"),
         "decided": decided,
-        "method": _METHODS.get(entry.request.request_method),
-        "route": (entry.request.original_path or entry.request.path).split("?", 1)[0][:_TEXT],
+        "method": method,
+        "route": route,
     }
+    if changed_id or changed_flags or changed_details or changed_method or changed_route:
+        line[SANITIZED] = True
+    return line

@@ -226,3 +226,31 @@ def test_anthropic_auth_errors_use_anthropic_shape(gateway: Gateway) -> None:
     response = gateway.http.post("/anthropic/v1/messages", json=MESSAGE, headers={"anthropic-version": "2023-06-01"})
     body = assert_anthropic_error(response, 401, "authentication_error")
     assert body["error"]["code"] == "token_missing"
+
+
+def test_a_body_that_names_the_model_twice_is_400_and_never_forwarded(gateway: Gateway) -> None:
+    # A provider that reads the first key would run gpt-4o, which authz would never have checked.
+    minted = gateway.mint(models=["gpt-4o-mini"])
+    body = b'{"model":"gpt-4o","model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+    response = gateway.http.post(
+        "/openai/v1/chat/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {minted.secret}", "content-type": "application/json"},
+    )
+    assert_openai_error(response, 400, "body_ambiguous")
+    nothing_forwarded(gateway)
+
+
+@pytest.mark.parametrize("header", ["x-api-key", "authorization"])
+def test_a_credential_header_sent_twice_is_400_and_never_forwarded(gateway: Gateway, header: str) -> None:
+    first, second = gateway.mint(), gateway.mint()
+    values = [first.secret, second.secret] if header == "x-api-key" else [f"Bearer {first.secret}",
+                                                                         f"Bearer {second.secret}"]
+    response = gateway.http.post(
+        "/anthropic/v1/messages",
+        json=MESSAGE,
+        headers=[(header, value) for value in values] + [("anthropic-version", "2023-06-01")],
+    )
+    body = assert_anthropic_error(response, 400, "invalid_request_error")
+    assert body["error"]["code"] == "credential_ambiguous"
+    nothing_forwarded(gateway)

@@ -1,4 +1,5 @@
-"""Revocation is immediate, survives a lost listener connection, and last_used_at stays current."""
+"""Revocation is immediate, survives a lost listener connection and a restart of authz, and
+last_used_at stays current."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import statistics
 import time
 from datetime import UTC, datetime
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from authz.tokens import generate_token
 from tests.e2e.conftest import Gateway
-from tests.e2e.test_denials import sql
+from tests.e2e.test_denials import assert_openai_error, sql
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +32,28 @@ def test_revocation_takes_effect_within_a_second(gateway: Gateway) -> None:
         f"\nrevocation propagation over {len(delays)} revocations: "
         f"median {statistics.median(delays) * 1000:.1f} ms, max {max(delays) * 1000:.1f} ms"
     )
+
+
+def _health(gateway: Gateway, service: str) -> int:
+    address = gateway.stack.services["authz"].env["KEYWARD_AUTHZ_ADDRESS"]
+    with grpc.insecure_channel(address) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+    return reply.status
+
+
+def test_a_revocation_survives_a_restart_of_authz(gateway: Gateway) -> None:
+    revoked, live = gateway.mint(), gateway.mint()
+    gateway.revoke(revoked.id)
+    gateway.wait_until(lambda: gateway.status_of(revoked.secret) == 401, timeout=1, what="revocation")
+    assert_openai_error(gateway.chat(revoked.secret), 401, "token_revoked")
+
+    gateway.stack.restart("authz")  # a fresh process: everything it knows comes from its first snapshot
+
+    assert_openai_error(gateway.chat(revoked.secret), 401, "token_revoked")
+    assert gateway.status_of(live.secret) == 200
+    assert_openai_error(gateway.chat(generate_token()), 401, "token_unknown")  # only revoked ones are known
+    gateway.wait_until(lambda: _health(gateway, "keyward.authz.Background") == health_pb2.HealthCheckResponse.SERVING,
+                       timeout=2, what="the background tasks to report healthy")
 
 
 def test_revoke_is_idempotent(gateway: Gateway) -> None:

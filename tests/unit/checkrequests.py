@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from envoy.config.core.v3.base_pb2 import HeaderValue
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
@@ -38,8 +38,14 @@ def check_request(
     *,
     request_id: str | None = None,
     raw_headers: bool = True,
+    repeated: Sequence[tuple[str, str | bytes]] = (),
 ) -> CheckRequest:
-    """A CheckRequest for one HTTP request; ``raw_headers=False`` mimics a config without raw headers."""
+    """A CheckRequest for one HTTP request; ``raw_headers=False`` mimics a config without raw headers.
+
+    ``repeated`` headers are sent after the others, as further entries even when ``headers`` already
+    has one of that name (Envoy's raw header map); without raw headers they are comma-joined to it,
+    as Envoy does for its plain map.
+    """
     request_id = request_id or str(uuid.uuid4())
     values: dict[str, bytes] = {
         ":authority": HOST.encode(),
@@ -65,12 +71,15 @@ def check_request(
     http.scheme = "http"
     http.protocol = "HTTP/1.1"
     http.size = len(body)
+    extra = [(key.lower(), value if isinstance(value, bytes) else value.encode("latin-1")) for key, value in repeated]
     if raw_headers:
-        http.header_map.headers.extend(HeaderValue(key=k, raw_value=v) for k, v in values.items())
+        http.header_map.headers.extend(HeaderValue(key=k, raw_value=v) for k, v in [*values.items(), *extra])
         http.raw_body = body
     else:
         for key, value in values.items():
             http.headers[key] = value.decode()
+        for key, value in extra:
+            http.headers[key] = f"{http.headers[key]},{value.decode()}" if key in http.headers else value.decode()
         http.body = body.decode()
     return check
 
@@ -165,6 +174,18 @@ def empty_x_api_key() -> CheckRequest:
     return anthropic_messages("")
 
 
+# curl $GW/anthropic/v1/messages -H "x-api-key: $PAT" -H "x-api-key: $OTHER" -H 'anthropic-version: 2023-06-01' -H 'Content-Type: application/json' -d '{"model":"claude-3-5-haiku-latest","max_tokens":64,"messages":[{"role":"user","content":"Say hi"}]}'   (two entries in Envoy's raw header map)
+def two_x_api_keys(token: str, other: str, *, raw_headers: bool = True) -> CheckRequest:
+    body = _json({"model": ANTHROPIC_MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": "Say hi"}]})
+    return check_request("POST", "/anthropic/v1/messages", {**_ANTHROPIC_SDK, "x-api-key": token}, body,
+                         raw_headers=raw_headers, repeated=[("x-api-key", other)])
+
+
+# curl $GW/openai/v1/chat/completions -H "Authorization: Bearer $PAT" -H "Authorization: Bearer $OTHER" -H 'Content-Type: application/json' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hi"}]}'   (Envoy joins the two into one value: "Bearer $PAT,Bearer $OTHER")
+def two_authorizations(token: str, other: str) -> CheckRequest:
+    return with_authorization(f"Bearer {token},Bearer {other}")
+
+
 # -- bodies ---------------------------------------------------------------------------------------
 
 # curl $GW/openai/v1/chat/completions -H "Authorization: Bearer $PAT" -H 'Content-Type: application/json' --data-binary @two-megabytes.json   (Envoy forwards the first max_request_bytes and adds x-envoy-auth-partial-body: true)
@@ -193,6 +214,13 @@ def array_body(token: str) -> CheckRequest:
 # curl $GW/openai/v1/chat/completions -H "Authorization: Bearer $PAT" -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hi"}]}'   (curl -d defaults to a form content type)
 def form_encoded_body(token: str) -> CheckRequest:
     return chat_with_body(token, chat_body(), "application/x-www-form-urlencoded")
+
+
+# curl $GW/openai/v1/chat/completions -H "Authorization: Bearer $PAT" -H 'Content-Type: application/json' -d '{"model":"gpt-4o-mini","model":"gpt-4o","messages":[{"role":"user","content":"Say hi"}]}'
+def duplicate_model(token: str, first: str = OPENAI_MODEL, second: str = "gpt-4o") -> CheckRequest:
+    body = (b'{"model":' + json.dumps(first).encode() + b',"model":' + json.dumps(second).encode()
+            + b',"messages":[{"role":"user","content":"Say hi"}]}')
+    return chat_with_body(token, body)
 
 
 # curl $GW/openai/v1/chat/completions -H "Authorization: Bearer $PAT" -H 'Content-Type: application/json' -d '{"messages":[{"role":"user","content":"Say hi"}]}'

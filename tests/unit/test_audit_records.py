@@ -1,5 +1,7 @@
 """Audit lines built from authz decisions and Envoy access-log entries, accepted by the ingest models,
 and put on the spool by the emitter (which refuses a request whose decision cannot be recorded).
+Whatever a client sends (NUL, lone surrogates, bytes that are not UTF-8, a megabyte), the line stays
+storable and says when it had to be changed.
 
 The access-log entries are shaped the way Envoy's gRPC access logger fills ``HTTPAccessLogEntry``:
 timings as durations since ``start_time``, ext_authz's dynamic metadata under the filter's name,
@@ -13,21 +15,33 @@ import json
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from envoy.config.core.v3.base_pb2 import RequestMethod
 from envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry, ResponseFlags
+from envoy.service.accesslog.v3 import als_pb2
+from prometheus_client import REGISTRY
 
+from authz.access_log import AccessLogReceiver
 from authz.audit.emitter import AuditEmitter
-from authz.audit.records import EXT_AUTHZ_NAMESPACE, USAGE_NAMESPACE, decision_line, outcome_line
-from authz.cache import ModelCatalog, TokenRecord
+from authz.audit.records import EXT_AUTHZ_NAMESPACE, USAGE_NAMESPACE, decision_line, outcome_line, storable
+from authz.audit.spool import Spool
+from authz.cache import ModelCatalog, TokenCache, TokenRecord
 from authz.outcomes import DENIALS, Outcome
-from authz.pipeline import Decision
+from authz.pipeline import Decision, Pipeline
 from authz.request import GatewayRequest
+from authz.request import parse as parse_check
 from authz.routes import Api
-from controlplane.audit.ingest import DecisionLine, OutcomeLine
+from authz.tokens import generate_token, hash_token
+from controlplane.audit.ingest import DecisionLine, OutcomeLine, parse_body
+from tests.unit import checkrequests as cr
+from tests.unit.faults import FullDisk, logging_to
 
+HASH_KEY = bytes.fromhex("3c" * 32)
+#: Every boolean response flag Envoy knows: together their names run past the store's 512 characters.
+_ALL_FLAGS = [field.name for field in ResponseFlags.DESCRIPTOR.fields if field.type == field.TYPE_BOOL]
 START = datetime(2025, 6, 15, 15, 6, 40, 123456, tzinfo=UTC)
 START_ISO = "2025-06-15T15:06:40.123456+00:00"
 REQUEST_ID = "8d3c2f7e-5b1a-4c9e-9f0d-2a6b7c8d9e0f"
@@ -461,7 +475,189 @@ def test_outcome_lines_of_one_message_go_to_the_spool_in_one_write() -> None:
     assert spool.writes == [[outcome_line(entry) for entry in entries]]
 
 
+class NoUsage:
+    def touch(self, token_id: str, at: float) -> None:
+        pass
+
+
 def test_when_the_write_fails_each_outcome_line_is_tried_alone() -> None:
     spool = RecordingSpool(refuse_batches=True, refuse={"r2"})
     AuditEmitter(spool).outcomes(entries_of("r1", "r2", "r3"))
     assert [line["request_id"] for line in spool.lines] == ["r1", "r3"]
+
+
+# -- hostile values: every line stays storable ----------------------------------------------------
+
+MEGABYTE = 1_000_000
+
+
+def ingested(line: bytes) -> Any:
+    """The line as the control plane's ingest reads it from a batch body."""
+    return parse_body(b'{"records":[' + line + b"]}").records[0]
+
+
+def spool_bytes(directory: Path, line: dict[str, Any]) -> bytes:
+    """The line as the real spool writes it (the bytes the shipper sends)."""
+    spool = Spool(directory)
+    try:
+        spool.append(line)
+    finally:
+        spool.close()
+    [written] = spool.current.read_bytes().splitlines()
+    return written
+
+
+def assert_stored_as_is(line: dict[str, Any], written: bytes) -> None:
+    """Valid JSON, accepted by ingest, and nothing left for ingest to change: the line was storable."""
+    assert json.loads(written) == line
+    parsed = ingested(written)
+    for key, value in line.items():
+        if key in ("token_id", "user_id") and value:
+            value = uuid.UUID(value)
+        if key != "at":
+            assert getattr(parsed, key) == value, key
+
+
+def test_a_nul_in_a_denied_model_reaches_the_spool_replaced_and_marked(tmp_path: Path) -> None:
+    """The issue's request, end to end through authz: body -> pipeline -> emitter -> spool -> ingest."""
+    token = generate_token()
+    cache = TokenCache()
+    cache.upsert(token_record(token_hash=hash_token(token, HASH_KEY)))
+    pipeline = Pipeline(cache=cache, hash_key=HASH_KEY, usage=NoUsage(), clock=lambda: AT)
+    request = parse_check(cr.chat_with_body(token, b'{"model":"gpt-4o-mini\\u0000x","messages":[]}'))
+    spool = Spool(tmp_path / "spool")
+    try:
+        answer = AuditEmitter(spool, clock=lambda: AT).decision(pipeline.decide(request), request)
+    finally:
+        spool.close()
+    assert answer.outcome is Outcome.MODEL_NOT_ALLOWED
+    [written] = spool.current.read_bytes().splitlines()
+    assert b"\\u0000" not in written and b"\x00" not in written
+    line = json.loads(written)
+    assert line["model"] == "gpt-4o-mini\ufffdx"
+    assert line["sanitized"] is True
+    assert_stored_as_is(line, written)
+
+
+def test_lone_surrogates_in_any_text_are_replaced(tmp_path: Path) -> None:
+    lone = json.loads('"\\ud800"')  # what JSON lets a client send
+    request = GatewayRequest(request_id=f"req-{lone}", method=f"PO{lone}ST", path=f"/openai/{lone}/x?q={lone}",
+                             credential=None, credential_unreadable=False, content_type="application/json",
+                             body=b"", body_truncated=False)
+    decision = Decision(Outcome.MODEL_NOT_ALLOWED, Api.OPENAI, token_record(), f"gpt-{lone}")
+    line = decision_line(decision, request, AT, 403)
+    assert (line["request_id"], line["method"], line["route"], line["model"]) == (
+        "req-\ufffd", "PO\ufffdST", "/openai/\ufffd/x", "gpt-\ufffd")
+    assert line["sanitized"] is True
+    written = spool_bytes(tmp_path / "spool", line)
+    written.decode("utf-8")  # strict: it is UTF-8 text now
+    assert_stored_as_is(line, written)
+
+
+def test_undecodable_header_bytes_become_replacement_characters(tmp_path: Path) -> None:
+    check = cr.check_request("GET", "/openai/v1/models", {"x-request-id": b"req-\xff\xfe-1"})
+    line = decision_line(Decision(Outcome.TOKEN_MISSING, Api.OPENAI), parse_check(check), AT, 401)
+    assert line["request_id"] == "req-\ufffd\ufffd-1"
+    assert line["sanitized"] is True
+    assert_stored_as_is(line, spool_bytes(tmp_path / "spool", line))
+
+
+def test_storable_reads_bytes_as_utf8_with_replacement() -> None:
+    assert storable(b"caf\xc3\xa9") == ("café", False)
+    assert storable(b"caf\xc3") == ("caf\ufffd", True)
+    assert storable(b"a\x00b") == ("a\ufffdb", True)
+
+
+def test_a_megabyte_in_every_client_chosen_field_of_a_decision(tmp_path: Path) -> None:
+    huge = "m" * MEGABYTE
+    request = GatewayRequest(request_id=huge, method=huge, path="/" + huge + "?" + huge, credential=None,
+                             credential_unreadable=False, content_type="application/json", body=b"",
+                             body_truncated=False)
+    line = decision_line(Decision(Outcome.ROUTE_UNKNOWN, Api.OPENAI, token_record(), huge), request, AT, 404)
+    assert len(line["request_id"]) == 128
+    assert (len(line["method"]), len(line["route"]), len(line["model"])) == (512, 512, 512)
+    assert line["sanitized"] is True
+    written = spool_bytes(tmp_path / "spool", line)
+    assert len(written) < 4096
+    assert_stored_as_is(line, written)
+
+
+def test_a_megabyte_in_every_client_chosen_field_of_an_outcome(tmp_path: Path) -> None:
+    entry = access_log(path="/" + "p" * MEGABYTE, original_path="/" + "o" * MEGABYTE + "\x00",
+                       details="d" * MEGABYTE, flags=tuple(name for name in _ALL_FLAGS))
+    entry.request.request_id = "r" * MEGABYTE
+    line = outcome_line(entry)
+    assert (len(line["request_id"]), len(line["route"]), len(line["details"])) == (128, 512, 512)
+    assert line["route"] == "/" + "o" * 511
+    assert len(line["response_flags"]) <= 512
+    assert line["sanitized"] is True
+    assert_stored_as_is(line, spool_bytes(tmp_path / "spool", line))
+
+
+def test_a_nul_in_an_outcome_path_or_details_is_replaced(tmp_path: Path) -> None:
+    line = outcome_line(access_log(path="/openai/v1/chat\x00/completions", details="via\x00upstream"))
+    assert (line["route"], line["details"]) == ("/openai/v1/chat\ufffd/completions", "via\ufffdupstream")
+    assert line["sanitized"] is True
+    assert_stored_as_is(line, spool_bytes(tmp_path / "spool", line))
+
+
+@pytest.mark.parametrize("empty", ["", b""], ids=["str", "bytes"])
+def test_an_empty_request_id_is_replaced_by_a_fresh_one(empty: str | bytes) -> None:
+    request = gateway_request()
+    request.request_id = empty  # type: ignore[assignment]
+    line = decision_line(Decision(Outcome.TOKEN_MISSING, None), request, AT, 401)
+    assert uuid.UUID(line["request_id"])
+    assert line["sanitized"] is True
+    entry = allowed_completion()
+    entry.request.request_id = ""
+    assert uuid.UUID(outcome_line(entry)["request_id"])
+
+
+def test_a_long_request_id_is_cut_to_what_the_store_accepts() -> None:
+    request = gateway_request()
+    request.request_id = "x" * 129
+    line = decision_line(Decision(Outcome.TOKEN_MISSING, None), request, AT, 401)
+    assert line["request_id"] == "x" * 128
+    assert line["sanitized"] is True
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        decision_line(Decision(Outcome.ALLOWED, Api.OPENAI, token_record(), "gpt-4o-mini"), gateway_request(), AT,
+                      None),
+        decision_line(Decision(Outcome.TOKEN_MISSING, None), gateway_request("/anthropic/v1/messages"), AT, 401),
+        outcome_line(allowed_completion()),
+        outcome_line(denied_by_authz()),
+        outcome_line(no_route()),
+    ],
+    ids=["allowed", "denied", "outcome", "outcome-denied", "outcome-no-route"],
+)
+def test_a_line_that_needed_nothing_has_no_sanitized_key(line: dict[str, Any]) -> None:
+    assert "sanitized" not in line
+
+
+# -- a full disk refuses the spool and the log alike ----------------------------------------------
+
+
+def test_a_decision_still_answers_audit_unavailable_when_the_log_is_on_the_full_disk_too() -> None:
+    decision = Decision(Outcome.ALLOWED, Api.OPENAI, token_record(), "gpt-4o-mini")
+    spool = RecordingSpool(refuse={REQUEST_ID})
+    with logging_to(FullDisk()):
+        answer = AuditEmitter(spool, clock=lambda: AT).decision(decision, gateway_request())
+    assert answer.outcome is Outcome.AUDIT_UNAVAILABLE
+
+
+def test_the_access_log_stream_outlives_lines_it_cannot_spool_or_log() -> None:
+    spool = RecordingSpool(refuse_batches=True, refuse={"r1", "r2"})
+    messages = []
+    for request_ids in (("r1", "r2"), ("r3",)):
+        message = als_pb2.StreamAccessLogsMessage()
+        message.http_logs.log_entry.extend(entries_of(*request_ids))
+        messages.append(message)
+    before = REGISTRY.get_sample_value("keyward_authz_audit_spool_failures_total", {"kind": "outcome"}) or 0.0
+    with logging_to(FullDisk()):
+        reply = AccessLogReceiver(AuditEmitter(spool)).StreamAccessLogs(iter(messages), None)
+    assert isinstance(reply, als_pb2.StreamAccessLogsResponse)
+    assert [line["request_id"] for line in spool.lines] == ["r3"]  # the message after the failures went on
+    assert REGISTRY.get_sample_value("keyward_authz_audit_spool_failures_total", {"kind": "outcome"}) == before + 2

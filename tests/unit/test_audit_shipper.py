@@ -1,22 +1,34 @@
 """The shipper: spooled lines to the control plane, in order, at least once, through an injected client.
 
 The control plane is an ``httpx.MockTransport`` whose answers are scripted per POST; the spool is a
-real one in ``tmp_path``, so positions, segment files and deletions are the real thing.
+real one in ``tmp_path``, so positions, segment files and deletions are the real thing. Pauses go
+through an injected ``sleep``, so back-off is measured, not waited for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
-from authz.audit.shipper import Shipper
+from authz.audit.shipper import (
+    MAX_BACKOFF_SECONDS,
+    MAX_RETRY_AFTER_SECONDS,
+    REASON_CHARS,
+    SERVER_ERROR_ATTEMPTS,
+    Shipper,
+)
 from authz.audit.spool import Spool
+from authz.supervisor import Supervisor
+from tests.unit.faults import FullDisk, Naps, logging_to, until
 
 URL = "http://controlplane.test/api/v1/audit/ingest"
 TOKEN = "kw_ingest_0123456789abcdef"
@@ -295,35 +307,248 @@ async def test_nothing_is_resent_after_a_restart_once_confirmed(spool_dir: Path,
 
 
 class Picky(ControlPlane):
-    """Refuses (422) every batch that holds one of the ``bad`` record numbers, accepts the rest."""
+    """Refuses with ``status`` every batch that holds one of the ``bad`` record numbers and stores the
+    rest, each line once (as ingest's idempotency does); ``interrupt`` answers chosen attempts (by
+    number, from 0) with something else, as a store going down for a moment would."""
 
-    def __init__(self, bad: set[int]) -> None:
+    def __init__(self, bad: set[int], status: int = 422, *, reason: str = "bad line",
+                 interrupt: dict[int, int | str] | None = None) -> None:
         super().__init__()
         self.bad = bad
+        self.status = status
+        self.reason = reason
+        self.interrupt = interrupt or {}
         self.stored: list[int] = []
 
     def handler(self, request: httpx.Request) -> httpx.Response:
+        attempt = len(self.attempts)
         self.attempts.append(request)
+        if attempt in self.interrupt:
+            answer = self.interrupt[attempt]
+            if answer == CONNECT_ERROR:
+                raise httpx.ConnectError("connection refused", request=request)
+            assert isinstance(answer, int)
+            return httpx.Response(answer, text="store unavailable")
         numbers = [line["n"] for line in json.loads(request.content)["records"]]
         if self.bad & set(numbers):
-            return httpx.Response(422, json={"detail": [{"msg": "bad line"}]})
-        self.stored += numbers
+            return httpx.Response(self.status, text=self.reason)
+        self.stored += [n for n in numbers if n not in self.stored]
         return httpx.Response(200, json={"accepted": len(numbers), "duplicates": 0})
+
+
+def rejected_entries(spool_dir: Path) -> list[dict[str, Any]]:
+    path = spool_dir / "rejected" / "rejected.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def quarantined(status: int) -> float:
+    return REGISTRY.get_sample_value("keyward_authz_audit_lines_quarantined_total", {"status": str(status)}) or 0.0
 
 
 async def test_a_422_sets_aside_only_the_bad_lines(spool: Spool, spool_dir: Path) -> None:
     fill(spool, 8)
     lines = raw_lines(spool)
     picky = Picky(bad={1, 6})
+    before = quarantined(422)
     async with httpx.AsyncClient(transport=httpx.MockTransport(picky.handler)) as client:
         shipper = shipper_for(spool, client, batch_lines=4)
         assert await ship_all(shipper) == [4, 4, 0]
     assert picky.stored == [0, 2, 3, 4, 5, 7]  # every good line landed, in order
+    entries = rejected_entries(spool_dir)
+    assert [entry["line"] for entry in entries] == [json.loads(lines[1]), json.loads(lines[6])]
+    assert {(entry["status"], entry["reason"]) for entry in entries} == {(422, "bad line")}
     rejected = spool_dir / "rejected" / "rejected.jsonl"
-    assert rejected.read_bytes() == lines[1] + b"\n" + lines[6] + b"\n"
     assert rejected.stat().st_mode & 0o777 == 0o600
     assert (spool_dir / "rejected").stat().st_mode & 0o777 == 0o700
     assert pending_bytes(shipper, spool) == 0
+    assert quarantined(422) == before + 2
+
+
+async def test_a_batch_that_keeps_failing_with_500_is_isolated_and_never_blocks_the_rest(
+    spool: Spool, spool_dir: Path
+) -> None:
+    """The NUL incident: ingest answers 500 for any batch holding one line, for ever."""
+    fill(spool, 8)
+    poison = json.loads(raw_lines(spool)[3])
+    picky = Picky(bad={3}, status=500, reason="Internal Server Error: " + "x" * 5000)
+    before = quarantined(500)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(picky.handler)) as client:
+        shipper = shipper_for(spool, client, batch_lines=4)
+        for _ in range(SERVER_ERROR_ATTEMPTS - 1):  # it may be transient: the same batch is retried
+            with pytest.raises(httpx.HTTPStatusError):
+                await shipper.ship_once()
+            assert pending_bytes(shipper, spool) == 400
+        assert await ship_all(shipper) == [4, 4, 0]
+    assert picky.stored == [0, 1, 2, 4, 5, 6, 7]  # every good line, in order
+    [entry] = rejected_entries(spool_dir)
+    assert entry["line"] == poison
+    assert entry["status"] == 500
+    assert entry["reason"] == ("Internal Server Error: " + "x" * 5000)[:REASON_CHARS]
+    assert datetime.fromisoformat(entry["quarantined_at"]).tzinfo is not None
+    assert pending_bytes(shipper, spool) == 0  # the position moved past it
+    assert quarantined(500) == before + 1
+
+
+async def test_run_keeps_going_past_a_poison_line(spool: Spool, spool_dir: Path) -> None:
+    fill(spool, 6)
+    picky = Picky(bad={2}, status=500)
+    naps = Naps()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(picky.handler)) as client:
+        shipper = Shipper(spool, client=client, url=URL, token=TOKEN, batch_lines=4, idle_seconds=0.01,
+                          sleep=naps)
+        running = asyncio.create_task(shipper.run())
+        try:
+            await until(lambda: picky.stored == [0, 1, 3, 4, 5], what="the good lines")
+            fill(spool, 2, start=6)  # and what arrives afterwards follows
+            await until(lambda: picky.stored == [0, 1, 3, 4, 5, 6, 7], what="the later lines")
+        finally:
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+    assert [entry["line"]["n"] for entry in rejected_entries(spool_dir)] == [2]
+
+
+async def test_a_single_line_gets_its_own_attempts_before_it_is_set_aside(spool: Spool, spool_dir: Path) -> None:
+    fill(spool, 2)
+    # Three 500s for the pair; then the pair's halves: line 0 fine, line 1 refused once, then fine.
+    picky = Picky(bad=set(), interrupt={0: 500, 1: 500, 2: 500, 4: 500})
+    async with httpx.AsyncClient(transport=httpx.MockTransport(picky.handler)) as client:
+        shipper = shipper_for(spool, client)
+        for _ in range(SERVER_ERROR_ATTEMPTS - 1):
+            with pytest.raises(httpx.HTTPStatusError):
+                await shipper.ship_once()
+        assert await shipper.ship_once() == 2
+    assert picky.stored == [0, 1]
+    assert rejected_entries(spool_dir) == []
+
+
+async def test_a_500_that_clears_up_quarantines_nothing(spool: Spool, spool_dir: Path,
+                                                        client: httpx.AsyncClient,
+                                                        control_plane: ControlPlane) -> None:
+    fill(spool, 3)
+    control_plane.script = [500] * (SERVER_ERROR_ATTEMPTS - 1)
+    shipper = shipper_for(spool, client)
+    for _ in range(SERVER_ERROR_ATTEMPTS - 1):
+        with pytest.raises(httpx.HTTPStatusError):
+            await shipper.ship_once()
+    assert await shipper.ship_once() == 3
+    assert control_plane.numbers() == [0, 1, 2] * SERVER_ERROR_ATTEMPTS
+    assert rejected_entries(spool_dir) == []
+
+
+@pytest.mark.parametrize("failure", [429, 502, 503, 504, 401, 404, CONNECT_ERROR])
+async def test_a_store_that_is_down_or_busy_is_waited_out_and_nothing_is_quarantined(
+    failure: int | str, spool: Spool, spool_dir: Path, client: httpx.AsyncClient, control_plane: ControlPlane
+) -> None:
+    fill(spool, 3)
+    control_plane.script = [failure] * 10
+    shipper = shipper_for(spool, client)
+    for _ in range(10):
+        with pytest.raises(httpx.HTTPError):
+            await shipper.ship_once()
+    assert await shipper.ship_once() == 3
+    assert rejected_entries(spool_dir) == []
+    assert pending_bytes(shipper, spool) == 0
+
+
+async def test_an_outage_halfway_through_isolation_settles_nothing_twice(spool: Spool, spool_dir: Path) -> None:
+    fill(spool, 4)
+    # 0: the batch of 4 is refused; 1: lines 0-1 refused; 2: line 0 ships; 3: line 1 alone is
+    # refused and set aside; 4: the store goes down before lines 2-3 are sent.
+    picky = Picky(bad={1}, interrupt={4: 503})
+    async with httpx.AsyncClient(transport=httpx.MockTransport(picky.handler)) as client:
+        shipper = shipper_for(spool, client)
+        with pytest.raises(httpx.HTTPStatusError):
+            await shipper.ship_once()
+        assert pending_bytes(shipper, spool) == 100  # the settled half is behind the position already
+        assert await ship_all(shipper) == [2, 0]
+    assert picky.stored == [0, 2, 3]
+    assert [entry["line"]["n"] for entry in rejected_entries(spool_dir)] == [1]
+    assert [[line["n"] for line in batch] for batch in picky.batches[5:]] == [[2, 3]]  # nothing settled is resent
+
+
+# -- waiting for the store ------------------------------------------------------------------------
+
+
+async def run_until(shipper: Shipper, condition: Any) -> None:
+    running = asyncio.create_task(shipper.run())
+    try:
+        await until(condition, what="shipping to resume")
+    finally:
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+
+
+async def test_the_back_off_never_exceeds_a_second_so_recovery_is_prompt(spool: Spool,
+                                                                       control_plane: ControlPlane,
+                                                                       client: httpx.AsyncClient) -> None:
+    fill(spool, 3)
+    control_plane.script = [CONNECT_ERROR] * 30  # a long outage
+    naps = Naps()
+    shipper = Shipper(spool, client=client, url=URL, token=TOKEN, idle_seconds=0.25, sleep=naps)
+    await run_until(shipper, lambda: control_plane.numbers()[-3:] == [0, 1, 2] and not control_plane.script)
+    pauses = naps.taken[:30]
+    assert pauses[:3] == [0.25, 0.5, 1.0]
+    assert max(pauses) == MAX_BACKOFF_SECONDS == 1.0  # the store back: shipping resumes within a second
+
+
+@pytest.mark.parametrize(("header", "pause"), [("7", 7.0), ("86400", MAX_RETRY_AFTER_SECONDS), ("soon", 0.25)])
+async def test_retry_after_is_honoured_within_reason(header: str, pause: float, spool: Spool) -> None:
+    fill(spool, 1)
+    answers = [httpx.Response(503, headers={"retry-after": header}), httpx.Response(200, json={})]
+    sent: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(len(sent))
+        return answers.pop(0) if answers else httpx.Response(200, json={})
+
+    naps = Naps()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        shipper = Shipper(spool, client=client, url=URL, token=TOKEN, idle_seconds=0.25, sleep=naps)
+        await run_until(shipper, lambda: len(sent) >= 2)
+    assert naps.taken[0] == pause
+
+
+# -- a full disk ----------------------------------------------------------------------------------
+
+
+async def test_a_full_disk_window_stops_nothing_for_good(spool: Spool, spool_dir: Path) -> None:
+    """The position file cannot be written and the log cannot be written, for a while: the shipper
+    fails, is restarted by its supervisor, and once there is room ships every line, in order."""
+    fill(spool, 5)
+    store = Picky(bad=set())
+    disk = FullDisk()
+    obstacle = spool_dir / "shipped.tmp"  # the position's staging file: a directory cannot be opened (EISDIR)
+    obstacle.mkdir()
+    failures_before = REGISTRY.get_sample_value("keyward_authz_log_write_failures_total") or 0.0
+    with logging_to(disk):
+        async with httpx.AsyncClient(transport=httpx.MockTransport(store.handler)) as client:
+            shipper = Shipper(spool, client=client, url=URL, token=TOKEN, batch_lines=2, idle_seconds=0.01,
+                              sleep=Naps())
+            supervisor = Supervisor({"full-disk-shipper": shipper.run}, first_backoff=0.001, max_backoff=0.01)
+            running = asyncio.create_task(supervisor.run())
+            try:
+                await until(lambda: supervisor.states()["full-disk-shipper"].restarts >= 3, what="restarts")
+                state = supervisor.states()["full-disk-shipper"]
+                assert state.failing_since is not None
+                assert "IsADirectoryError" in (state.last_error or "")
+                assert pending_bytes(shipper, spool) == total_bytes(spool)  # nothing confirmed, nothing skipped
+                fill(spool, 3, start=5)  # requests go on being recorded meanwhile
+                assert disk.refused > 0  # and the log could not be written either
+
+                obstacle.rmdir()  # room again
+                disk.full = False
+                await until(lambda: store.stored == list(range(8)), what="every line")
+                await until(lambda: supervisor.states()["full-disk-shipper"].up, what="the shipper up")
+            finally:
+                running.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await running
+    assert pending_bytes(shipper, spool) == 0
+    first_sent = list(dict.fromkeys(store.numbers()))  # resends are fine (ingest is idempotent); order is not
+    assert first_sent == list(range(8))
+    assert (REGISTRY.get_sample_value("keyward_authz_log_write_failures_total") or 0.0) > failures_before
 
 
 # -- segments -------------------------------------------------------------------------------------

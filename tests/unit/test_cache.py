@@ -1,10 +1,12 @@
-"""The in-memory token index, the model catalogs it points at and the interner that shares them."""
+"""The in-memory token index, the model catalogs it points at, the interner that shares them, and the
+revoked set that keeps revocations across snapshots."""
 
 from __future__ import annotations
 
 import pytest
 
-from authz.cache import Interner, ModelCatalog, ProfileCatalog, TokenCache, TokenRecord
+from authz.cache import Interner, ModelCatalog, ProfileCatalog, TokenCache, TokenRecord, revoked_key
+from authz.tokens import generate_token, hash_token
 
 # -- ModelCatalog ---------------------------------------------------------------------------------
 
@@ -223,3 +225,67 @@ def test_forget(cache: TokenCache) -> None:
     assert cache.get("hash-of-b") is not None
     assert len(cache) == 1
     cache.forget("a")  # a second NOTIFY for a deleted token must not fail
+
+
+# -- the revoked set: revocations survive snapshots ---------------------------------------------
+
+REAL_HASH = hash_token(generate_token(), bytes(32))
+
+
+def test_revoked_keys_are_sixteen_raw_bytes_of_the_digest() -> None:
+    key = revoked_key(REAL_HASH)
+    assert key == bytes.fromhex(REAL_HASH)[:16]
+    assert isinstance(key, bytes) and len(key) == 16
+
+
+def test_a_snapshot_carries_revoked_tokens_as_keys_not_records(cache: TokenCache) -> None:
+    cache.replace_all([record("live")], {revoked_key(REAL_HASH)})
+    assert cache.get(REAL_HASH) is None
+    assert cache.is_revoked(REAL_HASH)
+    assert not cache.is_revoked("hash-of-live")
+    assert (len(cache), cache.revoked_count) == (1, 1)
+
+
+def test_a_revocation_notice_adds_the_key_and_keeps_the_tombstone(cache: TokenCache) -> None:
+    cache.replace_all([record("a", REAL_HASH)])
+    assert not cache.is_revoked(REAL_HASH)
+    cache.upsert(record("a", REAL_HASH, revoked=True))
+    assert cache.is_revoked(REAL_HASH)
+    assert is_revoked(cache, REAL_HASH)  # the tombstone record too, naming the owner until the next snapshot
+
+
+def test_the_next_snapshot_keeps_a_revocation_it_lists(cache: TokenCache) -> None:
+    cache.replace_all([record("a", REAL_HASH)])
+    cache.upsert(record("a", REAL_HASH, revoked=True))
+    cache.replace_all([], {revoked_key(REAL_HASH)})
+    assert cache.get(REAL_HASH) is None
+    assert cache.is_revoked(REAL_HASH)
+
+
+def test_an_unrevoked_token_leaves_the_set(cache: TokenCache) -> None:
+    cache.replace_all([], {revoked_key(REAL_HASH)})
+    cache.upsert(record("a", REAL_HASH))  # revoked_at set back to NULL by hand, then the NOTIFY
+    assert not cache.is_revoked(REAL_HASH)
+    assert cache.get(REAL_HASH) is not None
+
+
+def test_a_forgotten_token_leaves_the_set(cache: TokenCache) -> None:
+    cache.upsert(record("a", REAL_HASH, revoked=True))
+    cache.forget("a")  # its row was deleted
+    assert not cache.is_revoked(REAL_HASH)
+    assert cache.get(REAL_HASH) is None
+    assert cache.revoked_count == 0
+
+
+def test_a_token_moved_to_another_hash_takes_its_old_key_out(cache: TokenCache) -> None:
+    cache.upsert(record("a", "old", revoked=True))
+    cache.upsert(record("a", "new", revoked=True))
+    assert not cache.is_revoked("old")
+    assert cache.is_revoked("new")
+    assert cache.revoked_count == 1
+
+
+def test_a_replaced_snapshot_forgets_revocations_it_no_longer_lists(cache: TokenCache) -> None:
+    cache.replace_all([], {revoked_key(REAL_HASH)})
+    cache.replace_all([], set())
+    assert not cache.is_revoked(REAL_HASH)

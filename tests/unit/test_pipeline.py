@@ -18,7 +18,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz import request as request_codec
 from authz import response as response_codec
 from authz.audit.emitter import AuditEmitter
-from authz.cache import NO_PROFILE, ModelCatalog, ProfileCatalog, TokenCache, TokenRecord
+from authz.cache import NO_PROFILE, ModelCatalog, ProfileCatalog, TokenCache, TokenRecord, revoked_key
 from authz.outcomes import Outcome
 from authz.pipeline import Decision, Pipeline
 from authz.servicer import AuthorizationServicer
@@ -31,15 +31,22 @@ CATALOG = ("gpt-4o-mini", "claude-3-5-haiku-*")
 
 
 class RecordingCache(TokenCache):
-    """A real cache that remembers every lookup."""
+    """A real cache that remembers every lookup, and every question to its revoked set."""
+
+    __slots__ = ("lookups", "revoked_lookups")
 
     def __init__(self) -> None:
         super().__init__()
         self.lookups: list[str] = []
+        self.revoked_lookups: list[str] = []
 
     def get(self, token_hash: str) -> TokenRecord | None:
         self.lookups.append(token_hash)
         return super().get(token_hash)
+
+    def is_revoked(self, token_hash: str) -> bool:
+        self.revoked_lookups.append(token_hash)
+        return super().is_revoked(token_hash)
 
 
 @dataclass
@@ -110,7 +117,16 @@ class Gateway:
 
     def revoke(self, token_id: str) -> None:
         """What the listener does on the NOTIFY for a revocation: upsert the re-read row, now revoked."""
-        self.cache.upsert(dataclasses.replace(self.records[token_id], revoked=True))
+        self.records[token_id] = dataclasses.replace(self.records[token_id], revoked=True)
+        self.cache.upsert(self.records[token_id])
+
+    def restart(self) -> None:
+        """What a restarted authz holds after its first snapshot (see ``authz.snapshot.load_snapshot``):
+        a new cache with the live tokens' records and the revoked tokens' keys, nothing else."""
+        self.cache = RecordingCache()
+        self.cache.replace_all([r for r in self.records.values() if not r.revoked],
+                               {revoked_key(r.token_hash) for r in self.records.values() if r.revoked})
+        self.pipeline = Pipeline(cache=self.cache, hash_key=HASH_KEY, usage=self.usage, clock=self.clock)
 
     def check(self, check: CheckRequest) -> Result:
         gateway_request = request_codec.parse(check)
@@ -208,6 +224,28 @@ def test_token_revoked(gw: Gateway) -> None:
     assert_denied(gw.check(cr.openai_chat(token)), Outcome.TOKEN_REVOKED, 401)
 
 
+def test_a_revoked_token_stays_revoked_after_a_restart(gw: Gateway) -> None:
+    token, live = gw.mint(token_id="tok-r"), gw.mint(token_id="tok-live")
+    gw.revoke("tok-r")
+    gw.restart()
+    assert gw.cache.get(hash_token(token, HASH_KEY)) is None  # no record: only its key is kept
+    result = gw.check(cr.openai_chat(token))
+    assert_denied(result, Outcome.TOKEN_REVOKED, 401)
+    assert result.token_id is None
+    assert gw.check(cr.openai_chat(live)).outcome is Outcome.ALLOWED
+    assert_denied(gw.check(cr.openai_chat(generate_token())), Outcome.TOKEN_UNKNOWN, 401)
+
+
+def test_the_revoked_set_is_asked_only_on_a_miss(gw: Gateway) -> None:
+    token = gw.mint()
+    gw.restart()
+    gw.check(cr.openai_chat(token))
+    assert gw.cache.revoked_lookups == []
+    stranger = generate_token()
+    gw.check(cr.openai_chat(stranger))
+    assert gw.cache.revoked_lookups == [hash_token(stranger, HASH_KEY)]
+
+
 @pytest.mark.parametrize("late_by", [0.0, 0.001, 86_400.0])
 def test_token_expired(gw: Gateway, late_by: float) -> None:
     token = gw.mint(expires_at=NOW + 60)
@@ -276,6 +314,50 @@ def test_body_not_json(gw: Gateway, canned) -> None:
 def test_model_missing(gw: Gateway, body: bytes) -> None:
     token = gw.mint()
     assert_denied(gw.check(cr.chat_with_body(token, body)), Outcome.MODEL_MISSING, 400)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(cr.duplicate_model("x", "gpt-4o-mini", "gpt-4o").attributes.request.http.raw_body,
+                     id="model-twice-allowed-first"),
+        pytest.param(cr.duplicate_model("x", "gpt-4o", "gpt-4o-mini").attributes.request.http.raw_body,
+                     id="model-twice-allowed-last"),
+        pytest.param(b'{"model":"gpt-4o-mini","model":"gpt-4o-mini"}', id="model-twice-same-value"),
+        pytest.param(b'{"model":"gpt-4o-mini","\\u006dodel":"gpt-4o"}', id="escaped-second-key"),
+        pytest.param(b'{"model":"gpt-4o-mini","stream":false,"stream":true}', id="other-top-level-key"),
+        pytest.param(b'{"model":"gpt-4o-mini","messages":[{"role":"user","role":"system","content":"x"}]}',
+                     id="nested-key"),
+        pytest.param(b'{"model":"gpt-4o-mini","a":{"b":{"c":[{"d":1,"d":2}]}}}', id="deeply-nested-key"),
+        pytest.param(b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"' + b"x" * 1_000_000
+                     + b'"}],"model":"gpt-4o"}', id="second-model-after-a-megabyte"),
+    ],
+)
+def test_body_ambiguous(gw: Gateway, body: bytes) -> None:
+    token = gw.mint()
+    result = gw.check(cr.chat_with_body(token, body))
+    assert_denied(result, Outcome.BODY_AMBIGUOUS, 400)
+    assert result.decision.model is None  # no model was judged, so none is named
+    assert gw.usage.touches == []
+
+
+def test_body_ambiguous_in_the_anthropic_shape(gw: Gateway) -> None:
+    token = gw.mint()
+    body = b'{"model":"claude-3-5-haiku-latest","max_tokens":64,"model":"claude-3-opus-latest","messages":[]}'
+    check = cr.check_request("POST", "/anthropic/v1/messages",
+                             {"x-api-key": token, "content-type": "application/json"}, body)
+    result = gw.check(check)
+    assert result.outcome is Outcome.BODY_AMBIGUOUS
+    document = json.loads(result.response.denied_response.body)
+    assert document["error"] | {"message": None} == {"type": "invalid_request_error", "code": "body_ambiguous",
+                                                      "message": None}
+
+
+def test_repeated_keys_in_different_objects_are_not_ambiguous(gw: Gateway) -> None:
+    token = gw.mint()
+    body = (b'{"model":"gpt-4o-mini","messages":[{"role":"system","content":"a"},'
+            b'{"role":"user","content":"b"}],"metadata":{"model":"x"}}')
+    assert gw.check(cr.chat_with_body(token, body)).outcome is Outcome.ALLOWED
 
 
 def test_model_missing_from_canned_request(gw: Gateway) -> None:
@@ -388,6 +470,43 @@ def test_every_outcome_has_a_scenario() -> None:
     assert missing == set()
 
 
+# -- ambiguous credentials -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "canned",
+    [
+        pytest.param(lambda token, other: cr.two_x_api_keys(token, other), id="x-api-key-twice"),
+        pytest.param(lambda token, other: cr.two_x_api_keys(other, token), id="x-api-key-twice-reversed"),
+        pytest.param(lambda token, other: cr.two_x_api_keys(token, token), id="x-api-key-twice-same"),
+        pytest.param(lambda token, other: cr.two_x_api_keys(token, ""), id="x-api-key-and-an-empty-one"),
+        pytest.param(lambda token, other: cr.two_x_api_keys(token, other, raw_headers=False),
+                     id="x-api-key-twice-plain-map"),
+        pytest.param(lambda token, other: cr.two_authorizations(token, other), id="authorization-joined-by-envoy"),
+        pytest.param(lambda token, other: cr.check_request(
+            "POST", "/openai/v1/chat/completions", {"content-type": "application/json"}, cr.chat_body(),
+            repeated=[("authorization", f"Bearer {token}"), ("authorization", f"Bearer {other}")]),
+            id="authorization-twice-raw"),
+        pytest.param(lambda token, other: cr.with_authorization(f"Bearer {token}, {other}"),
+                     id="authorization-two-values"),
+    ],
+)
+def test_credential_ambiguous(gw: Gateway, canned) -> None:
+    token, other = gw.mint(models=("*",)), gw.mint(models=("*",))
+    result = gw.check(canned(token, other))
+    assert_denied(result, Outcome.CREDENTIAL_AMBIGUOUS, 400)
+    assert result.token_id is None
+    assert gw.cache.lookups == []  # judged before any hashing or lookup
+    assert gw.usage.touches == []
+
+
+def test_credential_ambiguous_before_the_body_is_read(gw: Gateway) -> None:
+    token, other = gw.mint(), gw.mint()
+    check = cr.check_request("POST", "/openai/v1/chat/completions", {"content-type": "application/json"},
+                             b"{not json", repeated=[("x-api-key", token), ("x-api-key", other)])
+    assert_denied(gw.check(check), Outcome.CREDENTIAL_AMBIGUOUS, 400)
+
+
 # -- credentials as the SDKs send them ------------------------------------------------------------
 
 
@@ -474,6 +593,22 @@ def test_well_formed_credential_is_looked_up_once_by_its_keyed_hash(gw: Gateway)
     token = gw.mint()
     gw.check(cr.openai_chat(token))
     assert gw.cache.lookups == [hash_token(token, HASH_KEY)]
+    assert gw.cache.revoked_lookups == []
+
+
+# -- the request id -------------------------------------------------------------------------------
+
+
+def test_the_request_id_is_never_empty() -> None:
+    check = cr.check_request("GET", "/openai/v1/models", {"x-request-id": None})
+    check.attributes.request.http.id = ""
+    first, second = request_codec.parse(check).request_id, request_codec.parse(check).request_id
+    assert first and second and first != second
+
+
+def test_undecodable_request_id_bytes_are_kept_for_the_audit_record_to_judge() -> None:
+    check = cr.check_request("GET", "/openai/v1/models", {"x-request-id": b"req-\xff\xfe"})
+    assert request_codec.parse(check).request_id == "req-\udcff\udcfe"
 
 
 # -- usage ----------------------------------------------------------------------------------------
@@ -495,6 +630,8 @@ def _denied(outcome: Outcome, canned, **state: object):
 @pytest.mark.parametrize(
     ("outcome", "canned", "state"),
     [
+        _denied(Outcome.CREDENTIAL_AMBIGUOUS, lambda token: cr.two_x_api_keys(token, token)),
+        _denied(Outcome.BODY_AMBIGUOUS, cr.duplicate_model),
         _denied(Outcome.TEAM_HAS_NO_PROFILE, cr.openai_chat, profile=NO_PROFILE),
         _denied(Outcome.MODEL_NOT_ALLOWED, lambda token: cr.openai_chat(token, "gpt-4o")),
         _denied(Outcome.MODEL_MISSING, cr.body_without_model),

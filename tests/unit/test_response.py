@@ -24,6 +24,7 @@ NOW = 1_750_000_000.0
 UNAUTHENTICATED, NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT, UNAVAILABLE = 16, 5, 7, 3, 14
 EXPECTED = {
     Outcome.TOKEN_MISSING: (401, UNAUTHENTICATED),
+    Outcome.CREDENTIAL_AMBIGUOUS: (400, INVALID_ARGUMENT),
     Outcome.TOKEN_MALFORMED: (401, UNAUTHENTICATED),
     Outcome.TOKEN_UNKNOWN: (401, UNAUTHENTICATED),
     Outcome.TOKEN_REVOKED: (401, UNAUTHENTICATED),
@@ -32,6 +33,7 @@ EXPECTED = {
     Outcome.ROUTE_UNKNOWN: (404, NOT_FOUND),
     Outcome.BODY_TOO_LARGE: (413, INVALID_ARGUMENT),
     Outcome.BODY_NOT_JSON: (400, INVALID_ARGUMENT),
+    Outcome.BODY_AMBIGUOUS: (400, INVALID_ARGUMENT),
     Outcome.MODEL_MISSING: (400, INVALID_ARGUMENT),
     Outcome.MODEL_NOT_ALLOWED: (403, PERMISSION_DENIED),
     Outcome.ENVIRONMENT_NOT_ALLOWED: (403, PERMISSION_DENIED),
@@ -67,7 +69,8 @@ def record(**fields: object) -> TokenRecord:
 
 
 def decision(outcome: Outcome, api: Api | None = Api.OPENAI, model: str | None = None, **fields) -> Decision:
-    with_record = outcome not in (Outcome.TOKEN_MISSING, Outcome.TOKEN_MALFORMED, Outcome.TOKEN_UNKNOWN)
+    with_record = outcome not in (Outcome.TOKEN_MISSING, Outcome.TOKEN_MALFORMED, Outcome.TOKEN_UNKNOWN,
+                                  Outcome.CREDENTIAL_AMBIGUOUS)
     return Decision(outcome, api, record(**fields) if with_record else None, model)
 
 
@@ -181,6 +184,23 @@ def test_model_not_allowed_names_the_model() -> None:
     assert metadata_of(response)["model"] == "gpt-4o"
 
 
+@pytest.mark.parametrize(
+    ("outcome", "says"),
+    [(Outcome.CREDENTIAL_AMBIGUOUS, "more than one API key"), (Outcome.BODY_AMBIGUOUS, "repeats a key")],
+    ids=lambda value: value.value if isinstance(value, Outcome) else None,
+)
+@pytest.mark.parametrize("api", [Api.OPENAI, Api.ANTHROPIC], ids=["openai", "anthropic"])
+def test_ambiguous_requests_are_400_invalid_request_errors_that_say_why(outcome: Outcome, says: str,
+                                                                        api: Api) -> None:
+    response = build(outcome, api)
+    assert response.denied_response.status.code == 400
+    assert response.status.code == INVALID_ARGUMENT
+    error = body_of(response)["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == outcome.value
+    assert says in error["message"]
+
+
 def test_denial_metadata_says_who_was_refused_and_why() -> None:
     assert metadata_of(build(Outcome.TOKEN_REVOKED, Api.ANTHROPIC)) == {
         "decision": "token_revoked",
@@ -231,6 +251,7 @@ def test_envoy_stream_id_stands_in_for_a_missing_request_id() -> None:
 SCENARIOS = {
     Outcome.ALLOWED: (cr.openai_chat, {}),
     Outcome.TOKEN_MISSING: (lambda pat: cr.no_credential(), {}),
+    Outcome.CREDENTIAL_AMBIGUOUS: (lambda pat: cr.two_x_api_keys(pat, pat), {}),
     Outcome.TOKEN_MALFORMED: (lambda pat: cr.anthropic_messages(cr.mistyped(pat)), {}),
     Outcome.TOKEN_UNKNOWN: (cr.openai_chat, {"token_hash": "someone-else"}),
     Outcome.TOKEN_REVOKED: (cr.anthropic_messages, {"revoked": True}),
@@ -239,6 +260,7 @@ SCENARIOS = {
     Outcome.ROUTE_UNKNOWN: (cr.openai_files, {}),
     Outcome.BODY_TOO_LARGE: (cr.truncated_chat, {}),
     Outcome.BODY_NOT_JSON: (cr.garbage_body, {}),
+    Outcome.BODY_AMBIGUOUS: (cr.duplicate_model, {}),
     Outcome.MODEL_MISSING: (cr.body_without_model, {}),
     Outcome.MODEL_NOT_ALLOWED: (lambda pat: cr.openai_chat(pat, "gpt-4o"), {}),
     Outcome.ENVIRONMENT_NOT_ALLOWED: (cr.openai_chat, {"profile": ProfileCatalog([("*", "*", None)], ["nowhere"])}),
