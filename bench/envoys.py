@@ -100,7 +100,9 @@ def plain_config(work: Path, upstream_url: str) -> dict:
     upstream = Upstream.parse(upstream_url)
     layout = GatewayLayout(
         gateway_port=0,
-        admin_port=0,
+        # This bench-only Envoy reports its admin port through --admin-address-path (see EnvoyProcess);
+        # the gateway's own admin is a Unix socket.
+        admin_address="127.0.0.1:0",
         authz_address="unix:/nonexistent/authz.sock",  # removed below; render() needs a value
         access_log_path=work / "access.log",
         secrets_dir=secrets_dir,

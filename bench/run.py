@@ -404,7 +404,7 @@ def run(profile: Profile, output: Path, keep: bool, force_python: bool, skip_aud
         log("starting the stack (embedded Postgres, migrations, control plane, authz, Envoy)")
         stack = Stack(settings=StackSettings(
             data_dir=work / "stack", gateway_port=free_port(), api_port=free_port(),
-            envoy_admin_port=free_port(), mock_port=free_port(), admin_token=None, database_url=None,
+            mock_port=free_port(), admin_token=None, database_url=None,
             openai_api_key="bench-dummy-openai-key", anthropic_api_key="bench-dummy-anthropic-key",
             openai_upstream=upstream_url, anthropic_upstream=upstream_url,
             envoy_concurrency=ENVOY_CONCURRENCY,

@@ -23,7 +23,8 @@ def generated() -> dict[str, object]:
     from controlplane.stack.envoy_config import GatewayLayout, Upstream, render
 
     upstream = Upstream.parse("https://api.openai.com")
-    config = render(GatewayLayout(gateway_port=8080, admin_port=9901, authz_address="unix:/sockets/authz.sock",
+    config = render(GatewayLayout(gateway_port=8080, admin_address="unix:/admin.sock",
+                                  authz_address="unix:/sockets/authz.sock",
                                   access_log_path=Path("/dev/stdout"), secrets_dir=Path("/keys"),
                                   openai=upstream, anthropic=upstream))
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]

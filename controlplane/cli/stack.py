@@ -5,7 +5,6 @@ starts quickly."""
 from __future__ import annotations
 
 import signal
-import time
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -44,41 +43,58 @@ Mint a first token (in another terminal, from this directory):
   .venv/bin/keyward teams add-member research you@example.com
   .venv/bin/keyward tokens mint --user you@example.com --team research --name laptop
 
+A service that crashes is restarted (reported here and in {info.logs_dir / "stack.log"}).
 Ctrl-C stops everything."""
 
 
+class _Stop(BaseException):
+    """A stop signal (SIGINT, SIGTERM, SIGHUP), raised once in the main thread wherever it is."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 def up() -> None:
-    """Run Postgres, the control plane, authz, Envoy (and the mock provider) until Ctrl-C."""
+    """Run Postgres, the control plane, authz, Envoy (and the mock provider) until Ctrl-C.
+
+    A child that crashes is restarted; Ctrl-C, SIGTERM and SIGHUP stop them all in order (Envoy drained
+    first, Postgres last), and so does an error. If this process is killed outright, the children get
+    a signal from the kernel and stop too; anything still left is stopped by the next ``keyward up``.
+    """
     from controlplane.stack.runner import Stack, StackError, StackSettings
 
     settings = StackSettings()
-    stack = Stack(settings=settings)
+    stack = Stack(settings=settings, report=lambda message: out.print(message, style="yellow", markup=False,
+                                                                      highlight=False, soft_wrap=True))
     stopping = False
 
-    def _stop(_signum: int, _frame: object) -> None:
+    def _on_signal(signum: int, _frame: object) -> None:
         nonlocal stopping
+        if stopping:
+            return  # already stopping, in order; a second Ctrl-C does not cut that short
         stopping = True
+        raise _Stop(signum)
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
-    with out.status("Starting Postgres, control plane, authz and Envoy…"):
-        try:
-            info = stack.start()
-        except StackError as exc:
-            out.print(f"[red]Could not start:[/red] {exc}")
-            raise typer.Exit(1) from exc
-    # Plain text, never wrapped: the commands in it are meant to be copied.
-    out.print(_banner(info, settings), markup=False, highlight=False, soft_wrap=True)
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for signum in stop_signals:
+        signal.signal(signum, _on_signal)
     code = 0
-    while not stopping:
-        dead = stack.first_dead()
-        if dead is not None:
-            out.print(f"[red]{dead.name} stopped unexpectedly; see {dead.log_path}[/red]")
-            code = 1
-            break
-        time.sleep(0.5)
-    out.print("Stopping…")
-    stack.stop()
+    try:
+        with out.status("Starting Postgres, control plane, authz and Envoy…"):
+            info = stack.start()
+        # Plain text, never wrapped: the commands in it are meant to be copied.
+        out.print(_banner(info, settings), markup=False, highlight=False, soft_wrap=True)
+        while True:
+            signal.pause()
+    except _Stop as stop:
+        out.print(f"{signal.Signals(stop.signum).name}: stopping (Envoy drains first)…")
+    except StackError as exc:
+        out.print(f"[red]Could not start:[/red] {exc}")
+        code = 1
+    finally:
+        stopping = True
+        stack.stop()
     out.print("Stopped. Data kept in " + str(settings.data_dir))
     raise typer.Exit(code)
 

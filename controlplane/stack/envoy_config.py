@@ -3,6 +3,14 @@
 Provider keys go into SDS files (mode 0600) in Envoy's own secrets directory and nowhere else: not
 into the rendered config, not into authz's environment, not into a log line. Envoy watches the
 directory, so rotating a key is a file replacement that no client notices.
+
+Envoy's admin interface can raise the log level (Envoy then logs request headers, tokens included)
+or stop the gateway, so it listens on a Unix socket only its owner may use (mode 0600), unless a
+``host:port`` is given on purpose.
+
+What reaches a provider from the client is only what the API needs: credential headers, cookies,
+``openai-organization`` / ``openai-project`` (the gateway's own configuration decides those) and any
+``x-keyward-*`` header are removed.
 """
 
 from __future__ import annotations
@@ -145,11 +153,29 @@ def usage_rules() -> list[dict]:
     ]
 
 
-def _address(address: str) -> dict:
+#: Mode of Envoy's admin socket: its owner only.
+ADMIN_SOCKET_MODE = 0o600
+
+
+def _address(address: str, mode: int | None = None) -> dict:
+    """``unix:/path`` (a pipe, with ``mode`` when given) or ``host:port``."""
     if address.startswith("unix:"):
-        return {"pipe": {"path": address[len("unix:") :]}}
+        pipe: dict = {"path": address[len("unix:") :]}
+        if mode is not None:
+            pipe["mode"] = mode
+        return {"pipe": pipe}
     host, _, port = address.rpartition(":")
     return {"socket_address": {"address": host, "port_value": int(port)}}
+
+
+def openai_headers(organization: str | None, project: str | None) -> list[dict]:
+    """The ``openai-organization`` / ``openai-project`` headers the gateway sends, from its own settings
+    (the client's were removed): overwritten, never appended to."""
+    return [
+        {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+        for key, value in (("openai-organization", organization), ("openai-project", project))
+        if value
+    ]
 
 
 def provider_cluster(name: str, upstream: Upstream, *, secret_file: Path, header: str) -> dict:
@@ -256,7 +282,8 @@ def write_secret(path: Path, name: str, value: str) -> None:
 @dataclass(frozen=True)
 class GatewayLayout:
     gateway_port: int
-    admin_port: int
+    #: ``unix:/path`` (mode 0600) or, on purpose only, ``127.0.0.1:port``.
+    admin_address: str
     authz_address: str
     access_log_path: Path
     secrets_dir: Path
@@ -266,12 +293,15 @@ class GatewayLayout:
     max_body_bytes: int = 1_048_576
     authz_timeout: str = "1s"
     node_id: str = "keyward-gateway-0"
+    #: Sent to OpenAI as openai-organization / openai-project when set; clients cannot choose them.
+    openai_organization: str | None = None
+    openai_project: str | None = None
 
 
 def render(layout: GatewayLayout) -> dict:
     text = string.Template(TEMPLATE.read_text()).substitute(
         node_id=layout.node_id,
-        admin_port=layout.admin_port,
+        admin_address=json.dumps(_address(layout.admin_address, ADMIN_SOCKET_MODE)),
         listen_address=layout.listen_address,
         gateway_port=layout.gateway_port,
         access_log_path=layout.access_log_path,
@@ -287,6 +317,14 @@ def render(layout: GatewayLayout) -> dict:
         sse_usage_rules=json.dumps([{"rule": rule} for rule in usage_rules()]),
     )
     config = yaml.safe_load(text)
+    added = openai_headers(layout.openai_organization, layout.openai_project)
+    if added:
+        for listener in config["static_resources"]["listeners"]:
+            manager = listener["filter_chains"][0]["filters"][0]["typed_config"]
+            for host in manager["route_config"]["virtual_hosts"]:
+                for route in host["routes"]:
+                    if route.get("route", {}).get("cluster") == "openai":
+                        route["request_headers_to_add"] = added
     clusters = config["static_resources"]["clusters"]
     clusters.append(
         provider_cluster(

@@ -6,7 +6,19 @@ Secrets are handled so that each process sees only its own:
 * provider keys are written to Envoy's SDS files (0600) and removed from every child's environment;
 * the token hash key and the bootstrap admin token live in ``<data_dir>/secrets`` (0600) and are
   given to the control plane (both) and authz (hash key only); so does the session secret that signs
-  the control plane's sign-in state (control plane only).
+  the control plane's sign-in state (control plane only);
+* no log line holds one: every child writes through the runner's redactor (:mod:`.redact`) into
+  ``<data_dir>/logs`` (0700, files 0600), Envoy included, whose debug and trace levels print headers.
+
+The children are supervised (:mod:`.supervisor`): a crashed one is restarted with back-off while the
+others keep running (authz down means 503s, fail closed; the control plane down leaves the gateway
+serving), each is recorded in ``<data_dir>/run/<name>.pid`` so the next start stops anything an
+earlier run left behind, and none outlives the runner, even a SIGKILLed one. :meth:`Stack.stop` takes
+them down in order: Envoy drained first, then authz (which ships what Envoy logged), the control
+plane, the mock provider, Postgres.
+
+Envoy's admin interface is a Unix socket (``<data_dir>/run/envoy-admin.sock``, mode 0600) unless
+``KEYWARD_ENVOY_ADMIN_PORT`` opts into 127.0.0.1:<port>.
 """
 
 from __future__ import annotations
@@ -16,12 +28,13 @@ import secrets
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 import grpc
 import httpx
@@ -35,9 +48,24 @@ from controlplane.core.config import OidcSettings
 from controlplane.migrate import upgrade
 from controlplane.stack.embedded_pg import APP_ROLE, EmbeddedPostgres, with_user
 from controlplane.stack.envoy_config import GatewayLayout, Upstream, render, write_provider_secrets
+from controlplane.stack.redact import LogFile, Redactor, private_dir
+from controlplane.stack.supervisor import Service, Supervisor, describe_exit, leftover, stop_leftover
 
-#: Variables no child process may inherit: provider credentials belong to Envoy's secret files only.
-_PROVIDER_SECRETS = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY")
+__all__ = ["Service", "Stack", "StackError", "StackInfo", "StackSettings"]
+
+#: Variables no child inherits from the runner's environment: each child is given exactly the secrets
+#: it needs, explicitly (provider keys go to Envoy's secret files only).
+_PRIVATE_ENV = frozenset({
+    "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "DATABASE_URL", "KEYWARD_MIGRATION_DATABASE_URL", "KEYWARD_ADMIN_TOKEN",
+    "KEYWARD_TOKEN_HASH_KEY", "KEYWARD_INGEST_TOKEN", "KEYWARD_SESSION_SECRET", "KEYWARD_AUDIT_SIGNING_KEY",
+})
+_PRIVATE_PREFIXES = ("MOCK_", "KEYWARD_OIDC_")
+#: Start order; stop order is the reverse (Envoy first, Postgres last).
+_ORDER = ("postgres", "mock-provider", "controlplane", "authz", "envoy")
+#: A header value Envoy may send as is: visible ASCII, no spaces.
+_HEADER_VALUE = r"^[\x21-\x7e]+$"
+
+EnvoyLogLevel = Literal["trace", "debug", "info", "warn", "warning", "error", "critical", "off"]
 
 
 class StackSettings(OidcSettings, BaseSettings):
@@ -46,7 +74,14 @@ class StackSettings(OidcSettings, BaseSettings):
     data_dir: Path = Path(".keyward")
     gateway_port: int = Field(default=8080, ge=1, le=65535)
     api_port: int = Field(default=8000, ge=1, le=65535)
-    envoy_admin_port: int = Field(default=9901, ge=1, le=65535)
+    #: Unset: Envoy's admin interface is a Unix socket in <data_dir>/run (mode 0600). A port opts into
+    #: 127.0.0.1:<port>, where any local process can change the log level or stop the gateway.
+    envoy_admin_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Envoy's own log level. Debug and trace print every request header; the runner's redactor removes
+    #: credentials from them before they reach envoy.log.
+    envoy_log_level: EnvoyLogLevel = "warn"
+    #: On stop, how long Envoy drains open requests before it is stopped.
+    envoy_drain_seconds: float = Field(default=5, ge=0, le=600)
     mock_port: int = Field(default=8090, ge=1, le=65535)
     #: Empty: a Unix socket in the data directory (authz as Envoy's sidecar).
     authz_address: str = ""
@@ -59,6 +94,10 @@ class StackSettings(OidcSettings, BaseSettings):
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
     openai_upstream: str = "https://api.openai.com"
     anthropic_upstream: str = "https://api.anthropic.com"
+    #: The OpenAI organization and project the gateway sends (openai-organization / openai-project);
+    #: whatever a client sends in those headers is removed either way.
+    openai_organization: str | None = Field(default=None, pattern=_HEADER_VALUE)
+    openai_project: str | None = Field(default=None, pattern=_HEADER_VALUE)
     max_body_bytes: int = Field(default=1_048_576, gt=0)
     envoy_concurrency: int = Field(default=0, ge=0, description="0: one worker per core")
     #: Seconds between chunks of the mock provider's streams.
@@ -67,37 +106,6 @@ class StackSettings(OidcSettings, BaseSettings):
     lifecycle_interval_seconds: float = 30
     # Sign-in with OpenID Connect: the OidcSettings fields, passed to the control plane as KEYWARD_OIDC_*
     # (the redirect base defaults to http://127.0.0.1:<api_port>).
-
-
-@dataclass
-class Service:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
-        if not self.alive():
-            return
-        assert self.process is not None
-        self.process.send_signal(sig)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
 
 
 @dataclass
@@ -112,10 +120,28 @@ class StackInfo:
     mock_url: str | None
     access_log: Path
     logs_dir: Path
+    #: Pidfiles of the children, Envoy's admin socket.
+    run_dir: Path
+    #: ``unix:<path>`` or ``127.0.0.1:<port>``.
+    envoy_admin: str
 
 
 class StackError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """The secrets the runner hands to its children (and redacts from every log line)."""
+
+    hash_key: str
+    admin_token: str
+    admin_token_is_new: bool
+    ingest_token: str
+    session_secret: str
+    audit_key: str
+    #: Provider name -> the key the mock provider insists on, for each provider without a real key.
+    mock: dict[str, str]
 
 
 def _port_free(port: int) -> bool:
@@ -126,6 +152,12 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+def _write_public(path: Path, value: str) -> None:
+    """A value anyone may read (a public key), kept next to the secrets it belongs to."""
+    path.write_text(value + "\n")
+    path.chmod(0o644)
 
 
 def _read_or_create(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
@@ -147,32 +179,88 @@ def _upstream(url: str) -> Upstream:
     return upstream
 
 
+def _password(url: str | None) -> str | None:
+    return urlsplit(url).password if url else None
+
+
+def _console(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
 @dataclass
 class Stack:
     settings: StackSettings
+    #: Where restarts and other events are told, besides <logs>/stack.log (default: stderr).
+    report: Callable[[str], None] = _console
     services: dict[str, Service] = field(default_factory=dict)
-    _postgres: EmbeddedPostgres | None = None
     info: StackInfo | None = None
+    _postgres: EmbeddedPostgres | None = None
+    _supervisor: Supervisor | None = None
+    _log: LogFile | None = None
+    _redactor: Redactor = field(default_factory=Redactor)
 
     @property
     def data_dir(self) -> Path:
         return self.settings.data_dir.resolve()
 
+    @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def envoy_admin_address(self) -> str:
+        port = self.settings.envoy_admin_port
+        return f"127.0.0.1:{port}" if port else f"unix:{self.run_dir / 'envoy-admin.sock'}"
+
+    def envoy_admin(self, timeout: float = 2) -> httpx.Client:
+        """A client of Envoy's admin interface (over its Unix socket unless a port was asked for)."""
+        address = self.envoy_admin_address
+        if address.startswith("unix:"):
+            return httpx.Client(transport=httpx.HTTPTransport(uds=address[len("unix:") :]),
+                                base_url="http://envoy-admin", timeout=timeout)
+        return httpx.Client(base_url=f"http://{address}", timeout=timeout)
+
+    # -- start ------------------------------------------------------------------------------------
+
     def start(self, timeout: float = 60) -> StackInfo:
+        """Start every child in order and wait until each is ready; on any failure stop them all."""
         s = self.settings
-        wanted = [s.gateway_port, s.api_port, s.envoy_admin_port]
-        mocked = [name for name, key in (("openai", s.openai_api_key), ("anthropic", s.anthropic_api_key)) if not key]
-        if mocked:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.run_dir)
+        private_dir(self.logs_dir)
+        keys = self._keys()
+        self._redactor = Redactor([
+            s.openai_api_key, s.anthropic_api_key, *keys.mock.values(), keys.ingest_token, keys.admin_token,
+            keys.hash_key, keys.session_secret, keys.audit_key, s.oidc_client_secret, _password(s.database_url),
+            _password(s.migration_database_url),
+        ])
+        self._log = LogFile(self.logs_dir / "stack.log", self._redactor)
+
+        self._stop_leftovers()
+        wanted = [s.gateway_port, s.api_port]
+        if s.envoy_admin_port:
+            wanted.append(s.envoy_admin_port)
+        if keys.mock:
             wanted.append(s.mock_port)
         taken = [port for port in wanted if not _port_free(port)]
         if taken:
             raise StackError(
                 f"port(s) {taken} already in use; set KEYWARD_GATEWAY_PORT / KEYWARD_API_PORT / "
-                "KEYWARD_ENVOY_ADMIN_PORT / KEYWARD_MOCK_PORT to free ones"
+                "KEYWARD_MOCK_PORT (and KEYWARD_ENVOY_ADMIN_PORT if set) to free ones"
             )
-        data = self.data_dir
-        data.mkdir(parents=True, exist_ok=True)
-        secrets_dir, logs = data / "secrets", data / "logs"
+        try:
+            return self._start(keys, time.monotonic() + timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _keys(self) -> _Keys:
+        s = self.settings
+        secrets_dir = self.data_dir / "secrets"
         hash_key, _ = _read_or_create(secrets_dir / "token_hash_key", lambda: secrets.token_hex(32))
         if s.admin_token:
             admin_token, admin_new = s.admin_token, False
@@ -180,82 +268,69 @@ class Stack:
             admin_token, admin_new = _read_or_create(
                 secrets_dir / "admin_token", lambda: "kw_admin_" + secrets.token_urlsafe(32)
             )
+        ingest_token, _ = _read_or_create(secrets_dir / "ingest_token", lambda: secrets.token_urlsafe(32))
+        session_secret, _ = _read_or_create(secrets_dir / "session_secret", lambda: secrets.token_urlsafe(32))
+        # The audit signing key goes to the control plane alone; its public half is for verifiers.
+        audit_key, _ = _read_or_create(secrets_dir / "audit_signing_key", signing.new_private_key)
+        _write_public(secrets_dir / "audit_public_key", signing.Signer(audit_key).public_key)
+        mocked = [name for name, key in (("openai", s.openai_api_key), ("anthropic", s.anthropic_api_key)) if not key]
+        return _Keys(hash_key=hash_key, admin_token=admin_token, admin_token_is_new=admin_new,
+                     ingest_token=ingest_token, session_secret=session_secret, audit_key=audit_key,
+                     mock={name: "mock-" + secrets.token_hex(16) for name in mocked})
+
+    def _start(self, keys: _Keys, deadline: float) -> StackInfo:
+        s = self.settings
+        data, logs = self.data_dir, self.logs_dir
+        mocked, mock_keys = list(keys.mock), keys.mock
+        base_env = {k: v for k, v in os.environ.items()
+                    if k not in _PRIVATE_ENV and not k.startswith(_PRIVATE_PREFIXES)}
 
         if s.database_url:
             database_url = s.database_url
             owner_url = s.migration_database_url or database_url
         else:
-            self._postgres = EmbeddedPostgres(data / "pgdata")
-            owner_url = self._postgres.start()
+            postgres = self._postgres = EmbeddedPostgres(data / "pgdata")
+            postgres.prepare()
+            self._add("postgres", postgres.argv, base_env, stop_signal=signal.SIGINT, death_signal=signal.SIGINT,
+                      stop_timeout=20, user=postgres.user, group=postgres.group, before_start=self._clear_postmaster)
+            self.services["postgres"].start()
+            self._wait("postgres", deadline)
+            postgres.ensure_database()
+            owner_url = postgres.url()
             database_url = with_user(owner_url, APP_ROLE)
         upgrade(owner_url)
-        ingest_token, _ = _read_or_create(secrets_dir / "ingest_token", lambda: secrets.token_urlsafe(32))
-        session_secret, _ = _read_or_create(secrets_dir / "session_secret", lambda: secrets.token_urlsafe(32))
-        audit_key, _ = _read_or_create(secrets_dir / "audit_signing_key", signing.new_private_key)
-        (secrets_dir / "audit_public_key").write_text(signing.Signer(audit_key).public_key + "\n")
 
-        base_env = {k: v for k, v in os.environ.items() if k not in _PROVIDER_SECRETS and not k.startswith("MOCK_")}
         python = sys.executable
-        mock_keys = {name: "mock-" + secrets.token_hex(16) for name in mocked}
         mock_url = f"http://127.0.0.1:{s.mock_port}"
         if mocked:
             self._add(
-                Service(
-                    "mock-provider",
-                    [
-                        python,
-                        "-m",
-                        "uvicorn",
-                        "--factory",
-                        "controlplane.stack.mock_provider:create_app",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(s.mock_port),
-                        "--no-access-log",
-                    ],
-                    {
-                        **base_env,
-                        "MOCK_OPENAI_KEY": mock_keys.get("openai", ""),
-                        "MOCK_ANTHROPIC_KEY": mock_keys.get("anthropic", ""),
-                        "MOCK_STREAM_INTERVAL": str(s.mock_stream_interval),
-                    },
-                    logs / "mock-provider.log",
-                )
+                "mock-provider",
+                [python, "-m", "uvicorn", "--factory", "controlplane.stack.mock_provider:create_app",
+                 "--host", "127.0.0.1", "--port", str(s.mock_port), "--no-access-log"],
+                {**base_env, "MOCK_OPENAI_KEY": mock_keys.get("openai", ""),
+                 "MOCK_ANTHROPIC_KEY": mock_keys.get("anthropic", ""),
+                 "MOCK_STREAM_INTERVAL": str(s.mock_stream_interval)},
             )
 
-        common = {**base_env, "DATABASE_URL": database_url, "KEYWARD_TOKEN_HASH_KEY": hash_key,
-                  "KEYWARD_INGEST_TOKEN": ingest_token}
+        common = {**base_env, "DATABASE_URL": database_url, "KEYWARD_TOKEN_HASH_KEY": keys.hash_key,
+                  "KEYWARD_INGEST_TOKEN": keys.ingest_token}
         self._add(
-            Service(
-                "controlplane",
-                [
-                    python,
-                    "-m",
-                    "uvicorn",
-                    "--factory",
-                    "controlplane.main:create_app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(s.api_port),
-                ],
-                {**common, "KEYWARD_ADMIN_TOKEN": admin_token,
-                 "KEYWARD_LIFECYCLE_INTERVAL_SECONDS": str(s.lifecycle_interval_seconds),
-                 "KEYWARD_SESSION_SECRET": session_secret, "KEYWARD_AUDIT_SIGNING_KEY": audit_key,
-                 **self._oidc_env()},
-                logs / "controlplane.log",
-            )
+            "controlplane",
+            [python, "-m", "uvicorn", "--factory", "controlplane.main:create_app",
+             "--host", "127.0.0.1", "--port", str(s.api_port)],
+            {**common, "KEYWARD_ADMIN_TOKEN": keys.admin_token,
+             "KEYWARD_LIFECYCLE_INTERVAL_SECONDS": str(s.lifecycle_interval_seconds),
+             "KEYWARD_SESSION_SECRET": keys.session_secret, "KEYWARD_AUDIT_SIGNING_KEY": keys.audit_key,
+             **self._oidc_env()},
         )
 
         authz_address = s.authz_address or f"unix:{data / 'authz.sock'}"
-        authz_env = {
+        self._add("authz", [python, "-m", "authz"], {
             **common,
             "KEYWARD_AUTHZ_ADDRESS": authz_address,
             "KEYWARD_AUDIT_SPOOL_DIR": str(data / "spool"),
             "KEYWARD_INGEST_URL": f"http://127.0.0.1:{s.api_port}/api/v1/audit/ingest",
-        }
-        self._add(Service("authz", [python, "-m", "authz"], authz_env, logs / "authz.log"))
+        })
 
         envoy_dir = data / "envoy"
         write_provider_secrets(
@@ -265,51 +340,62 @@ class Stack:
         )
         layout = GatewayLayout(
             gateway_port=s.gateway_port,
-            admin_port=s.envoy_admin_port,
+            admin_address=self.envoy_admin_address,
             authz_address=authz_address,
             access_log_path=logs / "access.log",
             secrets_dir=envoy_dir / "secrets",
             openai=Upstream.parse(mock_url) if "openai" in mocked else _upstream(s.openai_upstream),
             anthropic=Upstream.parse(mock_url) if "anthropic" in mocked else _upstream(s.anthropic_upstream),
             max_body_bytes=s.max_body_bytes,
+            openai_organization=s.openai_organization,
+            openai_project=s.openai_project,
         )
         config_path = envoy_dir / "envoy.yaml"
         config_path.write_text(yaml.safe_dump(render(layout), sort_keys=False))
         envoy_argv = [
             shutil.which("envoy", path=str(Path(python).parent)) or "envoy",
-            "-c",
-            str(config_path),
+            "-c", str(config_path),
             "--disable-hot-restart",
-            "--log-level",
-            "warn",
+            "--log-level", s.envoy_log_level,
+            "--drain-time-s", str(max(1, round(s.envoy_drain_seconds))),
             # Access-log lines reach the file within a second (Envoy's default is 10 s).
-            "--file-flush-interval-msec",
-            "1000",
+            "--file-flush-interval-msec", "1000",
         ]
         if s.envoy_concurrency:
             envoy_argv += ["--concurrency", str(s.envoy_concurrency)]
-        self._add(Service("envoy", envoy_argv, base_env, logs / "envoy.log"))
+        self._add("envoy", envoy_argv, base_env, before_start=self._prepare_envoy)
 
-        for service in self.services.values():
-            service.start()
+        for name in _ORDER:
+            if name in self.services and name != "postgres":
+                self.services[name].start()
         self.info = StackInfo(
             gateway_url=f"http://127.0.0.1:{s.gateway_port}",
             api_url=f"http://127.0.0.1:{s.api_port}",
-            admin_token=admin_token,
-            admin_token_is_new=admin_new,
+            admin_token=keys.admin_token,
+            admin_token_is_new=keys.admin_token_is_new,
             database_url=database_url,
             owner_database_url=owner_url,
             mocked=mocked,
             mock_url=mock_url if mocked else None,
             access_log=logs / "access.log",
             logs_dir=logs,
+            run_dir=self.run_dir,
+            envoy_admin=self.envoy_admin_address,
         )
-        try:
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
+        self.wait_ready(max(deadline - time.monotonic(), 1))
+        self._supervisor = Supervisor([self.services[n] for n in _ORDER if n in self.services], self._event)
+        self._supervisor.start()
+        self._note(f"stack up: {', '.join(f'{n} pid {self._pid(n)}' for n in self.services)}")
         return self.info
+
+    def _add(self, name: str, argv: list[str], env: dict[str, str], *, stop_signal: int = signal.SIGTERM,
+             death_signal: int = signal.SIGTERM, stop_timeout: float = 10, user: int | None = None,
+             group: int | None = None, before_start: Callable[[], None] | None = None) -> None:
+        self.services[name] = Service(
+            name, argv, env, LogFile(self.logs_dir / f"{name}.log", self._redactor), self.run_dir / f"{name}.pid",
+            stop_signal=stop_signal, death_signal=death_signal, stop_timeout=stop_timeout, user=user, group=group,
+            before_start=before_start,
+        )
 
     def _oidc_env(self) -> dict[str, str]:
         s = self.settings
@@ -320,31 +406,83 @@ class Stack:
         return {f"KEYWARD_{name.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
                 for name, value in values.items() if value is not None}
 
-    def _add(self, service: Service) -> None:
-        self.services[service.name] = service
+    def _prepare_envoy(self) -> None:
+        # A socket file left by a killed Envoy would make the next one fail to bind its admin socket.
+        # The access log is created private before Envoy opens it, whatever mode Envoy would give it.
+        if self.envoy_admin_address.startswith("unix:"):
+            Path(self.envoy_admin_address[len("unix:") :]).unlink(missing_ok=True)
+        access_log = self.logs_dir / "access.log"
+        os.close(os.open(access_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        access_log.chmod(0o600)
+
+    def _clear_postmaster(self) -> None:
+        assert self._postgres is not None
+        pid = self._postgres.clear_foreign()
+        if pid is not None:
+            self._event(f"stopped a Postgres (pid {pid}) on {self._postgres.data_dir} that this stack had not "
+                        "started")
+
+    def _stop_leftovers(self) -> None:
+        """Stop children an earlier run left running (found by pidfile, checked in /proc), Envoy first."""
+        rank = {name: i for i, name in enumerate(reversed(_ORDER))}
+        for pidfile in sorted(self.run_dir.glob("*.pid"), key=lambda p: (rank.get(p.stem, -1), p.stem)):
+            found = leftover(pidfile)
+            if found is None:
+                pidfile.unlink(missing_ok=True)
+                continue
+            self._event(f"stopping {found.name} (pid {found.pid}), left running by an earlier run")
+            stop_leftover(found)
+
+    # -- events -----------------------------------------------------------------------------------
+
+    def _note(self, message: str) -> None:
+        """A line in <logs>/stack.log."""
+        if self._log is not None:
+            self._log.line(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {message}")
+
+    def _event(self, message: str) -> None:
+        """A line in <logs>/stack.log that is also reported (the console, for ``keyward up``)."""
+        self._note(message)
+        self.report(self._redactor.text(message))
+
+    def _pid(self, name: str) -> int | None:
+        process = self.services[name].process
+        return process.pid if process is not None else None
 
     # -- readiness --------------------------------------------------------------------------------
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        for name, probe in self._probes().items():
-            while not probe():
-                service = self.services[name]
-                if not service.alive():
-                    raise StackError(f"{name} exited during start-up; see {service.log_path}")
-                if time.monotonic() > deadline:
-                    raise StackError(f"{name} not ready after {timeout:.0f}s; see {service.log_path}")
-                time.sleep(0.1)
+        for name in self._probes():
+            self._wait(name, deadline)
+
+    def ready(self, name: str) -> bool:
+        """Whether child ``name`` answers its readiness probe now."""
+        return self._probes()[name]()
+
+    def _wait(self, name: str, deadline: float) -> None:
+        probe = self._probes()[name]
+        service = self.services[name]
+        while not probe():
+            if not service.alive():
+                code = service.process.returncode if service.process is not None else None
+                raise StackError(f"{name} exited during start-up ({describe_exit(code)}); see {service.log_path}")
+            if time.monotonic() > deadline:
+                raise StackError(f"{name} not ready in time; see {service.log_path}")
+            time.sleep(0.05)
 
     def _probes(self) -> dict[str, Callable[[], bool]]:
         s = self.settings
         probes: dict[str, Callable[[], bool]] = {}
+        if self._postgres is not None:
+            postgres, service = self._postgres, self.services["postgres"]
+            probes["postgres"] = lambda: service.process is not None and postgres.ready(service.process.pid)
         if "mock-provider" in self.services:
             probes["mock-provider"] = lambda: _http_ok(f"http://127.0.0.1:{s.mock_port}/__mock__/requests")
         probes["controlplane"] = lambda: _http_ok(f"http://127.0.0.1:{s.api_port}/readyz")
         probes["authz"] = self.authz_serving
-        probes["envoy"] = lambda: _http_ok(f"http://127.0.0.1:{s.envoy_admin_port}/ready")
-        return probes
+        probes["envoy"] = self.envoy_ready
+        return {name: probe for name, probe in probes.items() if name in self.services}
 
     def authz_serving(self) -> bool:
         address = self.services["authz"].env["KEYWARD_AUTHZ_ADDRESS"]
@@ -357,28 +495,73 @@ class Stack:
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
+    def envoy_ready(self) -> bool:
+        try:
+            with self.envoy_admin(timeout=1) as admin:
+                return admin.get("/ready").status_code == 200
+        except httpx.HTTPError:
+            return False
+
     # -- control ----------------------------------------------------------------------------------
 
     def restart(self, name: str, timeout: float = 30) -> None:
+        """Stop ``name`` on purpose, start it again and wait until it is ready."""
         service = self.services[name]
         service.stop()
         service.start()
-        probe = self._probes()[name]
-        deadline = time.monotonic() + timeout
-        while not probe():
-            if time.monotonic() > deadline or not service.alive():
-                raise StackError(f"{name} did not come back; see {service.log_path}")
-            time.sleep(0.05)
+        self._wait(name, time.monotonic() + timeout)
 
     def stop(self) -> None:
-        for service in reversed(list(self.services.values())):
-            service.stop()
+        """Stop every child, in order: Envoy (drained), authz, control plane, mock provider, Postgres."""
+        if self._supervisor is not None:
+            self._supervisor.pause()
+        self._drain_envoy()
+        for name in reversed(_ORDER):
+            service = self.services.get(name)
+            if service is None or service.process is None:
+                continue
+            was_running = service.alive()
+            try:
+                service.stop()
+            except Exception as exc:  # keep stopping the others
+                self._event(f"could not stop {name}: {type(exc).__name__}: {exc}")
+                continue
+            if was_running:
+                self._note(f"{name} stopped ({describe_exit(service.process.returncode)})")
         if self._postgres is not None:
-            self._postgres.stop()
-            self._postgres = None
+            # A postmaster started by hand (pg_ctl restart) must not outlive the stack either.
+            self._clear_postmaster()
+            self._postgres.cleanup()
+        if self._supervisor is not None:
+            self._supervisor.finish()
+            self._supervisor = None
+        for service in self.services.values():
+            service.flush_log()
+            service.log.close()
+        if self._log is not None:
+            self._log.close()
 
-    def first_dead(self) -> Service | None:
-        return next((svc for svc in self.services.values() if not svc.alive()), None)
+    def _drain_envoy(self) -> None:
+        """Ask Envoy to drain its listeners, and wait (up to envoy_drain_seconds) for open requests."""
+        envoy = self.services.get("envoy")
+        if envoy is None or not envoy.alive():
+            return
+        deadline = time.monotonic() + self.settings.envoy_drain_seconds
+        try:
+            with self.envoy_admin() as admin:
+                admin.post("/drain_listeners?graceful")
+                self._note("envoy draining")
+                time.sleep(min(0.2, self.settings.envoy_drain_seconds))
+                while time.monotonic() < deadline and _active_requests(admin):
+                    time.sleep(0.1)
+        except httpx.HTTPError as exc:
+            self._note(f"envoy could not be drained: {type(exc).__name__}")
+
+
+def _active_requests(admin: httpx.Client) -> int:
+    reply = admin.get("/stats", params={"filter": r"^http\.gateway\.downstream_rq_active$", "format": "json"})
+    stats = reply.json().get("stats", [])
+    return int(stats[0]["value"]) if stats else 0
 
 
 def _http_ok(url: str) -> bool:

@@ -140,3 +140,39 @@ def test_provider_key_rotation_is_picked_up_without_a_restart(gateway: Gateway) 
         write_secret(secret_file, "openai-key", f"Bearer {original}")
         gateway.wait_until(lambda: gateway.status_of(minted.secret) == 200, timeout=10, what="original key")
     assert envoy.poll() is None and gateway.stack.services["envoy"].process is envoy
+
+
+def test_client_headers_the_provider_must_not_see_are_removed(gateway: Gateway) -> None:
+    minted = gateway.mint()
+    gateway.forget_received()
+    client_headers = {
+        # A token in a cookie is still a token; the organization and project are the gateway's to choose;
+        # x-keyward-* is Keyward's own namespace, whatever its case.
+        "cookie": f"session={minted.secret}; theme=dark",
+        "openai-organization": "org-chosen-by-client",
+        "openai-project": "proj_chosen_by_client",
+        "x-keyward-foo": "client",
+        "X-Keyward-User": "someone-else@example.com",
+    }
+    chat = gateway.http.post(
+        "/openai/v1/chat/completions",
+        headers={"Authorization": f"Bearer {minted.secret}", **client_headers},
+        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]},
+    )
+    message = gateway.http.post(
+        "/anthropic/v1/messages",
+        headers={"x-api-key": minted.secret, "anthropic-version": "2023-06-01", **client_headers},
+        json={"model": "claude-haiku-4-5", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert (chat.status_code, message.status_code) == (200, 200), (chat.text, message.text)
+    records = gateway.received()
+    assert len(records) == 2
+    for record in records:
+        headers = _headers(record)
+        for name in ("cookie", "openai-organization", "openai-project"):
+            assert name not in headers, f"{name} reached {record['path']}"
+        assert not [name for name in headers if name.startswith("x-keyward-")], headers
+        assert minted.secret not in json.dumps(record)
+        # Headers the API needs still pass.
+        assert headers["content-type"] == ["application/json"]
+    assert _headers(records[1])["anthropic-version"] == ["2023-06-01"]

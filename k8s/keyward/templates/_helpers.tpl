@@ -55,6 +55,9 @@ app.kubernetes.io/part-of: keyward
 {{- define "keyward.spoolDir" -}}/var/spool/keyward{{- end }}
 {{- define "keyward.providerKeysDir" -}}/etc/keyward/provider-keys{{- end }}
 {{- define "keyward.envoyConfigDir" -}}/etc/envoy{{- end }}
+{{/* Envoy's admin interface: a 0600 Unix socket in an emptyDir only the envoy container mounts. */}}
+{{- define "keyward.envoyAdminDir" -}}/var/run/envoy-admin{{- end }}
+{{- define "keyward.envoyAdminSocket" -}}/var/run/envoy-admin/admin.sock{{- end }}
 {{- define "keyward.postgresCaDir" -}}/etc/keyward/postgres-ca{{- end }}
 
 {{/* Secrets: the chart's own unless an existing one is named. */}}
@@ -226,5 +229,15 @@ clusterType: {{ ternary "STATIC" "STRICT_DNS" (regexMatch "^[0-9]+\\.[0-9]+\\.[0
 {{- end }}
 {{- if lt (int .Values.gateway.terminationGracePeriodSeconds) (add (int .Values.gateway.preStopSleepSeconds) (int .Values.gateway.drainSeconds) 10) }}
 {{- fail "gateway.terminationGracePeriodSeconds must be at least preStopSleepSeconds + drainSeconds + 10" }}
+{{- end }}
+{{- /* Envoy cannot redact headers: at debug and trace it logs every client's token (k8s/README.md). */}}
+{{- if and (has (lower .Values.gateway.envoy.logLevel) (list "debug" "trace")) (not .Values.gateway.envoy.allowVerboseLogging) }}
+{{- fail (printf "gateway.envoy.logLevel %q logs every request header, Keyward tokens included, and Envoy cannot redact them: use warn (or info), or set gateway.envoy.allowVerboseLogging=true for a short investigation" .Values.gateway.envoy.logLevel) }}
+{{- end }}
+{{- range $name := list "organization" "project" }}
+{{- $value := index $.Values.providers.openai $name }}
+{{- if and $value (not (regexMatch "^[!-~]+$" $value)) }}
+{{- fail (printf "providers.openai.%s must be printable ASCII without spaces (it is sent as an HTTP header)" $name) }}
+{{- end }}
 {{- end }}
 {{- end }}
