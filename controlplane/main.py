@@ -32,7 +32,7 @@ from controlplane.core.db import get_engine, get_sessionmaker
 from controlplane.scim import errors as scim_errors
 from controlplane.scim import routes as scim_routes
 from controlplane.scim.errors import ScimError
-from controlplane.services import lifecycle
+from controlplane.services import lifecycle, revocation
 
 
 class BodyLimit:
@@ -97,12 +97,16 @@ async def _lifecycle_round() -> None:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     duties = [Duty("lifecycle", get_settings().lifecycle_interval_seconds, _lifecycle_round)]
+    acks = revocation.listener()
     app.state.duties = duties
+    app.state.long_running = {"revocation-acks": acks}
+    acks.start()
     for duty in duties:
         duty.start()
     yield
     for duty in duties:
         await duty.stop()
+    await acks.stop()
     await get_engine().dispose()
 
 

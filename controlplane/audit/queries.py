@@ -4,6 +4,11 @@ Request queries always carry a time window; partitions are by ingest time (``sto
 never earlier than the request time, so a lower bound on it prunes older months. Postgres walks the
 ``(user_id, at)``, ``(team, at)``, ``(token_id, at)`` or ``(at)`` index; outcomes are joined by
 request id within a minute of the decision, which the ``request_id`` index answers per partition.
+
+A request's ``decision`` is what the client got: authz's decision, unless Envoy answered without
+acting on one (authz too slow or gone: the outcome says ``decided`` false), and then Envoy's own
+answer (``envoy:<reason>``). What authz had decided stays visible as ``authz_decision``. So a request
+that authz allowed but Envoy never forwarded is never counted as allowed.
 """
 
 from __future__ import annotations
@@ -20,16 +25,15 @@ from controlplane.errors import Code, Invalid
 
 REQUEST_COLUMNS = (
     "seq", "at", "request_id", "source", "token_id", "user_id", "user_email", "team", "environment", "provider",
-    "method", "route", "model", "decision", "status", "upstream_status", "response_flags", "details", "duration_ms",
-    "upstream_ms", "bytes_in", "bytes_out", "prompt_tokens", "completion_tokens",
+    "method", "route", "model", "decision", "authz_decision", "status", "upstream_status", "response_flags", "details",
+    "duration_ms", "upstream_ms", "bytes_in", "bytes_out", "prompt_tokens", "completion_tokens", "sanitized",
 )
 
-_SELECT_REQUESTS = """
-SELECT r.seq, r.at, r.request_id, r.source, r.token_id, r.user_id, r.user_email, r.team, r.environment,
-       r.provider, r.method, r.route, r.model, r.decision, COALESCE(o.status, r.status) AS status,
-       o.upstream_status, o.response_flags, o.details, o.duration_ms, o.upstream_ms, o.bytes_in, o.bytes_out,
-       o.prompt_tokens, o.completion_tokens
-FROM request_records r
+#: What the client got (see the module docstring), as SQL over ``r`` and its outcome ``o``.
+DECISION = """CASE WHEN r.source = 'authz' AND o.decided IS FALSE
+     THEN left('envoy:' || COALESCE(o.details, o.response_flags, 'unknown'), 64) ELSE r.decision END"""
+
+_OUTCOME = """
 LEFT JOIN LATERAL (
     SELECT * FROM request_outcomes o
     WHERE o.request_id = r.request_id
@@ -39,6 +43,15 @@ LEFT JOIN LATERAL (
     ORDER BY o.seq LIMIT 1
 ) o ON true
 """
+
+_SELECT_REQUESTS = f"""
+SELECT r.seq, r.at, r.request_id, r.source, r.token_id, r.user_id, r.user_email, r.team, r.environment,
+       r.provider, r.method, r.route, r.model, {DECISION} AS decision,
+       CASE WHEN r.source = 'authz' THEN r.decision END AS authz_decision, COALESCE(o.status, r.status) AS status,
+       o.upstream_status, o.response_flags, o.details, o.duration_ms, o.upstream_ms, o.bytes_in, o.bytes_out,
+       o.prompt_tokens, o.completion_tokens, COALESCE(r.sanitized OR o.sanitized, r.sanitized, o.sanitized, false)
+       AS sanitized
+FROM request_records r""" + _OUTCOME  # noqa: S608 - fixed SQL fragments only
 
 
 @dataclass
@@ -62,10 +75,13 @@ class RequestFilter:
                    "r.stored_at >= CAST(:start AS timestamptz) - interval '1 day'"]
         params: dict[str, Any] = {"start": self.start, "end": self.end}
         for column, value in (("user_id", self.user_id), ("team", self.team), ("token_id", self.token_id),
-                              ("model", self.model), ("decision", self.decision), ("provider", self.provider)):
+                              ("model", self.model), ("provider", self.provider)):
             if value is not None:
                 clauses.append(f"r.{column} = :{column}")
                 params[column] = value
+        if self.decision is not None:
+            clauses.append(f"{DECISION} = :decision")
+            params["decision"] = self.decision
         if self.user_email is not None:
             clauses.append("lower(r.user_email) = lower(:user_email)")
             params["user_email"] = self.user_email
@@ -82,16 +98,18 @@ class RequestFilter:
         return query, params
 
 
+_ALLOWED = f"r.user_id = :user_id AND r.decision = 'allowed' AND {DECISION} = 'allowed'"
 USER_ACTIVITY = {
     "last_request": _SELECT_REQUESTS + " WHERE r.user_id = :user_id ORDER BY r.at DESC, r.seq DESC LIMIT 1",
-    "last_allowed": _SELECT_REQUESTS
-    + " WHERE r.user_id = :user_id AND r.decision = 'allowed' ORDER BY r.at DESC, r.seq DESC LIMIT 1",
-    "allowed_after": _SELECT_REQUESTS
-    + " WHERE r.user_id = :user_id AND r.decision = 'allowed' AND r.at > :since ORDER BY r.at, r.seq LIMIT 100",
-    "count_allowed_after": "SELECT count(*) FROM request_records r"
-    " WHERE r.user_id = :user_id AND r.decision = 'allowed' AND r.at > :since",
+    "last_allowed": _SELECT_REQUESTS + f" WHERE {_ALLOWED} ORDER BY r.at DESC, r.seq DESC LIMIT 1",
+    "allowed_after": _SELECT_REQUESTS + f" WHERE {_ALLOWED} AND r.at > :since ORDER BY r.at, r.seq LIMIT 100",
+    "count_allowed_after": "SELECT count(*) FROM request_records r" + _OUTCOME  # noqa: S608 - fixed fragments
+    + f" WHERE {_ALLOWED} AND r.at > :since",
     "disabled_event": "SELECT * FROM events WHERE target_type = 'user' AND target_id = :user_id_text"
     " AND action IN ('user.deprovisioned', 'user.suspended', 'scim.deprovision') ORDER BY seq DESC LIMIT 1",
+    # When every gateway replica confirmed that disabling: the instant "nothing allowed after" is about.
+    "confirmed_event": "SELECT * FROM events WHERE target_type = 'user' AND target_id = :user_id_text"
+    " AND action = 'revocation.confirmed' AND seq > :after_seq ORDER BY seq LIMIT 1",
 }
 
 
@@ -184,11 +202,19 @@ async def user_activity(session: AsyncSession, user_id: uuid.UUID) -> dict[str, 
         "last_allowed_request": await one("last_allowed"),
         "disabled_at": disabled["at"] if disabled else None,
         "disabled_by": disabled,
+        "effective_at": None,
         "allowed_after_disabled": None,
         "allowed_after_disabled_examples": [],
     }
     if disabled:
-        since = {"since": disabled["at"]}
+        # Requests are judged from the moment every replica confirmed the disabling; without a
+        # confirmation (an older record, or a replica that did not answer), from the event itself.
+        confirmed = await one("confirmed_event", {"user_id_text": str(user_id), "after_seq": disabled["seq"]})
+        effective = disabled["at"]
+        if confirmed and confirmed["after"] and confirmed["after"].get("applied") and confirmed["after"]["confirmed"]:
+            effective = max(datetime.fromisoformat(at) for at in confirmed["after"]["confirmed"].values())
+        answer["effective_at"] = effective
+        since = {"since": effective}
         answer["allowed_after_disabled"] = (
             await session.execute(text(USER_ACTIVITY["count_allowed_after"]), params | since)
         ).scalar_one()

@@ -59,6 +59,8 @@ class Settings(OidcSettings, BaseSettings):
     api_port: int = Field(default=8000, ge=1, le=65535)
     #: Largest admin API request body, in bytes.
     max_body_bytes: int = Field(default=1_048_576, gt=0)
+    #: How long a revocation waits for every live authz replica to confirm it before answering.
+    revocation_wait_seconds: float = Field(default=2.0, gt=0, le=30)
     #: How often token expiry events and the dormant-token policy run.
     lifecycle_interval_seconds: float = Field(default=30, gt=0, le=3600)
     log_level: str = "info"

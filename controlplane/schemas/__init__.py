@@ -37,6 +37,7 @@ from controlplane.schemas.common import (
     Page,
     Provider,
     Reason,
+    RevocationStatus,
     Role,
     UserStatus,
 )
@@ -56,6 +57,7 @@ from controlplane.schemas.identities import (
     UserCreate,
     UserPublic,
     UserUpdate,
+    UserUpdated,
 )
 from controlplane.schemas.tokens import (
     BulkRevoke,
@@ -70,6 +72,7 @@ from controlplane.schemas.tokens import (
     TokenNarrow,
     TokenPublic,
     TokenRevoke,
+    TokenRevoked,
     TokenRotate,
     TokenRotated,
 )
@@ -103,6 +106,7 @@ __all__ = [
     "Provider",
     "Reason",
     "RequestRecord",
+    "RevocationStatus",
     "Role",
     "ScimConnectionCreate",
     "ScimConnectionIssued",
@@ -122,6 +126,7 @@ __all__ = [
     "TokenNarrow",
     "TokenPublic",
     "TokenRevoke",
+    "TokenRevoked",
     "TokenRotate",
     "TokenRotated",
     "UsageRow",
@@ -130,5 +135,6 @@ __all__ = [
     "UserPublic",
     "UserStatus",
     "UserUpdate",
+    "UserUpdated",
     "WhoAmI",
 ]

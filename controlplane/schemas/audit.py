@@ -40,7 +40,9 @@ class RequestRecord(Output):
     method: str | None
     route: str | None
     model: str | None
-    decision: str
+    decision: str = Field(description="What the client got: authz's decision, or envoy:<reason> when Envoy "
+                                      "answered without one (authz too slow or unreachable).")
+    authz_decision: str | None = Field(description="What authz decided (null when it never saw the request).")
     status: int | None
     upstream_status: int | None
     response_flags: str | None
@@ -51,6 +53,7 @@ class RequestRecord(Output):
     bytes_out: int | None
     prompt_tokens: int | None
     completion_tokens: int | None
+    sanitized: bool = Field(description="A value the client sent was cut or had unstorable characters replaced.")
 
 
 class UserActivity(BaseModel):
@@ -59,8 +62,11 @@ class UserActivity(BaseModel):
     last_allowed_request: RequestRecord | None
     disabled_at: datetime | None = Field(description="When the user was last suspended or deprovisioned.")
     disabled_by: EventPublic | None
+    effective_at: datetime | None = Field(
+        description="When every gateway replica had applied that (its revocation.confirmed event); disabled_at "
+                    "when no confirmation was recorded.")
     allowed_after_disabled: int | None = Field(
-        description="Requests allowed after disabled_at; null when the user was never disabled."
+        description="Requests allowed after effective_at; null when the user was never disabled."
     )
     allowed_after_disabled_examples: list[RequestRecord]
 

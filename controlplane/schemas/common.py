@@ -2,29 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 UserStatus = Literal["active", "suspended", "deprovisioned"]
 
-
 Environment = Literal["dev", "staging", "prod", "ci"]
-
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
-
 ModelPattern = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:/@*?\[\]-]+$")]
-
 
 T = TypeVar("T")
 
-
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)]
+
 #: The largest value of a PostgreSQL integer column.
-
-
 MAX_INT = 2**31 - 1
 
 
@@ -55,8 +50,16 @@ class Page(BaseModel, Generic[T]):
 
 Provider = Literal["openai", "anthropic", "*"]
 
-
 Role = Literal["admin", "auditor", "finance", "owner"]
 
-
 MemberRole = Literal["member", "owner"]
+
+
+class RevocationStatus(BaseModel):
+    """Whether the gateway already refuses what was revoked: every live authz replica confirmed it."""
+
+    applied: bool = Field(description="Every live authz replica applied it within the wait: from this response "
+                                      "on, the gateway refuses. False: see unconfirmed.")
+    confirmed: dict[str, datetime] = Field(description="Replica id -> when it applied the change.")
+    unconfirmed: list[str] = Field(description="Replicas seen alive that did not confirm within the wait.")
+    waited_ms: int

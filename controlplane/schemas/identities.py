@@ -18,6 +18,7 @@ from controlplane.schemas.common import (
     Name,
     Output,
     Provider,
+    RevocationStatus,
     UserStatus,
 )
 
@@ -163,3 +164,9 @@ class ServiceAccountPublic(Output):
     status: Literal["active", "disabled"]
     created_at: datetime
     updated_at: datetime
+
+
+class UserUpdated(UserPublic):
+    revocation: RevocationStatus | None = Field(
+        default=None, description="When the change suspended or deprovisioned the user: whether every gateway "
+                                  "replica already refuses their tokens.")

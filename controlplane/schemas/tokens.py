@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from controlplane.schemas.common import Environment, Input, ModelPattern, Name, Output, Reason
+from controlplane.schemas.common import Environment, Input, ModelPattern, Name, Output, Reason, RevocationStatus
 from controlplane.schemas.identities import UserPublic
 
 
@@ -62,6 +62,7 @@ class BulkRevoke(Input):
 
 class BulkRevoked(BaseModel):
     revoked: int
+    revocation: RevocationStatus
 
 
 class TokenRevoke(Input):
@@ -90,6 +91,10 @@ class TokenPublic(Output):
 
 class TokenIssued(TokenPublic):
     token: str = Field(description="The secret. Shown once: store it now, Keyward keeps only a hash.")
+
+
+class TokenRevoked(TokenPublic):
+    revocation: RevocationStatus
 
 
 class TokenRotated(BaseModel):

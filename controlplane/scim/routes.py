@@ -22,7 +22,7 @@ from controlplane.scim import store
 from controlplane.scim.documents import apply_patch, project
 from controlplane.scim.errors import SCIM_JSON, ScimError
 from controlplane.scim.filters import CORE_GROUP, CORE_USER, ENTERPRISE
-from controlplane.services import scim_connections
+from controlplane.services import revocation, scim_connections
 
 MAX_BODY = 1_048_576
 #: The largest page, also the page size when a client gives no count (RFC 7644 §3.4.2.4).
@@ -52,6 +52,14 @@ async def _connection(
 
 
 SessionDep = Annotated[AsyncSession, Depends(_session, scope="function")]
+#: On a user change that deactivated someone: "applied" once every gateway replica refuses their
+#: tokens, else "unconfirmed; replicas=…" (see controlplane.services.revocation).
+REVOCATION_HEADER = "Keyward-Revocation"
+
+
+def _changing(connection: store.Connection, user_id: str) -> Any:
+    """A user change in its own transaction, confirmed by every gateway replica if it deactivates."""
+    return revocation.revoking(actor=connection.actor, target_type="user", target_id=user_id[:100])
 ConnectionDep = Annotated[store.Connection, Depends(_connection)]
 
 
@@ -251,31 +259,40 @@ async def get_user(user_id: str, request: Request, session: SessionDep, connecti
 
 
 @router.put("/Users/{user_id}")
-async def replace_user(user_id: str, request: Request, session: SessionDep,
-                       connection: ConnectionDep) -> JSONResponse:
-    user = await store.get_user(session, connection, user_id)
-    user = await store.replace_user(session, connection, user, await _body(request))
-    return _reply(await store.user_document(session, user, _base(request)))
+async def replace_user(user_id: str, request: Request, connection: ConnectionDep) -> JSONResponse:
+    body = await _body(request)
+    async with _changing(connection, user_id) as change:
+        user = await store.get_user(change.session, connection, user_id)
+        was = user.status
+        user = await store.replace_user(change.session, connection, user, body)
+        document = await store.user_document(change.session, user, _base(request))
+        change.needed = user.status != was and user.status != "active"
+    return _reply(document, headers={REVOCATION_HEADER: change.header()})
 
 
 @router.patch("/Users/{user_id}")
-async def patch_user(user_id: str, request: Request, session: SessionDep, connection: ConnectionDep) -> JSONResponse:
-    user = await store.get_user(session, connection, user_id)
+async def patch_user(user_id: str, request: Request, connection: ConnectionDep) -> JSONResponse:
     body = await _body(request)
     base = _base(request)
-    current = await store.user_document(session, user, base)
-    current.pop("meta", None)
-    current.pop("groups", None)
-    patched = apply_patch(current, body, {CORE_USER}, extensions={ENTERPRISE})
-    user = await store.replace_user(session, connection, user, patched)
-    return _reply(await store.user_document(session, user, base))
+    async with _changing(connection, user_id) as change:
+        user = await store.get_user(change.session, connection, user_id)
+        was = user.status
+        current = await store.user_document(change.session, user, base)
+        current.pop("meta", None)
+        current.pop("groups", None)
+        patched = apply_patch(current, body, {CORE_USER}, extensions={ENTERPRISE})
+        user = await store.replace_user(change.session, connection, user, patched)
+        document = await store.user_document(change.session, user, base)
+        change.needed = user.status != was and user.status != "active"
+    return _reply(document, headers={REVOCATION_HEADER: change.header()})
 
 
 @router.delete("/Users/{user_id}")
-async def delete_user(user_id: str, session: SessionDep, connection: ConnectionDep) -> Response:
-    user = await store.get_user(session, connection, user_id)
-    await store.delete_user(session, connection, user)
-    return Response(status_code=204)
+async def delete_user(user_id: str, connection: ConnectionDep) -> Response:
+    async with _changing(connection, user_id) as change:
+        user = await store.get_user(change.session, connection, user_id)
+        await store.delete_user(change.session, connection, user)
+    return Response(status_code=204, headers={REVOCATION_HEADER: change.header()})
 
 
 # -- groups ---------------------------------------------------------------------------------------

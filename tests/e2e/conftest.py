@@ -202,7 +202,6 @@ def gateway(oidc_provider: OidcProvider | None) -> Iterator[Gateway]:
         data_dir=data_dir,
         gateway_port=free_port(),
         api_port=api_port,
-        envoy_admin_port=free_port(),
         mock_port=free_port(),
         admin_token=None,
         openai_api_key=None,

@@ -144,7 +144,7 @@ def test_every_action_is_an_event_with_actor_and_mechanism(gateway: Gateway) -> 
     user_events = gateway.admin.get("/audit/events", params={"target_id": minted.user["id"]}).json()["items"]
     token_events = gateway.admin.get("/audit/events", params={"target_id": minted.id}).json()["items"]
     assert [e["action"] for e in user_events] == ["user.created"]
-    assert [e["action"] for e in token_events] == ["token.issued", "token.revoked"]
+    assert [e["action"] for e in token_events] == ["token.issued", "token.revoked", "revocation.confirmed"]
     for event in user_events + token_events:
         assert event["actor"] == "admin:bootstrap"
         assert event["mechanism"] == "api"
@@ -160,7 +160,7 @@ def test_health_endpoints(gateway: Gateway) -> None:
     assert ready.status_code == 200
     assert ready.json()["status"] == "ready"
     assert gateway.stack.authz_serving()
-    assert httpx.get(f"http://127.0.0.1:{gateway.stack.settings.envoy_admin_port}/ready").text.strip() == "LIVE"
+    assert gateway.stack.envoy_ready()
 
 
 def test_openapi_document_lists_the_admin_api(gateway: Gateway) -> None:

@@ -134,7 +134,7 @@ def test_names_suspend_and_bulk_revoke(gateway: Gateway) -> None:
     gateway.wait_until(lambda: gateway.status_of(minted.secret) == 200, what="the token to work again")
     result = document(keyward(gateway, "teams", "revoke-tokens", team["name"], "--reason", "incident", "--yes",
                               "--json"))
-    assert result == {"revoked": 1}
+    assert result["revoked"] == 1 and result["revocation"]["applied"] is True
     gateway.wait_until(lambda: refused(gateway, minted.secret), what="the team's tokens to be refused")
 
 

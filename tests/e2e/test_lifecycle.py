@@ -137,7 +137,7 @@ def test_revoking_a_team_cuts_every_member_and_no_one_else(gateway: Gateway) -> 
     bystander = gateway.mint(team=other_team)
     both = gateway.mint(members[0].user, team=other_team)  # same person, other team: not affected
     reply = gateway.admin.post(f"/teams/{team['id']}/tokens/revoke", json={"reason": "incident"})
-    assert reply.json() == {"revoked": 3}
+    assert reply.json()["revoked"] == 3 and reply.json()["revocation"]["applied"] is True
     for minted in members:
         gateway.wait_until(lambda m=minted: gateway.status_of(m.secret) == 401, timeout=1, what="team revocation")
     assert gateway.status_of(bystander.secret) == 200

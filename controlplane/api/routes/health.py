@@ -22,6 +22,7 @@ async def livez(request: Request) -> JSONResponse:
     """The process is alive: its background duties still run (a dead one fails this, and the
     orchestrator restarts the process). Says nothing about the database, which a restart cannot fix."""
     duties = {duty.name: duty.alive() for duty in getattr(request.app.state, "duties", [])}
+    duties |= {name: task.alive() for name, task in getattr(request.app.state, "long_running", {}).items()}
     status = 200 if all(duties.values()) else 503
     return JSONResponse({"status": "ok" if status == 200 else "dead", "duties": duties}, status_code=status)
 

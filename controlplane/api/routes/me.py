@@ -23,9 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from controlplane import errors, schemas
 from controlplane.api.deps import Bearer, Cursor, Limit, SessionDep, SettingsDep, presented
+from controlplane.api.routes.tokens import revoked
 from controlplane.core.db import get_sessionmaker
 from controlplane.errors import Code, Unauthorized, Unavailable
-from controlplane.models import Token
 from controlplane.oidc.client import OidcError
 from controlplane.oidc.signin import (
     Refused,
@@ -38,7 +38,7 @@ from controlplane.oidc.signin import (
     open_sign_in,
     record_refusal,
 )
-from controlplane.services import selfservice, users
+from controlplane.services import revocation, selfservice, users
 
 router = APIRouter(tags=["me"])
 
@@ -91,13 +91,16 @@ async def mint_my_token(data: schemas.MyTokenCreate, signed: Me, session: Sessio
     return {**schemas.TokenPublic.model_validate(token).model_dump(), "token": secret}
 
 
-@router.post("/me/tokens/{token_id}/revoke", response_model=schemas.TokenPublic,
+@router.post("/me/tokens/{token_id}/revoke", response_model=schemas.TokenRevoked,
              responses=errors.responses(401, 403, 404, 422, body=True))
-async def revoke_my_token(token_id: uuid.UUID, signed: Me, session: SessionDep,
-                          data: Annotated[schemas.MyTokenRevoke | None, Body()] = None) -> Token:
-    """Revoke one of your tokens (idempotent). Anyone else's token is not found."""
-    return await selfservice.revoke_mine(session, user_id=signed.user_id, actor=signed.actor, token_id=token_id,
-                                         reason=data.reason if data else None)
+async def revoke_my_token(token_id: uuid.UUID, signed: Me,
+                          data: Annotated[schemas.MyTokenRevoke | None, Body()] = None) -> dict:
+    """Revoke one of your tokens (idempotent); answers once the gateway refuses it. Anyone else's token
+    is not found."""
+    async with revocation.revoking(actor=signed.actor, target_type="token", target_id=str(token_id)) as revoking:
+        token = await selfservice.revoke_mine(revoking.session, user_id=signed.user_id, actor=signed.actor,
+                                              token_id=token_id, reason=data.reason if data else None)
+    return revoked(token, revoking)
 
 
 @router.post("/me/logout", status_code=status.HTTP_204_NO_CONTENT, responses=_ME_ERRORS)

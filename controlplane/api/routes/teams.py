@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response, status
 from controlplane import errors, schemas
 from controlplane.api.deps import Admin, Cursor, Limit, Manager, Reader, SessionDep
 from controlplane.models import Membership, Team
-from controlplane.services import teams
+from controlplane.services import revocation, teams
 
 router = APIRouter(prefix="/teams", tags=["teams"], responses=errors.responses(401, 403, 422))
 
@@ -82,10 +82,11 @@ async def remove_member(team_id: uuid.UUID, user_id: uuid.UUID, session: Session
 
 @router.post("/{team_id}/tokens/revoke", response_model=schemas.BulkRevoked,
              responses=errors.responses(404, body=True))
-async def revoke_team_tokens(team_id: uuid.UUID, session: SessionDep, caller: Manager,
-                             data: schemas.BulkRevoke | None = None) -> dict:
-    """Revoke every live token that acts for the team, and no one else's."""
+async def revoke_team_tokens(team_id: uuid.UUID, caller: Manager, data: schemas.BulkRevoke | None = None) -> dict:
+    """Revoke every live token that acts for the team, and no one else's; answers once the gateway refuses them."""
     caller.require_team(team_id)
-    count = await teams.revoke_tokens(session, actor=caller.actor, team_id=team_id,
-                                      reason=data.reason if data else None)
-    return {"revoked": count}
+    async with revocation.revoking(actor=caller.actor, target_type="team", target_id=str(team_id)) as revoking:
+        count = await teams.revoke_tokens(revoking.session, actor=caller.actor, team_id=team_id,
+                                          reason=data.reason if data else None)
+    assert revoking.confirmation is not None
+    return {"revoked": count, "revocation": revoking.confirmation.document()}

@@ -8,13 +8,18 @@ from fastapi import APIRouter, Body, Query, status
 from controlplane import errors, schemas
 from controlplane.api.deps import Caller, Cursor, Limit, Manager, Reader, SessionDep, SettingsDep
 from controlplane.models import Token
-from controlplane.services import lifecycle
+from controlplane.services import lifecycle, revocation
 
 router = APIRouter(prefix="/tokens", tags=["tokens"], responses=errors.responses(401, 403, 422))
 
 TokenSort = Literal["created_at", "-created_at", "last_used_at", "-last_used_at", "expires_at", "-expires_at",
                     "name", "-name"]
 TokenState = Literal["active", "revoked", "expired"]
+
+
+def revoked(token: Token, revoking: revocation.Revoking) -> dict:
+    assert revoking.confirmation is not None
+    return {**schemas.TokenPublic.model_validate(token).model_dump(), "revocation": revoking.confirmation.document()}
 
 
 def _issued(token: Token, secret: str) -> dict:
@@ -88,16 +93,19 @@ async def narrow_token(token_id: uuid.UUID, data: schemas.TokenNarrow, session: 
     return await lifecycle.narrow(session, actor=caller.actor, token_id=token_id, data=data)
 
 
-@router.post("/{token_id}/revoke", response_model=schemas.TokenPublic, responses=errors.responses(404, body=True))
+@router.post("/{token_id}/revoke", response_model=schemas.TokenRevoked, responses=errors.responses(404, body=True))
 async def revoke_token(
     token_id: uuid.UUID,
-    session: SessionDep,
     caller: Manager,
     data: Annotated[schemas.TokenRevoke | None, Body()] = None,
-) -> Token:
-    """Revoke a token; the gateway refuses it within a second. Revoking twice is not an error."""
-    await _managed(session, caller, token_id)
-    return await lifecycle.revoke(session, actor=caller.actor, token_id=token_id, reason=data.reason if data else None)
+) -> dict:
+    """Revoke a token. The answer comes once every gateway replica refuses it (``revocation.applied``), or
+    says which replicas did not confirm within the wait. Revoking twice is not an error."""
+    async with revocation.revoking(actor=caller.actor, target_type="token", target_id=str(token_id)) as revoking:
+        await _managed(revoking.session, caller, token_id)
+        token = await lifecycle.revoke(revoking.session, actor=caller.actor, token_id=token_id,
+                                       reason=data.reason if data else None)
+    return revoked(token, revoking)
 
 
 @router.post("/{token_id}/rotate", status_code=status.HTTP_201_CREATED, response_model=schemas.TokenRotated,

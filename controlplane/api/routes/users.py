@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, status
 from controlplane import errors, schemas
 from controlplane.api.deps import Admin, Cursor, Limit, Reader, SessionDep
 from controlplane.models import User
-from controlplane.services import users
+from controlplane.services import revocation, users
 
 router = APIRouter(prefix="/users", tags=["users"], responses=errors.responses(401, 403, 422))
 
@@ -41,17 +41,26 @@ async def get_user(user_id: uuid.UUID, session: SessionDep, _caller: Reader) -> 
     return await users.get_user(session, user_id=user_id)
 
 
-@router.patch("/{user_id}", response_model=schemas.UserPublic, responses=errors.responses(404, body=True))
-async def update_user(user_id: uuid.UUID, data: schemas.UserUpdate, session: SessionDep, caller: Admin) -> User:
-    """Suspending a user stops their tokens at the gateway; deprovisioning also revokes every one."""
-    return await users.update_user(session, actor=caller.actor, user_id=user_id, data=data)
+@router.patch("/{user_id}", response_model=schemas.UserUpdated, responses=errors.responses(404, body=True))
+async def update_user(user_id: uuid.UUID, data: schemas.UserUpdate, session: SessionDep, caller: Admin) -> dict:
+    """Suspending a user stops their tokens at the gateway; deprovisioning also revokes every one. Either
+    answers once every gateway replica has applied it (``revocation``), or says which did not."""
+    if data.status in ("suspended", "deprovisioned"):
+        async with revocation.revoking(actor=caller.actor, target_type="user", target_id=str(user_id)) as revoking:
+            user = await users.update_user(revoking.session, actor=caller.actor, user_id=user_id, data=data)
+        assert revoking.confirmation is not None
+        return {**schemas.UserPublic.model_validate(user).model_dump(),
+                "revocation": revoking.confirmation.document()}
+    user = await users.update_user(session, actor=caller.actor, user_id=user_id, data=data)
+    return {**schemas.UserPublic.model_validate(user).model_dump(), "revocation": None}
 
 
 @router.post("/{user_id}/tokens/revoke", response_model=schemas.BulkRevoked,
              responses=errors.responses(404, body=True))
-async def revoke_user_tokens(user_id: uuid.UUID, session: SessionDep, caller: Admin,
-                             data: schemas.BulkRevoke | None = None) -> dict:
-    """Revoke every live token the user owns, in one transaction."""
-    count = await users.revoke_tokens(session, actor=caller.actor, user_id=user_id,
-                                      reason=data.reason if data else None)
-    return {"revoked": count}
+async def revoke_user_tokens(user_id: uuid.UUID, caller: Admin, data: schemas.BulkRevoke | None = None) -> dict:
+    """Revoke every live token the user owns, in one transaction; answers once the gateway refuses them."""
+    async with revocation.revoking(actor=caller.actor, target_type="user", target_id=str(user_id)) as revoking:
+        count = await users.revoke_tokens(revoking.session, actor=caller.actor, user_id=user_id,
+                                          reason=data.reason if data else None)
+    assert revoking.confirmation is not None
+    return {"revoked": count, "revocation": revoking.confirmation.document()}

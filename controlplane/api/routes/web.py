@@ -46,7 +46,7 @@ from controlplane.oidc.signin import (
     record_refusal,
     redirect_uri,
 )
-from controlplane.services import selfservice
+from controlplane.services import revocation, selfservice
 from controlplane.web import pages
 
 router = APIRouter(include_in_schema=False)
@@ -227,9 +227,9 @@ async def revoke_from_page(token_id: uuid.UUID, request: Request, settings: Sett
     if refusal is not None or signed is None:
         return refusal or RedirectResponse("/me", status_code=303)
     try:
-        async with get_sessionmaker()() as session, session.begin():
-            await selfservice.revoke_mine(session, user_id=signed.user_id, actor=signed.actor, token_id=token_id,
-                                          reason="revoked by its owner at /me")
+        async with revocation.revoking(actor=signed.actor, target_type="token", target_id=str(token_id)) as change:
+            await selfservice.revoke_mine(change.session, user_id=signed.user_id, actor=signed.actor,
+                                          token_id=token_id, reason="revoked by its owner at /me")
     except KeywardError as exc:
         return await render_me(settings, signed, error=exc.message, status_code=exc.status_code)
     return RedirectResponse("/me", status_code=303)
