@@ -58,6 +58,15 @@ class AuthzSettings(BaseSettings):
     listener_keepalive_seconds: float = Field(default=5.0, gt=0, le=300)
     #: Directory of the audit spool (decision and outcome lines waiting to be shipped).
     audit_spool_dir: str
+    #: Envoy's audit log (one JSON line per finished request), which authz reads into the spool.
+    envoy_audit_log: str
+    #: Envoy's control socket (``unix:/path``) or ``host:port``, where authz asks it to reopen its logs
+    #: after rotating the audit log; unset: whoever rotates Envoy's logs asks it (then set
+    #: ``envoy_audit_log_rotate_bytes`` very high).
+    envoy_control: str | None = None
+    envoy_audit_log_rotate_bytes: int = Field(default=64 << 20, ge=1 << 16)
+    #: Envoy's timeout for a Check (its ext_authz ``timeout``): a Check later than this is moot.
+    envoy_authz_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
     #: The control plane's ingest endpoint and the credential for it.
     ingest_url: str
     ingest_token: str = Field(min_length=16)

@@ -16,13 +16,26 @@ the cache never stays behind Postgres.
 All of this runs on the event loop's thread, off the request path: it is the only writer of the
 cache, and a Check only ever reads it. Each full snapshot is built through a fresh
 :class:`~authz.cache.Interner`, which the updates until the next snapshot then share.
+
+Revocation is final when the control plane says so, and that rests on this listener:
+
+* it keeps this replica's row in ``authz_replicas`` fresh (about every second, on the listening
+  connection itself, so a heartbeat means "connected and applying"); a clean stop deletes the row;
+* a revoking transaction ends with ``ack:<id>``; once everything before it in its batch is applied,
+  the listener answers ``<replica>:<id>:<applied at>`` on ``keyward_acks``;
+* after a (re)load, the notifications queued while the snapshot was read are applied before Checks
+  are answered: a change committed after the snapshot began is never missed, not even briefly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import time
+import uuid
 from collections.abc import Iterable
+from datetime import UTC, datetime
 
 import asyncpg
 import structlog
@@ -34,6 +47,18 @@ from authz.snapshot import AFFECTED_KINDS, load_affected, load_snapshot, load_to
 log = structlog.get_logger("authz.listener")
 
 _CONNECTION_LOST = "__connection_lost__"
+ACKS_CHANNEL = "keyward_acks"
+#: How often the replica's row is refreshed (the control plane counts a replica alive for a few beats).
+HEARTBEAT_SECONDS = 1.0
+_HEARTBEAT_SQL = """
+    INSERT INTO authz_replicas (id, host, pid, started_at, seen_at) VALUES ($1, $2, $3, $4, now())
+    ON CONFLICT (id) DO UPDATE SET seen_at = now()
+"""
+
+
+def replica_id() -> str:
+    """This process's name among the replicas: host, pid and a random part (pids are reused)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class ChangeListener:
@@ -47,7 +72,10 @@ class ChangeListener:
         cache: TokenCache,
         keepalive_seconds: float = 5.0,
         max_backoff_seconds: float = 2.0,
+        replica: str | None = None,
     ) -> None:
+        self.replica = replica or replica_id()
+        self._started_at = datetime.now(UTC)
         self._dsn = dsn
         self._channel = channel
         self._cache = cache
@@ -58,6 +86,7 @@ class ChangeListener:
         self._interner = Interner()
         #: Set once the first snapshot is in the cache; authz refuses Checks until then.
         self.ready = asyncio.Event()
+        self._beat = 0.0
 
     async def run(self) -> None:
         backoff = 0.05
@@ -85,6 +114,8 @@ class ChangeListener:
             SNAPSHOT_SECONDS.set(elapsed)
             SNAPSHOT_TOKENS.set(tokens)
             log.info("snapshot.loaded", tokens=tokens, revoked=self._cache.revoked_count, seconds=round(elapsed, 3))
+            await self._apply_queued(connection)
+            await self._heartbeat(connection)
             self.ready.set()
             await self._apply_forever(connection)
         finally:
@@ -101,28 +132,48 @@ class ChangeListener:
         self._interner = interner
         return len(snapshot.records)
 
+    async def _heartbeat(self, connection: asyncpg.Connection) -> None:
+        """Refresh this replica's row; it also proves the connection still answers (a silent death is
+        noticed within the keepalive)."""
+        await asyncio.wait_for(connection.execute(_HEARTBEAT_SQL, self.replica, socket.gethostname(), os.getpid(),
+                                                  self._started_at), timeout=self._keepalive)
+        self._beat = time.monotonic()
+
+    async def _apply_queued(self, connection: asyncpg.Connection) -> None:
+        payloads = []
+        while not self._queue.empty():
+            payloads.append(self._queue.get_nowait())
+        if _CONNECTION_LOST in payloads:
+            raise ConnectionResetError("listener connection closed")
+        if payloads:
+            await self.apply(connection, payloads)
+
     async def _apply_forever(self, connection: asyncpg.Connection) -> None:
         while True:
             try:
-                first = await asyncio.wait_for(self._queue.get(), timeout=self._keepalive)
+                first = await asyncio.wait_for(self._queue.get(), timeout=HEARTBEAT_SECONDS)
             except TimeoutError:
-                # Quiet channel: prove the connection still answers, so a silent death is noticed.
-                await asyncio.wait_for(connection.fetchval("SELECT 1"), timeout=self._keepalive)
+                await self._heartbeat(connection)
                 continue
-            payloads = [first]
-            while not self._queue.empty():
-                payloads.append(self._queue.get_nowait())
-            if _CONNECTION_LOST in payloads:
-                raise ConnectionResetError("listener connection closed")
-            await self.apply(connection, payloads)
+            self._queue.put_nowait(first)  # keep order: the batch is everything queued now
+            await self._apply_queued(connection)
+            if time.monotonic() - self._beat >= HEARTBEAT_SECONDS:  # a busy channel still beats
+                await self._heartbeat(connection)
+
+    async def retire(self, pool: asyncpg.Pool) -> None:
+        """On a clean stop: leave the replicas, so no revocation waits for this process any more."""
+        await pool.execute("DELETE FROM authz_replicas WHERE id = $1", self.replica)
 
     async def apply(self, connection: asyncpg.Connection, payloads: Iterable[str]) -> None:
         """Re-read the tokens, owners, teams and profiles named by ``payloads`` and fold them into the cache."""
         token_ids: set[str] = set()
         affected: dict[str, set[str]] = {kind: set() for kind in AFFECTED_KINDS}
+        acks: list[str] = []
         for payload in payloads:
             kind, _, ident = payload.partition(":")
-            if kind == "token":
+            if kind == "ack":
+                acks.append(ident)
+            elif kind == "token":
                 token_ids.add(ident)
             elif kind == "member":
                 affected[kind].add(ident.partition(":")[0])
@@ -130,6 +181,7 @@ class ChangeListener:
                 affected[kind].add(ident)
             elif kind == "reload":
                 await self._reload(connection)
+                await self._acknowledge(connection, [p.partition(":")[2] for p in payloads if p.startswith("ack:")])
                 return
         if token_ids:
             found = set()
@@ -142,4 +194,14 @@ class ChangeListener:
             if idents:
                 for record in await load_affected(connection, kind, idents, self._interner):
                     self._cache.upsert(record)
-        log.debug("changes.applied", tokens=len(token_ids), **{k: len(v) for k, v in affected.items() if v})
+        await self._acknowledge(connection, acks)
+        log.debug("changes.applied", tokens=len(token_ids), acks=len(acks),
+                  **{k: len(v) for k, v in affected.items() if v})
+
+    async def _acknowledge(self, connection: asyncpg.Connection, acks: list[str]) -> None:
+        """Tell the control plane that everything up to these ack requests is applied (a whole batch is
+        applied before any of its acks is sent, so an ack never runs ahead of a change before it)."""
+        if acks:
+            applied = f"{time.time():.6f}"
+            await connection.execute("SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x", ACKS_CHANNEL,
+                                     [f"{self.replica}:{ack}:{applied}" for ack in acks])

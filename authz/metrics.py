@@ -36,3 +36,13 @@ BACKGROUND_TASK_RESTARTS = Counter(
 LOOP_STALL_SECONDS = Gauge(
     "keyward_authz_loop_stall_seconds", "How long the event loop has left a callback waiting (0: responsive)"
 )
+AUDIT_OUTCOME_LINES_READ = Counter(
+    "keyward_authz_audit_outcome_lines_total", "Lines of Envoy's audit log read into the spool"
+)
+AUDIT_OUTCOME_LINES_UNREADABLE = Counter(
+    "keyward_authz_audit_outcome_lines_unreadable_total", "Lines of Envoy's audit log that were not JSON objects"
+)
+LATE_CHECKS = Counter(
+    "keyward_authz_late_checks_total",
+    "Checks decided after Envoy had answered without them (authz stalled): recorded by Envoy's outcome instead",
+)

@@ -1,7 +1,8 @@
 """The authz process: settings, the gRPC server, the background tasks, signals, in that order.
 
-One server carries ``envoy.service.auth.v3.Authorization`` (:mod:`authz.servicer`), Envoy's access-log
-stream (:mod:`authz.access_log`) and standard gRPC health checking under three names:
+One server carries ``envoy.service.auth.v3.Authorization`` (:mod:`authz.servicer`) and standard gRPC
+health checking under three names (Envoy's outcome of each request reaches authz through a file,
+:mod:`authz.audit.outcome_log`, not through this server, so it does not depend on authz being up):
 
 * ``""`` and ``envoy.service.auth.v3.Authorization`` (readiness): SERVING once the first token
   snapshot is loaded, until shutdown;
@@ -28,6 +29,7 @@ import contextlib
 import signal
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +41,8 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
-from authz.access_log import AccessLogReceiver
 from authz.audit.emitter import AuditEmitter
+from authz.audit.outcome_log import InFlight, OutcomeLog
 from authz.audit.shipper import Shipper, sync_forever
 from authz.audit.spool import Spool
 from authz.cache import TokenCache
@@ -65,13 +67,12 @@ SHUTDOWN_GRACE_SECONDS = 2.0
 HEALTH_TICK_SECONDS = 0.5
 
 
-def build_server(pipeline: Pipeline, ready: asyncio.Event, audit: AuditEmitter, check_threads: int
-                 ) -> tuple[grpc.Server, health.HealthServicer]:
+def build_server(pipeline: Pipeline, ready: asyncio.Event, audit: AuditEmitter, in_flight: InFlight,
+                 check_threads: int) -> tuple[grpc.Server, health.HealthServicer]:
     streams = futures.ThreadPoolExecutor(max_workers=STREAM_THREADS, thread_name_prefix="authz-stream")
     checks = futures.ThreadPoolExecutor(max_workers=check_threads, thread_name_prefix="authz-check")
     server = grpc.server(streams, options=[("grpc.so_reuseport", 0)])
-    AuthorizationServicer(pipeline, ready, audit).add_to(server, checks)
-    AccessLogReceiver(audit).add_to(server)
+    AuthorizationServicer(pipeline, ready, audit, in_flight).add_to(server, checks)
     health_servicer = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=streams)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return server, health_servicer
@@ -91,10 +92,31 @@ class _Background:
     supervisor: Supervisor
     pool: asyncpg.Pool
     client: httpx.AsyncClient
+    outcomes: OutcomeLog
+    shipper: Shipper
+
+
+def _envoy_reopener(address: str | None) -> Callable[[], Awaitable[None]] | None:
+    """What asks Envoy to reopen its log files (after the audit log was rotated), over its control socket."""
+    if not address:
+        return None
+    transport = httpx.AsyncHTTPTransport(uds=address[len("unix:"):]) if address.startswith("unix:") else None
+    base = "http://envoy-control" if transport else f"http://{address}"
+
+    async def reopen() -> None:
+        async with httpx.AsyncClient(transport=transport, base_url=base, timeout=5) as client:
+            try:
+                reply = await client.post("/reopen_logs")
+            except httpx.HTTPError as exc:
+                raise OSError(f"Envoy's control socket: {type(exc).__name__}: {exc}") from exc
+        if reply.status_code != 200:
+            raise OSError(f"Envoy refused to reopen its logs: {reply.status_code}")
+
+    return reopen
 
 
 async def _start_background(settings: AuthzSettings, listener: ChangeListener, tracker: LastUsedTracker,
-                            spool: Spool) -> _Background:
+                            spool: Spool, in_flight: InFlight) -> _Background:
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=1,
@@ -105,18 +127,36 @@ async def _start_background(settings: AuthzSettings, listener: ChangeListener, t
     shipper = Shipper(spool, client=client, url=settings.ingest_url, token=settings.ingest_token,
                       batch_lines=settings.audit_batch_lines,
                       batch_bytes=settings.audit_batch_bytes)
+    outcomes = OutcomeLog(Path(settings.envoy_audit_log), spool, in_flight=in_flight, source=listener.replica,
+                          reopen=_envoy_reopener(settings.envoy_control),
+                          rotate_bytes=settings.envoy_audit_log_rotate_bytes)
     supervisor = Supervisor({
         "listener": listener.run,
+        "audit-outcomes": outcomes.run,
         "last-used": lambda: tracker.run(pool, settings.last_used_flush_seconds),
         "audit-shipper": shipper.run,
         "audit-fsync": lambda: sync_forever(spool, settings.audit_fsync_seconds),
     })
-    return _Background(asyncio.create_task(supervisor.run(), name="supervisor"), supervisor, pool, client)
+    return _Background(asyncio.create_task(supervisor.run(), name="supervisor"), supervisor, pool, client, outcomes,
+                       shipper)
 
 
-async def _stop_background(started: _Background, *, tracker: LastUsedTracker) -> None:
+#: How long a clean stop spends shipping what is spooled (the rest waits in the spool for the next start;
+#: in Kubernetes the spool's emptyDir does not outlive the pod, hence the effort).
+FINAL_SHIP_SECONDS = 5.0
+
+
+async def _stop_background(started: _Background, *, tracker: LastUsedTracker, listener: ChangeListener) -> None:
     started.task.cancel()
     await asyncio.gather(started.task, return_exceptions=True)
+    # Envoy stops first and Checks have ended: what is left of its audit log goes to the spool, and the
+    # spool to the control plane.
+    with contextlib.suppress(Exception):
+        started.outcomes.drain()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(started.shipper.drain(), timeout=FINAL_SHIP_SECONDS)
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(listener.retire(started.pool), timeout=2)  # no revocation waits for us now
     with contextlib.suppress(Exception):
         await tracker.flush(started.pool)  # do not lose the last few seconds of last_used_at
     with contextlib.suppress(Exception):
@@ -137,8 +177,9 @@ def serve(settings: AuthzSettings, stop: threading.Event) -> None:
     pipeline = Pipeline(cache=cache, hash_key=settings.hash_key, usage=tracker)
     spool = Spool(Path(settings.audit_spool_dir))
 
-    server, health_servicer = build_server(pipeline, listener.ready, AuditEmitter(spool),
-                                           settings.authz_check_threads)
+    in_flight = InFlight(settings.envoy_authz_timeout_seconds)
+    server, health_servicer = build_server(pipeline, listener.ready, AuditEmitter(spool, late=in_flight.moot),
+                                           in_flight, settings.authz_check_threads)
     _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING, ("", SERVICE_NAME, BACKGROUND_SERVICE))
     server.add_insecure_port(settings.authz_address)
     server.start()
@@ -149,7 +190,7 @@ def serve(settings: AuthzSettings, stop: threading.Event) -> None:
             start_http_server(settings.authz_metrics_port, addr="127.0.0.1")
         log.info("authz.listening", address=settings.authz_address)
         background.start()
-        started = background.call(_start_background(settings, listener, tracker, spool))
+        started = background.call(_start_background(settings, listener, tracker, spool, in_flight))
         liveness = BackgroundHealth(started.supervisor, LoopWatch(background.loop),
                                     grace=settings.background_grace_seconds,
                                     stall_seconds=settings.loop_stall_seconds)
@@ -179,7 +220,7 @@ def serve(settings: AuthzSettings, stop: threading.Event) -> None:
         server.stop(grace=SHUTDOWN_GRACE_SECONDS).wait()
         try:
             if started is not None:
-                background.call(_stop_background(started, tracker=tracker), timeout=15)
+                background.call(_stop_background(started, tracker=tracker, listener=listener), timeout=15)
         finally:
             background.stop()
             spool.close()

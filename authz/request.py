@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from authz.tokens import TOKEN_PREFIX
 
@@ -47,6 +48,8 @@ class GatewayRequest:
     body_truncated: bool
     #: A credential header came more than once, or with more than one value.
     credential_ambiguous: bool = False
+    #: When Envoy received the request (seconds since the epoch), if it said.
+    started: float | None = None
 
 
 def _bearer(authorization: bytes) -> bytes:
@@ -103,4 +106,9 @@ def parse(check: CheckRequest) -> GatewayRequest:
         body=body,
         body_truncated=wanted.get(_PARTIAL_BODY_HEADER) == b"true",
         credential_ambiguous=repeated or b"," in (authorization or b"") or b"," in (api_key or b""),
+        started=_seconds(check.attributes.request.time),
     )
+
+
+def _seconds(stamp: Timestamp) -> float | None:
+    return stamp.seconds + stamp.nanos / 1e9 if stamp.seconds or stamp.nanos else None

@@ -24,6 +24,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz import request as request_codec
 from authz import response as response_codec
 from authz.audit.emitter import AuditEmitter
+from authz.audit.outcome_log import InFlight
 from authz.metrics import DECISIONS
 from authz.outcomes import Outcome
 from authz.pipeline import Pipeline
@@ -45,8 +46,10 @@ class _InPool:
 class AuthorizationServicer:
     """``Check``: the request → decision → audit line → response, all in memory and synchronous."""
 
-    def __init__(self, pipeline: Pipeline, ready: asyncio.Event, audit: AuditEmitter) -> None:
+    def __init__(self, pipeline: Pipeline, ready: asyncio.Event, audit: AuditEmitter, in_flight: InFlight) -> None:
         self._pipeline = pipeline
+        #: Requests being decided: Envoy's outcome line for one waits until its decision is spooled.
+        self._in_flight = in_flight
         #: Only ``is_set()`` is read here (a plain attribute read), from worker threads.
         self._ready = ready
         self._audit = audit
@@ -58,7 +61,11 @@ class AuthorizationServicer:
             assert context is not None
             context.abort(grpc.StatusCode.UNAVAILABLE, "token snapshot not loaded yet")
         gateway_request = request_codec.parse(request)
-        decision = self._audit.decision(self._pipeline.decide(gateway_request), gateway_request)
+        self._in_flight.begin(gateway_request.request_id)
+        try:
+            decision = self._audit.decision(self._pipeline.decide(gateway_request), gateway_request)
+        finally:
+            self._in_flight.end(gateway_request.request_id)
         self._counters[decision.outcome].inc()
         return response_codec.build(decision, gateway_request.request_id)
 

@@ -105,6 +105,8 @@ def plain_config(work: Path, upstream_url: str) -> dict:
         admin_address="127.0.0.1:0",
         authz_address="unix:/nonexistent/authz.sock",  # removed below; render() needs a value
         access_log_path=work / "access.log",
+        audit_log_path=work / "audit.jsonl",
+        control_address=f"unix:{work / 'control.sock'}",
         secrets_dir=secrets_dir,
         openai=upstream,
         anthropic=upstream,

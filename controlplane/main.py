@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from authz.logs import configure as configure_logging
 from controlplane import errors
 from controlplane.api.routes import (
     audit,
@@ -89,6 +90,7 @@ async def _lifecycle_round() -> None:
         if await session.scalar(text("SELECT pg_try_advisory_xact_lock(4924001)")):
             expired = await lifecycle.record_expirations(session)
             retired = await lifecycle.retire_dormant(session)
+            await revocation.forget_departed(session)
             if expired or retired:
                 structlog.get_logger("controlplane.lifecycle").info("lifecycle.applied", expired=expired,
                                                                     dormant_revoked=retired)
@@ -112,6 +114,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    # The same logging as authz: one JSON line per event, and a log write that fails never raises.
+    configure_logging(settings.log_level)
     signing.install(signing.Signer(settings.audit_signing_key))
     app = FastAPI(
         title="Keyward control plane",

@@ -1,8 +1,9 @@
 """Copy the generated parts of the local Envoy configuration into the Helm chart.
 
-controlplane/stack/envoy_config.py builds three lists in Python (local-reply mappers and the token
-usage rules of the JSON and SSE filters); the chart ships them as files/*.json, which its Envoy
-ConfigMap includes. Run this after changing them (tests/unit/test_helm_chart.py says when):
+controlplane/stack/envoy_config.py builds four parts of it in Python (the local-reply mappers, the token
+usage rules of the JSON and SSE filters, and the audit log's format); the chart ships them as
+files/*.json, which its Envoy ConfigMap includes. Run this after changing them
+(tests/unit/test_helm_chart.py says when):
 
     .venv/bin/python k8s/sync_envoy_files.py
 """
@@ -25,12 +26,15 @@ def generated() -> dict[str, object]:
     upstream = Upstream.parse("https://api.openai.com")
     config = render(GatewayLayout(gateway_port=8080, admin_address="unix:/admin.sock",
                                   authz_address="unix:/sockets/authz.sock",
-                                  access_log_path=Path("/dev/stdout"), secrets_dir=Path("/keys"),
+                                  access_log_path=Path("/dev/stdout"), audit_log_path=Path("/outcomes/audit.jsonl"),
+                                  control_address="unix:/sockets/envoy-control.sock", secrets_dir=Path("/keys"),
                                   openai=upstream, anthropic=upstream))
     manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     filters = {f["name"]: f["typed_config"] for f in manager["http_filters"]}
     return {
         "local-reply-mappers.json": manager["local_reply_config"]["mappers"],
+        "audit-log-format.json": next(log["typed_config"]["log_format"] for log in manager["access_log"]
+                                      if log["typed_config"]["path"] == "/outcomes/audit.jsonl"),
         "json-usage-rules.json": filters["envoy.filters.http.json_to_metadata"]["response_rules"]["rules"],
         "sse-usage-rules.json":
             filters["envoy.filters.http.sse_to_metadata"]["response_rules"]["content_parser"]["typed_config"]["rules"],

@@ -14,25 +14,19 @@ Invariants:
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry, HTTPRequestProperties
-
 from authz.pipeline import Decision
 from authz.request import GatewayRequest
 
-EXT_AUTHZ_NAMESPACE = "envoy.filters.http.ext_authz"
-USAGE_NAMESPACE = "keyward.usage"
 #: The ingest schema's limit for free text; client-chosen values are cut to it, never rejected whole.
 _TEXT = 512
 #: The ingest schema's limit for a request id.
 _REQUEST_ID = 128
-#: Envoy's request method enum by number, looked up once (a number this build does not know is None).
-_METHODS = {value.number: value.name for value in
-            HTTPRequestProperties.DESCRIPTOR.fields_by_name["request_method"].enum_type.values}
 #: What a PostgreSQL text column cannot hold: NUL, and surrogates, which have no UTF-8 encoding.
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 _REPLACEMENT = "\ufffd"
@@ -110,53 +104,50 @@ def decision_line(decision: Decision, request: GatewayRequest, at: float, status
     return line
 
 
-def _ms(duration: Any) -> int | None:
-    if duration is None or not duration.ByteSize():
+def _int(value: Any) -> int | None:
+    """A number Envoy wrote (``null``, or ``"-"`` for an unset duration), as an int the schema takes."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return duration.seconds * 1000 + duration.nanos // 1_000_000
+    return int(value) if value >= 0 else None
 
 
-def _flags(entry: HTTPAccessLogEntry) -> str | None:
-    flags = entry.common_properties.response_flags
-    # Most flags are booleans; "unauthorized by the external service" (UAEX) is a nested message.
-    names = [field.name for field, value in flags.ListFields() if value is True or hasattr(value, "ByteSize")]
-    return ",".join(names) or None
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value not in ("", "-") else None
 
 
-def _number(fields: Any, key: str) -> int | None:
-    value = fields.get(key)
-    return int(value.number_value) if value is not None and value.HasField("number_value") else None
+def outcome_line(document: dict[str, Any], raw: bytes, source: str) -> dict[str, Any]:
+    """The outcome line of one line of Envoy's audit log (``envoy/gateway.yaml``, ``audit_log_format``).
 
-
-def outcome_line(entry: HTTPAccessLogEntry) -> dict[str, Any]:
-    common = entry.common_properties
-    metadata = common.metadata.filter_metadata
-    usage = metadata[USAGE_NAMESPACE].fields if USAGE_NAMESPACE in metadata else {}
-    decided = EXT_AUTHZ_NAMESPACE in metadata and "decision" in metadata[EXT_AUTHZ_NAMESPACE].fields
-    status = entry.response.response_code.value
-    reached_upstream = common.HasField("time_to_first_upstream_rx_byte")
-    first_tx, last_rx = _ms(common.time_to_first_upstream_tx_byte), _ms(common.time_to_last_upstream_rx_byte)
-    request_id, changed_id = _request_id(entry.request.request_id)
-    flags, changed_flags = storable(_flags(entry))
-    details, changed_details = storable(entry.response.response_code_details or None)
-    method, changed_method = storable(_METHODS.get(entry.request.request_method))
-    route, changed_route = storable((entry.request.original_path or entry.request.path).split("?", 1)[0])
+    A request Envoy answered before it had an id (a malformed request: 400, 431) gets one derived from
+    the line itself and ``source`` (this replica), so reading the same line again gives the same id and
+    the store keeps it once."""
+    request_id, changed_id = storable(_text(document.get("request_id")), _REQUEST_ID)
+    if not request_id:
+        request_id = "envoy-" + hashlib.sha256(source.encode() + b"\n" + raw).hexdigest()[:32]
+    status = _int(document.get("status")) or 0
+    details, changed_details = storable(_text(document.get("details")))
+    flags, changed_flags = storable(_text(document.get("flags")))
+    method, changed_method = storable(_text(document.get("method")))
+    route, changed_route = storable((_text(document.get("route")) or "").split("?", 1)[0] or None)
+    at = document.get("at")
     line = {
         "kind": "outcome",
-        "at": _iso(common.start_time.seconds + common.start_time.nanos / 1e9),
+        "at": at if isinstance(at, str) and at else _iso(0),
         "request_id": request_id,
         "status": status,
-        "upstream_status": status if reached_upstream and status >= 100 else None,
+        # Only what the provider said counts as its status; Envoy's own replies have none.
+        "upstream_status": status if details == "via_upstream" and status >= 100 else None,
         "response_flags": flags,
         "details": details,
-        "duration_ms": _ms(common.duration) if common.HasField("duration") else _ms(
-            common.time_to_last_downstream_tx_byte),
-        "upstream_ms": last_rx - first_tx if first_tx is not None and last_rx is not None else None,
-        "bytes_in": entry.request.request_body_bytes,
-        "bytes_out": entry.response.response_body_bytes,
-        "prompt_tokens": _number(usage, "prompt_tokens"),
-        "completion_tokens": _number(usage, "completion_tokens"),
-        "decided": decided,
+        "duration_ms": _int(document.get("duration_ms")),
+        "upstream_ms": _int(document.get("upstream_ms")),
+        "bytes_in": _int(document.get("bytes_in")),
+        "bytes_out": _int(document.get("bytes_out")),
+        "prompt_tokens": _int(document.get("prompt_tokens")),
+        "completion_tokens": _int(document.get("completion_tokens")),
+        # Envoy acted on an authz decision exactly when ext_authz left its metadata on the request.
+        "decided": isinstance(document.get("decision"), str),
+        "authz_decision": storable(_text(document.get("decision")), 64)[0],
         "method": method,
         "route": route,
     }

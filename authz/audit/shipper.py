@@ -159,6 +159,13 @@ class Shipper:
 
     # -- shipping ---------------------------------------------------------------------------------
 
+    async def drain(self) -> int:
+        """Ship until the spool is empty (a clean stop's last effort; what is left stays spooled)."""
+        total = 0
+        while shipped := await self.ship_once():
+            total += shipped
+        return total
+
     async def ship_once(self) -> int:
         """Ship (or set aside) the next batch; raises while the store cannot take it."""
         batch = self._read_batch()

@@ -105,6 +105,8 @@ class OutcomeLine(_Line):
     #: False when Envoy answered without an authz decision (authz unreachable or too slow, a
     #: malformed request): what the client saw was Envoy's answer, whatever authz may have recorded.
     decided: bool
+    #: What authz answered, as Envoy saw it (its dynamic metadata); null when it did not answer.
+    authz_decision: Annotated[str, StringConstraints(max_length=64)] | None = None
     method: Text | None = None
     route: Text | None = None
 
@@ -146,10 +148,15 @@ class IngestResult(BaseModel):
 
 
 def _envoy_record(line: OutcomeLine) -> dict[str, Any]:
-    reason = line.details or line.response_flags or "unknown"
+    """The request's record when authz recorded no decision for it: Envoy answered alone, or authz's
+    answer could not be recorded (``audit_unavailable``) or came too late, or authz died mid-Check."""
+    if line.decided and line.authz_decision:
+        decision = line.authz_decision
+    else:
+        decision = f"envoy:{line.details or line.response_flags or 'unknown'}"
     return {"at": line.at, "request_id": line.request_id, "source": "envoy", "token_id": None, "user_id": None,
             "user_email": None, "team": None, "environment": None, "provider": None, "method": line.method,
-            "route": line.route, "model": None, "decision": f"envoy:{reason}"[:64], "status": line.status,
+            "route": line.route, "model": None, "decision": decision[:64], "status": line.status,
             "sanitized": line.sanitized}
 
 
@@ -171,8 +178,8 @@ def split(batch: IngestBatch) -> tuple[list[dict[str, Any]], list[dict[str, Any]
             records.append(record)
             continue
         outcomes.append({name: values[name] for name in _OUTCOME_FIELDS})
-        if not line.decided:
-            records.append(_envoy_record(line))
+        # Every request gets a record: this one stands in unless a decision exists (checked at write).
+        records.append(_envoy_record(line))
     return records, outcomes
 
 
@@ -266,12 +273,14 @@ class Ingestor:
 
     @staticmethod
     async def _recorded(connection: Any, rows: Sequence[dict[str, Any]]) -> set[str]:
-        """Request ids among Envoy's own records that already have a record (an authz decision in
-        this batch or in the store): one request, one record, whichever line arrived first."""
-        envoy = [row for row in rows if row["source"] == "envoy"]
-        if not envoy:
-            return set()
+        """Request ids among the outcomes' stand-in records that already have a record (a decision in
+        this batch, or anything in the store): one request, one record. A decision precedes its outcome
+        in the spool, so only the outcomes whose decision went in an earlier batch, or never came, cost a
+        probe."""
         decided = {row["request_id"] for row in rows if row["source"] == "authz"}
+        envoy = [row for row in rows if row["source"] == "envoy" and row["request_id"] not in decided]
+        if not envoy:
+            return decided
         stored = await connection.fetch(
             "SELECT k.request_id FROM unnest($1::text[], $2::timestamptz[]) AS k(request_id, at)"
             " CROSS JOIN LATERAL (SELECT 1 FROM request_records r WHERE r.request_id = k.request_id"

@@ -27,7 +27,7 @@ from typing import Any
 
 import asyncpg
 import structlog
-from sqlalchemy import select, text
+from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authz.config import asyncpg_dsn
@@ -40,8 +40,10 @@ log = structlog.get_logger("controlplane.revocation")
 
 CHANGES_CHANNEL = "keyward_changes"
 ACKS_CHANNEL = "keyward_acks"
-#: A replica whose heartbeat is older than this is not serving (it beats about every second).
-LIVE_WITHIN = timedelta(seconds=3)
+#: A replica that beat within this is waited for (it beats about every second). Generous on purpose: a
+#: replica whose listener lost its connection may still answer Checks from its cache, so it must show
+#: as unconfirmed rather than be forgotten. One that stopped cleanly has left the table.
+LIVE_WITHIN = timedelta(seconds=10)
 
 
 @dataclass
@@ -115,8 +117,11 @@ class AckListener:
                 connection.terminate()
 
     def _arrived(self, payload: str) -> None:
-        replica, _, rest = payload.partition(":")
-        ack_id, _, applied = rest.partition(":")
+        # "<replica>:<ack id>:<applied at>"; a replica id has colons of its own (host:pid:random).
+        parts = payload.rsplit(":", 2)
+        if len(parts) != 3:
+            return
+        replica, ack_id, applied = parts
         pending = self._pending.get(ack_id)
         if pending is None:
             return
@@ -218,3 +223,10 @@ async def revoking(*, actor: Actor, target_type: str, target_id: str) -> AsyncIt
     if not state.confirmation.applied:
         log.warning("revocation.unconfirmed", target_type=target_type, target_id=target_id,
                     unconfirmed=state.confirmation.unconfirmed)
+
+
+async def forget_departed(session: AsyncSession, *, older_than: timedelta = timedelta(days=1)) -> int:
+    """Drop the rows of replicas that stopped beating long ago (crashed ones never say goodbye)."""
+    cutoff = datetime.now(UTC) - older_than
+    result = await session.execute(delete(AuthzReplica).where(AuthzReplica.seen_at < cutoff))
+    return int(getattr(result, "rowcount", 0) or 0)

@@ -145,6 +145,28 @@ _USAGE_PATHS = [
 ]
 
 
+def audit_log_format() -> dict:
+    """The format of Envoy's audit log, one JSON object per finished request, which authz reads
+    (``authz.audit.records.outcome_line``): metadata only, never content."""
+    return {"json_format": {
+        "at": "%START_TIME(%Y-%m-%dT%H:%M:%S.%6fZ)%",
+        "request_id": "%REQ(X-REQUEST-ID)%",
+        "connection": "%CONNECTION_ID%",
+        "method": "%REQ(:METHOD)%",
+        "route": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        "status": "%RESPONSE_CODE%",
+        "details": "%RESPONSE_CODE_DETAILS%",
+        "flags": "%RESPONSE_FLAGS%",
+        "duration_ms": "%DURATION%",
+        "upstream_ms": "%COMMON_DURATION(US_TX_BEG:US_RX_END:ms)%",
+        "bytes_in": "%BYTES_RECEIVED%",
+        "bytes_out": "%BYTES_SENT%",
+        "prompt_tokens": f"%DYNAMIC_METADATA({USAGE_NAMESPACE}:prompt_tokens)%",
+        "completion_tokens": f"%DYNAMIC_METADATA({USAGE_NAMESPACE}:completion_tokens)%",
+        "decision": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision)%",
+    }}
+
+
 def usage_rules() -> list[dict]:
     return [
         {"selectors": [{"key": part} for part in path],
@@ -155,6 +177,10 @@ def usage_rules() -> list[dict]:
 
 #: Mode of Envoy's admin socket: its owner only.
 ADMIN_SOCKET_MODE = 0o600
+
+
+#: authz (in Envoy's group, in Kubernetes) may ask Envoy to reopen its logs, and nothing else.
+CONTROL_SOCKET_MODE = 0o660
 
 
 def _address(address: str, mode: int | None = None) -> dict:
@@ -286,6 +312,9 @@ class GatewayLayout:
     admin_address: str
     authz_address: str
     access_log_path: Path
+    #: Envoy's audit log (read by authz) and the socket where authz asks it to reopen its logs.
+    audit_log_path: Path
+    control_address: str
     secrets_dir: Path
     openai: Upstream
     anthropic: Upstream
@@ -305,6 +334,9 @@ def render(layout: GatewayLayout) -> dict:
         listen_address=layout.listen_address,
         gateway_port=layout.gateway_port,
         access_log_path=layout.access_log_path,
+        audit_log_path=layout.audit_log_path,
+        audit_log_format=json.dumps(audit_log_format()),
+        control_address=json.dumps(_address(layout.control_address, CONTROL_SOCKET_MODE)),
         local_reply_mappers=json.dumps(local_reply_mappers()),
         authz_timeout=layout.authz_timeout,
         max_body_bytes=layout.max_body_bytes,

@@ -82,6 +82,9 @@ class StackSettings(OidcSettings, BaseSettings):
     envoy_log_level: EnvoyLogLevel = "warn"
     #: On stop, how long Envoy drains open requests before it is stopped.
     envoy_drain_seconds: float = Field(default=5, ge=0, le=600)
+    #: How long Envoy waits for a Check before it answers 503 (authz is told the same, so it knows
+    #: when a late Check no longer matters).
+    authz_timeout_seconds: float = Field(default=1.0, gt=0, le=60)
     mock_port: int = Field(default=8090, ge=1, le=65535)
     #: Empty: a Unix socket in the data directory (authz as Envoy's sidecar).
     authz_address: str = ""
@@ -131,6 +134,30 @@ class StackError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class GatewayPair:
+    """One gateway replica: an Envoy and the authz beside it, and where each keeps its files."""
+
+    authz: str
+    envoy: str
+    gateway_url: str
+    admin_address: str
+    control_address: str
+    audit_log: Path
+    access_log: Path
+
+
+@dataclass(frozen=True)
+class _PairContext:
+    """What every gateway replica of a stack shares."""
+
+    authz_env: dict[str, str]
+    envoy_env: dict[str, str]
+    openai: Upstream
+    anthropic: Upstream
+    secrets_dir: Path
+
+
+@dataclass(frozen=True)
 class _Keys:
     """The secrets the runner hands to its children (and redacts from every log line)."""
 
@@ -142,6 +169,24 @@ class _Keys:
     audit_key: str
     #: Provider name -> the key the mock provider insists on, for each provider without a real key.
     mock: dict[str, str]
+
+
+def _accepts(path: str) -> bool:
+    """Whether something listens on the Unix socket ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    """A port nobody listens on now (the kernel's choice)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _port_free(port: int) -> bool:
@@ -198,6 +243,9 @@ class Stack:
     _supervisor: Supervisor | None = None
     _log: LogFile | None = None
     _redactor: Redactor = field(default_factory=Redactor)
+    #: The gateway replicas by suffix ("" is the stack's own).
+    pairs: dict[str, GatewayPair] = field(default_factory=dict)
+    _pairs: _PairContext | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -216,9 +264,9 @@ class Stack:
         port = self.settings.envoy_admin_port
         return f"127.0.0.1:{port}" if port else f"unix:{self.run_dir / 'envoy-admin.sock'}"
 
-    def envoy_admin(self, timeout: float = 2) -> httpx.Client:
+    def envoy_admin(self, timeout: float = 2, address: str | None = None) -> httpx.Client:
         """A client of Envoy's admin interface (over its Unix socket unless a port was asked for)."""
-        address = self.envoy_admin_address
+        address = address or self.envoy_admin_address
         if address.startswith("unix:"):
             return httpx.Client(transport=httpx.HTTPTransport(uds=address[len("unix:") :]),
                                 base_url="http://envoy-admin", timeout=timeout)
@@ -324,46 +372,22 @@ class Stack:
              **self._oidc_env()},
         )
 
-        authz_address = s.authz_address or f"unix:{data / 'authz.sock'}"
-        self._add("authz", [python, "-m", "authz"], {
-            **common,
-            "KEYWARD_AUTHZ_ADDRESS": authz_address,
-            "KEYWARD_AUDIT_SPOOL_DIR": str(data / "spool"),
-            "KEYWARD_INGEST_URL": f"http://127.0.0.1:{s.api_port}/api/v1/audit/ingest",
-        })
-
         envoy_dir = data / "envoy"
         write_provider_secrets(
             envoy_dir / "secrets",
             openai_key=s.openai_api_key or mock_keys["openai"],
             anthropic_key=s.anthropic_api_key or mock_keys["anthropic"],
         )
-        layout = GatewayLayout(
-            gateway_port=s.gateway_port,
-            admin_address=self.envoy_admin_address,
-            authz_address=authz_address,
-            access_log_path=logs / "access.log",
-            secrets_dir=envoy_dir / "secrets",
+        self._pairs = _PairContext(
+            authz_env={**common, "KEYWARD_INGEST_URL": f"http://127.0.0.1:{s.api_port}/api/v1/audit/ingest",
+                       "KEYWARD_ENVOY_AUTHZ_TIMEOUT_SECONDS": str(s.authz_timeout_seconds)},
+            envoy_env=base_env,
             openai=Upstream.parse(mock_url) if "openai" in mocked else _upstream(s.openai_upstream),
             anthropic=Upstream.parse(mock_url) if "anthropic" in mocked else _upstream(s.anthropic_upstream),
-            max_body_bytes=s.max_body_bytes,
-            openai_organization=s.openai_organization,
-            openai_project=s.openai_project,
+            secrets_dir=envoy_dir / "secrets",
         )
-        config_path = envoy_dir / "envoy.yaml"
-        config_path.write_text(yaml.safe_dump(render(layout), sort_keys=False))
-        envoy_argv = [
-            shutil.which("envoy", path=str(Path(python).parent)) or "envoy",
-            "-c", str(config_path),
-            "--disable-hot-restart",
-            "--log-level", s.envoy_log_level,
-            "--drain-time-s", str(max(1, round(s.envoy_drain_seconds))),
-            # Access-log lines reach the file within a second (Envoy's default is 10 s).
-            "--file-flush-interval-msec", "1000",
-        ]
-        if s.envoy_concurrency:
-            envoy_argv += ["--concurrency", str(s.envoy_concurrency)]
-        self._add("envoy", envoy_argv, base_env, before_start=self._prepare_envoy)
+        self._gateway_pair("", s.gateway_port, s.authz_address or f"unix:{data / 'authz.sock'}",
+                           self.envoy_admin_address)
 
         for name in _ORDER:
             if name in self.services and name != "postgres":
@@ -388,6 +412,77 @@ class Stack:
         self._note(f"stack up: {', '.join(f'{n} pid {self._pid(n)}' for n in self.services)}")
         return self.info
 
+    def _gateway_pair(self, suffix: str, gateway_port: int, authz_address: str, admin_address: str) -> GatewayPair:
+        """Add an authz and the Envoy it decides for (not started): one gateway replica. The stack's own
+        has no suffix; :meth:`add_gateway` adds more, with their own sockets, spool and logs, sharing
+        the database, the control plane and the provider keys."""
+        s, ctx = self.settings, self._pairs
+        assert ctx is not None
+        tag = f"-{suffix}" if suffix else ""
+        pair = GatewayPair(authz=f"authz{tag}", envoy=f"envoy{tag}", gateway_url=f"http://127.0.0.1:{gateway_port}",
+                           admin_address=admin_address,
+                           control_address=f"unix:{self.run_dir / f'envoy-control{tag}.sock'}",
+                           audit_log=self.data_dir / f"outcomes{tag}" / "envoy-audit.jsonl",
+                           access_log=self.logs_dir / f"access{tag}.log")
+        self._add(pair.authz, [sys.executable, "-m", "authz"], {
+            **ctx.authz_env,
+            "KEYWARD_AUTHZ_ADDRESS": authz_address,
+            "KEYWARD_AUDIT_SPOOL_DIR": str(self.data_dir / f"spool{tag}"),
+            "KEYWARD_ENVOY_AUDIT_LOG": str(pair.audit_log),
+            "KEYWARD_ENVOY_CONTROL": pair.control_address,
+        })
+        layout = GatewayLayout(
+            gateway_port=gateway_port,
+            admin_address=admin_address,
+            authz_address=authz_address,
+            access_log_path=pair.access_log,
+            audit_log_path=pair.audit_log,
+            control_address=pair.control_address,
+            authz_timeout=f"{s.authz_timeout_seconds}s",
+            secrets_dir=ctx.secrets_dir,
+            openai=ctx.openai,
+            anthropic=ctx.anthropic,
+            max_body_bytes=s.max_body_bytes,
+            openai_organization=s.openai_organization,
+            openai_project=s.openai_project,
+            node_id=f"keyward-gateway{tag or '-0'}",
+        )
+        config_path = self.data_dir / f"envoy{tag}" / "envoy.yaml"
+        config_path.parent.mkdir(parents=True, exist_ok=True)
+        config_path.write_text(yaml.safe_dump(render(layout), sort_keys=False))
+        envoy_argv = [
+            shutil.which("envoy", path=str(Path(sys.executable).parent)) or "envoy",
+            "-c", str(config_path),
+            "--disable-hot-restart",
+            "--log-level", s.envoy_log_level,
+            "--drain-time-s", str(max(1, round(s.envoy_drain_seconds))),
+            # Each log line is handed to Envoy's file writer as soon as it is logged (min size 0), not
+            # every 10 s: the audit log is the record of what each request became, and a killed Envoy
+            # loses only what it had not yet written.
+            "--file-flush-min-size-kb", "0",
+            "--file-flush-interval-msec", "10",
+        ]
+        if s.envoy_concurrency:
+            envoy_argv += ["--concurrency", str(s.envoy_concurrency)]
+        self._add(pair.envoy, envoy_argv, ctx.envoy_env, before_start=lambda: self._prepare_envoy(pair))
+        self.pairs[suffix] = pair
+        return pair
+
+    def add_gateway(self, suffix: str, timeout: float = 60) -> GatewayPair:
+        """Start another gateway replica (authz + Envoy on a port of its own) against this stack's
+        database and control plane, supervised like the rest; :meth:`stop` stops it first."""
+        if not suffix or suffix in self.pairs:
+            raise StackError(f"gateway {suffix!r} exists")
+        pair = self._gateway_pair(suffix, _free_port(), f"unix:{self.data_dir / f'authz-{suffix}.sock'}",
+                                  f"unix:{self.run_dir / f'envoy-admin-{suffix}.sock'}")
+        deadline = time.monotonic() + timeout
+        for name in (pair.authz, pair.envoy):
+            self.services[name].start()
+            self._wait(name, deadline)
+            if self._supervisor is not None:
+                self._supervisor.watch(self.services[name])
+        return pair
+
     def _add(self, name: str, argv: list[str], env: dict[str, str], *, stop_signal: int = signal.SIGTERM,
              death_signal: int = signal.SIGTERM, stop_timeout: float = 10, user: int | None = None,
              group: int | None = None, before_start: Callable[[], None] | None = None) -> None:
@@ -406,14 +501,15 @@ class Stack:
         return {f"KEYWARD_{name.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
                 for name, value in values.items() if value is not None}
 
-    def _prepare_envoy(self) -> None:
-        # A socket file left by a killed Envoy would make the next one fail to bind its admin socket.
-        # The access log is created private before Envoy opens it, whatever mode Envoy would give it.
-        if self.envoy_admin_address.startswith("unix:"):
-            Path(self.envoy_admin_address[len("unix:") :]).unlink(missing_ok=True)
-        access_log = self.logs_dir / "access.log"
-        os.close(os.open(access_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
-        access_log.chmod(0o600)
+    def _prepare_envoy(self, pair: GatewayPair) -> None:
+        # A socket file left by a killed Envoy would make the next one fail to bind it. The access log
+        # is created private before Envoy opens it, whatever mode Envoy would give it.
+        for address in (pair.admin_address, pair.control_address):
+            if address.startswith("unix:"):
+                Path(address[len("unix:") :]).unlink(missing_ok=True)
+        private_dir(pair.audit_log.parent)
+        os.close(os.open(pair.access_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600))
+        pair.access_log.chmod(0o600)
 
     def _clear_postmaster(self) -> None:
         assert self._postgres is not None
@@ -480,12 +576,13 @@ class Stack:
         if "mock-provider" in self.services:
             probes["mock-provider"] = lambda: _http_ok(f"http://127.0.0.1:{s.mock_port}/__mock__/requests")
         probes["controlplane"] = lambda: _http_ok(f"http://127.0.0.1:{s.api_port}/readyz")
-        probes["authz"] = self.authz_serving
-        probes["envoy"] = self.envoy_ready
+        for pair in self.pairs.values():
+            probes[pair.authz] = lambda name=pair.authz: self.authz_serving(name)  # type: ignore[misc]
+            probes[pair.envoy] = lambda pair=pair: self.envoy_ready(pair.admin_address)  # type: ignore[misc]
         return {name: probe for name, probe in probes.items() if name in self.services}
 
-    def authz_serving(self) -> bool:
-        address = self.services["authz"].env["KEYWARD_AUTHZ_ADDRESS"]
+    def authz_serving(self, name: str = "authz") -> bool:
+        address = self.services[name].env["KEYWARD_AUTHZ_ADDRESS"]
         try:
             with grpc.insecure_channel(address) as channel:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
@@ -495,9 +592,13 @@ class Stack:
             return False
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
-    def envoy_ready(self) -> bool:
+    def envoy_ready(self, admin_address: str | None = None) -> bool:
+        address = admin_address or self.envoy_admin_address
+        # httpx leaves the socket of a refused Unix-socket connect for the garbage collector: ask first.
+        if address.startswith("unix:") and not _accepts(address[len("unix:") :]):
+            return False
         try:
-            with self.envoy_admin(timeout=1) as admin:
+            with self.envoy_admin(timeout=1, address=admin_address) as admin:
                 return admin.get("/ready").status_code == 200
         except httpx.HTTPError:
             return False
@@ -516,7 +617,8 @@ class Stack:
         if self._supervisor is not None:
             self._supervisor.pause()
         self._drain_envoy()
-        for name in reversed(_ORDER):
+        extra = [name for pair in self.pairs.values() if pair.envoy != "envoy" for name in (pair.envoy, pair.authz)]
+        for name in [*extra, *reversed(_ORDER)]:
             service = self.services.get(name)
             if service is None or service.process is None:
                 continue

@@ -320,6 +320,10 @@ class Supervisor(threading.Thread):
                 except Exception as exc:  # a supervisor that dies would take its children with it
                     self._report(f"supervisor: {service.name}: {type(exc).__name__}: {exc}")
 
+    def watch(self, service: Service) -> None:
+        """Tend one more child from now on (list append: safe beside the loop that reads it)."""
+        self._services.append(service)
+
     def pause(self) -> None:
         self._paused.set()
 

@@ -82,9 +82,13 @@ def test_a_decision_becomes_an_authz_record() -> None:
     }]
 
 
-def test_a_decided_outcome_is_an_outcome_and_no_record() -> None:
+def test_a_decided_outcome_brings_a_stand_in_record_used_only_without_a_decision() -> None:
+    # authz answered (Envoy saw its metadata) but its decision line never came: audit_unavailable, a
+    # Check decided too late, an authz that died mid-Check. Ingest keeps the stand-in only then.
+    records, outcomes = split_lines(outcome(authz_decision="audit_unavailable", status=503, upstream_status=None))
+    assert [(r["source"], r["decision"], r["status"]) for r in records] == [("envoy", "audit_unavailable", 503)]
     records, outcomes = split_lines(outcome())
-    assert records == []
+    assert [(r["source"], r["decision"]) for r in records] == [("envoy", "envoy:via_upstream")]
     assert outcomes == [{
         "at": datetime(2025, 6, 15, 15, 6, 40, 123456, tzinfo=UTC),
         "request_id": "req-decided",
@@ -150,8 +154,9 @@ def test_a_mixed_batch_keeps_its_order() -> None:
         decision("r1"), envoy_outcome("r2"), outcome("r1"), decision("r3", decision="model_not_allowed", status=403),
         envoy_outcome("r4", status=404, details="route_not_found"), outcome("r3", status=403, upstream_status=None),
     )
+    # Every outcome brings a stand-in; the decisions of r1 and r3 in the same batch win at write time.
     assert [(r["request_id"], r["source"]) for r in records] == [
-        ("r1", "authz"), ("r2", "envoy"), ("r3", "authz"), ("r4", "envoy"),
+        ("r1", "authz"), ("r2", "envoy"), ("r1", "envoy"), ("r3", "authz"), ("r4", "envoy"), ("r3", "envoy"),
     ]
     assert [o["request_id"] for o in outcomes] == ["r2", "r1", "r4", "r3"]
 

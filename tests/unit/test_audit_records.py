@@ -1,11 +1,9 @@
-"""Audit lines built from authz decisions and Envoy access-log entries, accepted by the ingest models,
-and put on the spool by the emitter (which refuses a request whose decision cannot be recorded).
-Whatever a client sends (NUL, lone surrogates, bytes that are not UTF-8, a megabyte), the line stays
-storable and says when it had to be changed.
+"""Decision lines built from authz decisions, accepted by the ingest models, and put on the spool by
+the emitter (which refuses a request whose decision cannot be recorded, and records nothing for a
+Check Envoy no longer waits for). Whatever a client sends (NUL, lone surrogates, bytes that are not
+UTF-8, a megabyte), the line stays storable and says when it had to be changed.
 
-The access-log entries are shaped the way Envoy's gRPC access logger fills ``HTTPAccessLogEntry``:
-timings as durations since ``start_time``, ext_authz's dynamic metadata under the filter's name,
-token usage under ``keyward.usage`` (numbers, from the json_to_metadata rules).
+Outcome lines (from Envoy's audit log) are tested in test_audit_outcome_log.py.
 """
 
 from __future__ import annotations
@@ -14,19 +12,15 @@ import errno
 import json
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from envoy.config.core.v3.base_pb2 import RequestMethod
-from envoy.data.accesslog.v3.accesslog_pb2 import HTTPAccessLogEntry, ResponseFlags
-from envoy.service.accesslog.v3 import als_pb2
-from prometheus_client import REGISTRY
+from envoy.data.accesslog.v3.accesslog_pb2 import ResponseFlags
 
-from authz.access_log import AccessLogReceiver
 from authz.audit.emitter import AuditEmitter
-from authz.audit.records import EXT_AUTHZ_NAMESPACE, USAGE_NAMESPACE, decision_line, outcome_line, storable
+from authz.audit.records import decision_line, storable
 from authz.audit.spool import Spool
 from authz.cache import ModelCatalog, TokenCache, TokenRecord
 from authz.outcomes import DENIALS, Outcome
@@ -35,7 +29,7 @@ from authz.request import GatewayRequest
 from authz.request import parse as parse_check
 from authz.routes import Api
 from authz.tokens import generate_token, hash_token
-from controlplane.audit.ingest import DecisionLine, OutcomeLine, parse_body
+from controlplane.audit.ingest import DecisionLine, parse_body
 from tests.unit import checkrequests as cr
 from tests.unit.faults import FullDisk, logging_to
 
@@ -49,250 +43,9 @@ TOKEN_ID = "0b7e5c1a-3f2d-4e6b-8a9c-1d2e3f4a5b6c"
 USER_ID = "5f4e3d2c-1b0a-4987-8765-43210fedcba9"
 
 
-def ms(milliseconds: float) -> timedelta:
-    return timedelta(milliseconds=milliseconds)
-
-
-DURATION = timedelta(milliseconds=1234.5678)
-
-
 def spooled(line: dict[str, Any]) -> Any:
     """The line as the shipper sends it: encoded by the spool, decoded by the control plane."""
     return json.loads(json.dumps(line, separators=(",", ":"), ensure_ascii=False))
-
-
-# -- access-log entries ---------------------------------------------------------------------------
-
-
-def access_log(
-    *,
-    method: str = "POST",
-    path: str = "/openai/v1/chat/completions",
-    original_path: str = "",
-    status: int | None = 200,
-    details: str = "via_upstream",
-    duration: timedelta | None = DURATION,
-    last_downstream_tx: timedelta | None = None,
-    first_upstream_tx: timedelta | None = None,
-    first_upstream_rx: timedelta | None = None,
-    last_upstream_rx: timedelta | None = None,
-    authz: dict[str, Any] | None = None,
-    usage: dict[str, Any] | None = None,
-    flags: tuple[str, ...] = (),
-    uaex: bool = False,
-    bytes_in: int = 0,
-    bytes_out: int = 0,
-) -> HTTPAccessLogEntry:
-    entry = HTTPAccessLogEntry()
-    common = entry.common_properties
-    common.start_time.FromDatetime(START)
-    for name, value in (
-        ("duration", duration),
-        ("time_to_last_downstream_tx_byte", last_downstream_tx),
-        ("time_to_first_upstream_tx_byte", first_upstream_tx),
-        ("time_to_first_upstream_rx_byte", first_upstream_rx),
-        ("time_to_last_upstream_rx_byte", last_upstream_rx),
-    ):
-        if value is not None:
-            getattr(common, name).FromTimedelta(value)
-    for flag in flags:
-        setattr(common.response_flags, flag, True)
-    if uaex:  # how Envoy reports UAEX: a message, not a boolean
-        common.response_flags.unauthorized_details.reason = ResponseFlags.Unauthorized.EXTERNAL_SERVICE
-    if authz is not None:
-        common.metadata.filter_metadata[EXT_AUTHZ_NAMESPACE].update(authz)
-    if usage is not None:
-        common.metadata.filter_metadata[USAGE_NAMESPACE].update(usage)
-    entry.request.request_id = REQUEST_ID
-    entry.request.request_method = RequestMethod.Value(method)
-    entry.request.path = path
-    entry.request.original_path = original_path
-    entry.request.request_body_bytes = bytes_in
-    if status is not None:
-        entry.response.response_code.value = status
-    entry.response.response_code_details = details
-    entry.response.response_body_bytes = bytes_out
-    return entry
-
-
-def authz_metadata(decision: str = "allowed") -> dict[str, Any]:
-    return {"decision": decision, "token_id": TOKEN_ID, "user_id": USER_ID, "provider": "openai",
-            "model": "gpt-4o-mini"}
-
-
-def allowed_completion() -> HTTPAccessLogEntry:
-    return access_log(
-        path="/openai/v1/chat/completions?api-version=2024-06-01",
-        first_upstream_tx=ms(3.2), first_upstream_rx=ms(412.9), last_upstream_rx=ms(1200.9),
-        authz=authz_metadata(), usage={"prompt_tokens": 1234, "completion_tokens": 56},
-        bytes_in=1843, bytes_out=2201,
-    )
-
-
-def denied_by_authz() -> HTTPAccessLogEntry:
-    return access_log(status=401, details="ext_authz_denied", duration=ms(1.9), uaex=True,
-                      authz=authz_metadata("token_revoked"), bytes_in=1843, bytes_out=187)
-
-
-def body_too_large() -> HTTPAccessLogEntry:
-    """Envoy's ext_authz filter refuses the buffered body itself; authz is never asked."""
-    return access_log(status=413, details="request_payload_too_large", duration=ms(0.8), bytes_in=0, bytes_out=152)
-
-
-def no_route() -> HTTPAccessLogEntry:
-    return access_log(method="GET", path="/v1/models", status=404, details="route_not_found",
-                      duration=ms(0.3), flags=("no_route_found",), bytes_out=140)
-
-
-def upstream_unreachable() -> HTTPAccessLogEntry:
-    return access_log(
-        status=503, details="upstream_reset_before_response_started{remote_connection_failure}",
-        duration=ms(5001), flags=("upstream_connection_failure",), authz=authz_metadata(), bytes_out=91,
-    )
-
-
-# -- outcome lines --------------------------------------------------------------------------------
-
-
-def test_an_allowed_request_that_reached_the_provider() -> None:
-    assert outcome_line(allowed_completion()) == {
-        "kind": "outcome",
-        "at": START_ISO,
-        "request_id": REQUEST_ID,
-        "status": 200,
-        "upstream_status": 200,
-        "response_flags": None,
-        "details": "via_upstream",
-        "duration_ms": 1234,
-        "upstream_ms": 1197,  # last byte received (1200.9) - first byte sent (3.2), in whole ms
-        "bytes_in": 1843,
-        "bytes_out": 2201,
-        "prompt_tokens": 1234,
-        "completion_tokens": 56,
-        "decided": True,
-        "method": "POST",
-        "route": "/openai/v1/chat/completions",
-    }
-
-
-def test_token_counts_are_integers() -> None:
-    line = outcome_line(allowed_completion())
-    assert type(line["prompt_tokens"]) is int
-    assert type(line["completion_tokens"]) is int
-
-
-def test_a_request_denied_by_authz_is_decided_and_never_reached_upstream() -> None:
-    line = outcome_line(denied_by_authz())
-    assert line["decided"] is True
-    assert line["status"] == 401
-    assert line["upstream_status"] is None
-    assert line["upstream_ms"] is None
-    assert line["details"] == "ext_authz_denied"
-    assert line["prompt_tokens"] is None and line["completion_tokens"] is None
-
-
-@pytest.mark.parametrize(
-    ("entry", "status", "details", "flags"),
-    [
-        (body_too_large(), 413, "request_payload_too_large", None),
-        (no_route(), 404, "route_not_found", "no_route_found"),
-    ],
-    ids=["body-too-large", "no-route"],
-)
-def test_a_request_envoy_answered_alone_is_not_decided(
-    entry: HTTPAccessLogEntry, status: int, details: str, flags: str | None
-) -> None:
-    line = outcome_line(entry)
-    assert line["decided"] is False
-    assert line["status"] == status
-    assert line["details"] == details
-    assert line["response_flags"] == flags
-    assert line["upstream_status"] is None
-
-
-def test_ext_authz_metadata_without_a_decision_does_not_count_as_decided() -> None:
-    assert outcome_line(access_log(authz={"provider": "openai"}))["decided"] is False
-
-
-def test_several_response_flags_are_listed() -> None:
-    entry = access_log(status=504, details="upstream_response_timeout",
-                       flags=("upstream_request_timeout", "upstream_retry_limit_exceeded"))
-    assert outcome_line(entry)["response_flags"] == "upstream_request_timeout,upstream_retry_limit_exceeded"
-
-
-def test_the_unauthorized_external_service_flag_is_kept() -> None:
-    assert outcome_line(denied_by_authz())["response_flags"] is not None
-
-
-@pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
-def test_the_method_is_named(method: str) -> None:
-    assert outcome_line(access_log(method=method))["method"] == method
-
-
-@pytest.mark.parametrize(
-    ("path", "original_path", "route"),
-    [
-        ("/openai/v1/chat/completions?api-version=2024-06-01&x=1", "", "/openai/v1/chat/completions"),
-        ("/anthropic/v1/messages", "", "/anthropic/v1/messages"),
-        # after a prefix rewrite Envoy logs the rewritten path and keeps the client's in original_path
-        ("/v1/models", "/openai/v1/models?limit=5", "/openai/v1/models"),
-        ("/" + "a" * 600 + "?q=1", "", "/" + "a" * 511),
-    ],
-)
-def test_the_route_is_the_client_path_without_its_query(path: str, original_path: str, route: str) -> None:
-    assert outcome_line(access_log(path=path, original_path=original_path))["route"] == route
-
-
-def test_durations_are_whole_milliseconds() -> None:
-    line = outcome_line(access_log(duration=timedelta(seconds=2, microseconds=999_999),
-                                   first_upstream_tx=ms(10.9), first_upstream_rx=ms(20), last_upstream_rx=ms(2500.1)))
-    assert line["duration_ms"] == 2999
-    assert line["upstream_ms"] == 2490
-
-
-def test_without_a_total_duration_the_last_byte_sent_downstream_is_used() -> None:
-    assert outcome_line(access_log(duration=None, last_downstream_tx=ms(42.7)))["duration_ms"] == 42
-    assert outcome_line(access_log(duration=None))["duration_ms"] is None
-
-
-@pytest.mark.parametrize(
-    ("entry", "upstream_status"),
-    [
-        (allowed_completion(), 200),
-        (access_log(status=429, details="via_upstream", first_upstream_tx=ms(2), first_upstream_rx=ms(80),
-                    last_upstream_rx=ms(81), authz=authz_metadata()), 429),
-        (upstream_unreachable(), None),  # Envoy's own 503: the provider never answered
-        (denied_by_authz(), None),
-        (body_too_large(), None),
-        # the provider started answering, then the client went away before Envoy had a status to log
-        (access_log(status=None, details="downstream_remote_disconnect", first_upstream_tx=ms(2),
-                    first_upstream_rx=ms(300), authz=authz_metadata()), None),
-    ],
-    ids=["200", "429", "connect-failure", "denied", "envoy-413", "no-status"],
-)
-def test_upstream_status_only_when_the_upstream_answered(
-    entry: HTTPAccessLogEntry, upstream_status: int | None
-) -> None:
-    assert outcome_line(entry)["upstream_status"] == upstream_status
-
-
-def test_start_time_keeps_microseconds_in_utc() -> None:
-    at = datetime.fromisoformat(outcome_line(allowed_completion())["at"])
-    assert at == START
-    assert at.utcoffset() == timedelta(0)
-
-
-@pytest.mark.parametrize(
-    "entry",
-    [allowed_completion(), denied_by_authz(), body_too_large(), no_route(), upstream_unreachable(),
-     access_log(status=None, details="downstream_remote_disconnect", duration=None)],
-    ids=["allowed", "denied", "envoy-413", "no-route", "connect-failure", "bare"],
-)
-def test_outcome_lines_are_accepted_by_the_ingest_model(entry: HTTPAccessLogEntry) -> None:
-    line = outcome_line(entry)
-    parsed = OutcomeLine.model_validate(spooled(line))
-    assert parsed.at == datetime.fromisoformat(line["at"])
-    assert parsed.model_dump(exclude={"at"}, exclude_unset=True) == {k: v for k, v in line.items() if k != "at"}
 
 
 # -- decision lines -------------------------------------------------------------------------------
@@ -459,31 +212,24 @@ def test_a_decision_that_cannot_be_recorded_is_refused_as_audit_unavailable() ->
     assert spool.lines == []
 
 
-def entries_of(*request_ids: str) -> list[HTTPAccessLogEntry]:
-    entries = []
-    for request_id in request_ids:
-        entry = allowed_completion()
-        entry.request.request_id = request_id
-        entries.append(entry)
-    return entries
-
-
-def test_outcome_lines_of_one_message_go_to_the_spool_in_one_write() -> None:
-    spool = RecordingSpool()
-    entries = entries_of("r1", "r2", "r3")
-    AuditEmitter(spool).outcomes(entries)
-    assert spool.writes == [[outcome_line(entry) for entry in entries]]
-
-
 class NoUsage:
     def touch(self, token_id: str, at: float) -> None:
         pass
 
 
-def test_when_the_write_fails_each_outcome_line_is_tried_alone() -> None:
-    spool = RecordingSpool(refuse_batches=True, refuse={"r2"})
-    AuditEmitter(spool).outcomes(entries_of("r1", "r2", "r3"))
-    assert [line["request_id"] for line in spool.lines] == ["r1", "r3"]
+def test_a_check_envoy_stopped_waiting_for_records_nothing() -> None:
+    # authz stalled past Envoy's timeout: Envoy answered 503 alone, and its outcome line is the record.
+    spool = RecordingSpool()
+    decision = Decision(Outcome.ALLOWED, Api.OPENAI, token_record(), "gpt-4o-mini")
+    request = gateway_request()
+    request.started = AT - 5
+    answer = AuditEmitter(spool, clock=lambda: AT, late=lambda started: started is not None and started < AT - 2) \
+        .decision(decision, request)
+    assert answer is decision and spool.lines == []
+    request.started = AT - 0.5  # still on time: recorded as ever
+    AuditEmitter(spool, clock=lambda: AT, late=lambda started: started is not None and started < AT - 2) \
+        .decision(decision, request)
+    assert [line["request_id"] for line in spool.lines] == [request.request_id]
 
 
 # -- hostile values: every line stays storable ----------------------------------------------------
@@ -582,25 +328,6 @@ def test_a_megabyte_in_every_client_chosen_field_of_a_decision(tmp_path: Path) -
     assert_stored_as_is(line, written)
 
 
-def test_a_megabyte_in_every_client_chosen_field_of_an_outcome(tmp_path: Path) -> None:
-    entry = access_log(path="/" + "p" * MEGABYTE, original_path="/" + "o" * MEGABYTE + "\x00",
-                       details="d" * MEGABYTE, flags=tuple(name for name in _ALL_FLAGS))
-    entry.request.request_id = "r" * MEGABYTE
-    line = outcome_line(entry)
-    assert (len(line["request_id"]), len(line["route"]), len(line["details"])) == (128, 512, 512)
-    assert line["route"] == "/" + "o" * 511
-    assert len(line["response_flags"]) <= 512
-    assert line["sanitized"] is True
-    assert_stored_as_is(line, spool_bytes(tmp_path / "spool", line))
-
-
-def test_a_nul_in_an_outcome_path_or_details_is_replaced(tmp_path: Path) -> None:
-    line = outcome_line(access_log(path="/openai/v1/chat\x00/completions", details="via\x00upstream"))
-    assert (line["route"], line["details"]) == ("/openai/v1/chat\ufffd/completions", "via\ufffdupstream")
-    assert line["sanitized"] is True
-    assert_stored_as_is(line, spool_bytes(tmp_path / "spool", line))
-
-
 @pytest.mark.parametrize("empty", ["", b""], ids=["str", "bytes"])
 def test_an_empty_request_id_is_replaced_by_a_fresh_one(empty: str | bytes) -> None:
     request = gateway_request()
@@ -608,9 +335,6 @@ def test_an_empty_request_id_is_replaced_by_a_fresh_one(empty: str | bytes) -> N
     line = decision_line(Decision(Outcome.TOKEN_MISSING, None), request, AT, 401)
     assert uuid.UUID(line["request_id"])
     assert line["sanitized"] is True
-    entry = allowed_completion()
-    entry.request.request_id = ""
-    assert uuid.UUID(outcome_line(entry)["request_id"])
 
 
 def test_a_long_request_id_is_cut_to_what_the_store_accepts() -> None:
@@ -627,11 +351,8 @@ def test_a_long_request_id_is_cut_to_what_the_store_accepts() -> None:
         decision_line(Decision(Outcome.ALLOWED, Api.OPENAI, token_record(), "gpt-4o-mini"), gateway_request(), AT,
                       None),
         decision_line(Decision(Outcome.TOKEN_MISSING, None), gateway_request("/anthropic/v1/messages"), AT, 401),
-        outcome_line(allowed_completion()),
-        outcome_line(denied_by_authz()),
-        outcome_line(no_route()),
     ],
-    ids=["allowed", "denied", "outcome", "outcome-denied", "outcome-no-route"],
+    ids=["allowed", "denied"],
 )
 def test_a_line_that_needed_nothing_has_no_sanitized_key(line: dict[str, Any]) -> None:
     assert "sanitized" not in line
@@ -646,18 +367,3 @@ def test_a_decision_still_answers_audit_unavailable_when_the_log_is_on_the_full_
     with logging_to(FullDisk()):
         answer = AuditEmitter(spool, clock=lambda: AT).decision(decision, gateway_request())
     assert answer.outcome is Outcome.AUDIT_UNAVAILABLE
-
-
-def test_the_access_log_stream_outlives_lines_it_cannot_spool_or_log() -> None:
-    spool = RecordingSpool(refuse_batches=True, refuse={"r1", "r2"})
-    messages = []
-    for request_ids in (("r1", "r2"), ("r3",)):
-        message = als_pb2.StreamAccessLogsMessage()
-        message.http_logs.log_entry.extend(entries_of(*request_ids))
-        messages.append(message)
-    before = REGISTRY.get_sample_value("keyward_authz_audit_spool_failures_total", {"kind": "outcome"}) or 0.0
-    with logging_to(FullDisk()):
-        reply = AccessLogReceiver(AuditEmitter(spool)).StreamAccessLogs(iter(messages), None)
-    assert isinstance(reply, als_pb2.StreamAccessLogsResponse)
-    assert [line["request_id"] for line in spool.lines] == ["r3"]  # the message after the failures went on
-    assert REGISTRY.get_sample_value("keyward_authz_audit_spool_failures_total", {"kind": "outcome"}) == before + 2

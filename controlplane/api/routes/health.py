@@ -21,10 +21,14 @@ async def healthz() -> dict:
 async def livez(request: Request) -> JSONResponse:
     """The process is alive: its background duties still run (a dead one fails this, and the
     orchestrator restarts the process). Says nothing about the database, which a restart cannot fix."""
-    duties = {duty.name: duty.alive() for duty in getattr(request.app.state, "duties", [])}
+    timed = getattr(request.app.state, "duties", [])
+    duties = {duty.name: duty.alive() for duty in timed}
     duties |= {name: task.alive() for name, task in getattr(request.app.state, "long_running", {}).items()}
     status = 200 if all(duties.values()) else 503
-    return JSONResponse({"status": "ok" if status == 200 else "dead", "duties": duties}, status_code=status)
+    # Failed rounds do not fail liveness (a restart cannot fix a database outage), but they show here.
+    failures = {duty.name: duty.failures for duty in timed}
+    return JSONResponse({"status": "ok" if status == 200 else "dead", "duties": duties, "failed_rounds": failures},
+                        status_code=status)
 
 
 @router.get("/readyz")

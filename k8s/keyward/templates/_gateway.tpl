@@ -1,20 +1,36 @@
 {{/*
 The two containers of a gateway pod. They share a network namespace (Envoy reaches authz's metrics on
-127.0.0.1) and the "sockets" emptyDir (authz's gRPC Unix socket), and nothing else:
+127.0.0.1), the "sockets" emptyDir (authz's gRPC socket, Envoy's control socket) and the "outcomes"
+emptyDir (Envoy's audit log), and nothing else:
 
   * envoy mounts the provider key Secret ("provider-keys") and has no database or Keyward secret; its
     admin interface is a 0600 Unix socket in the "envoy-admin" emptyDir, which no other container mounts;
   * authz has the database URL and the token hash key and never mounts or references the provider keys.
 
-They run as different UIDs in one group: the socket is group-accessible (authz runs with umask 007),
-everything else each one owns is private to it.
+They run as different UIDs (gateway.envoy.runAsUser, gateway.authz.runAsUser) with one primary group
+(podSecurityContext.runAsGroup), which is also the pod's fsGroup. Everything each one owns is private to
+it except these, which they share through that group:
+
+  * authz.sock, authz's gRPC socket: authz runs with umask 007, so the socket it binds is 0660;
+  * envoy-control.sock, where authz asks Envoy to reopen its logs: Envoy sets its mode to 0660 (the
+    listener's pipe mode), and it routes POST /reopen_logs to the admin socket and nothing else;
+  * the audit log, envoy-audit.jsonl in "outcomes": Envoy creates it with mode 0644 less its umask and
+    runs with umask 027, so it is 0640: group-readable, never writable by authz. Authz rotates it by
+    renaming it to envoy-audit.jsonl.1 and later deletes that; both change the directory, not the
+    file, so they need write access to the directory alone. The kubelet gives an emptyDir the fsGroup
+    as its group with rwx and the setgid bit (files made in it keep that group), and a disk-backed
+    emptyDir has no sticky bit. "outcomes" must stay disk-backed: a medium Memory emptyDir is a tmpfs
+    whose root is sticky (1777), where only a file's owner may rename or delete it, so authz could
+    not rotate Envoy's file.
 */}}
 
 {{- define "keyward.gateway.envoyContainer" -}}
 - name: envoy
   image: {{ include "keyward.image" . }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
-  command: [{{ include "keyward.venv" . }}/bin/envoy]
+  # umask 027: the audit log Envoy creates is readable by authz (its group) and by nobody else.
+  # "$@" is the args below, after the kubelet has expanded $(POD_NAME).
+  command: ["/bin/sh", "-c", 'umask 027 && exec {{ include "keyward.venv" . }}/bin/envoy "$@"', envoy]
   args:
     - --config-path
     - {{ include "keyward.envoyConfigDir" . }}/envoy.yaml
@@ -31,6 +47,10 @@ everything else each one owns is private to it.
     - {{ .Values.gateway.drainSeconds | int64 | quote }}
     - --drain-strategy
     - gradual
+    # Log lines reach their files within 10 ms (Envoy's default is 10 s): the audit log is the record
+    # of what each request became, and an Envoy that is killed loses what it has not written.
+    - --file-flush-interval-msec
+    - "10"
   env:
     - name: POD_NAME
       valueFrom:
@@ -92,6 +112,9 @@ everything else each one owns is private to it.
       readOnly: true
     - name: sockets
       mountPath: {{ include "keyward.socketDir" . }}
+    # Envoy writes its audit log here; authz reads, rotates and deletes it.
+    - name: outcomes
+      mountPath: {{ include "keyward.outcomesDir" . }}
     - name: envoy-admin
       mountPath: {{ include "keyward.envoyAdminDir" . }}
     - name: envoy-tmp
@@ -113,9 +136,21 @@ everything else each one owns is private to it.
     {{- include "keyward.tokenHashKeyEnv" . | nindent 4 }}
     - name: KEYWARD_AUTHZ_ADDRESS
       value: unix:{{ include "keyward.socketDir" . }}/authz.sock
-    # Every decision and every access-log entry is spooled here before it is shipped to the control plane.
+    # Every decision, and every line of Envoy's audit log, is spooled here before it is shipped to the
+    # control plane.
     - name: KEYWARD_AUDIT_SPOOL_DIR
       value: {{ include "keyward.spoolDir" . }}
+    # Envoy's audit log (one JSON line per finished request), which authz reads into its spool.
+    - name: KEYWARD_ENVOY_AUDIT_LOG
+      value: {{ include "keyward.envoyAuditLog" . }}
+    # Past this size authz renames the audit log and asks Envoy, on its control socket, to reopen it.
+    - name: KEYWARD_ENVOY_AUDIT_LOG_ROTATE_BYTES
+      value: {{ .Values.gateway.auditLog.rotateBytes | int64 | quote }}
+    - name: KEYWARD_ENVOY_CONTROL
+      value: unix:{{ include "keyward.envoyControlSocket" . }}
+    # Envoy's ext_authz timeout (gateway.authzTimeout) in seconds: a Check later than this is moot.
+    - name: KEYWARD_ENVOY_AUTHZ_TIMEOUT_SECONDS
+      value: {{ include "keyward.authzTimeoutSeconds" . | quote }}
     - name: KEYWARD_INGEST_URL
       value: {{ include "keyward.ingestUrl" . }}
     {{- include "keyward.ingestTokenEnv" . | nindent 4 }}
@@ -170,6 +205,8 @@ everything else each one owns is private to it.
       mountPath: /tmp
     - name: audit-spool
       mountPath: {{ include "keyward.spoolDir" . }}
+    - name: outcomes
+      mountPath: {{ include "keyward.outcomesDir" . }}
     - name: probes
       mountPath: /etc/keyward/probes
       readOnly: true

@@ -58,6 +58,14 @@ app.kubernetes.io/part-of: keyward
 {{/* Envoy's admin interface: a 0600 Unix socket in an emptyDir only the envoy container mounts. */}}
 {{- define "keyward.envoyAdminDir" -}}/var/run/envoy-admin{{- end }}
 {{- define "keyward.envoyAdminSocket" -}}/var/run/envoy-admin/admin.sock{{- end }}
+{{/* Where authz asks Envoy to reopen its logs: a 0660 Unix socket in the shared "sockets" emptyDir. */}}
+{{- define "keyward.envoyControlSocket" -}}/sockets/envoy-control.sock{{- end }}
+{{/*
+Envoy's audit log (one JSON line per finished request) in the "outcomes" emptyDir, which both containers
+mount: Envoy writes it, authz reads it, renames it to <name>.1 to rotate it and deletes that.
+*/}}
+{{- define "keyward.outcomesDir" -}}/var/lib/keyward-outcomes{{- end }}
+{{- define "keyward.envoyAuditLog" -}}/var/lib/keyward-outcomes/envoy-audit.jsonl{{- end }}
 {{- define "keyward.postgresCaDir" -}}/etc/keyward/postgres-ca{{- end }}
 
 {{/* Secrets: the chart's own unless an existing one is named. */}}
@@ -214,6 +222,15 @@ hostHeader: {{ ternary $url.hostname (printf "%s:%s" $url.hostname $port) (eq $p
 clusterType: {{ ternary "STATIC" "STRICT_DNS" (regexMatch "^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$" $url.hostname) | quote }}
 {{- end }}
 
+{{/*
+gateway.authzTimeout in seconds, for authz (KEYWARD_ENVOY_AUTHZ_TIMEOUT_SECONDS): Envoy reads the value
+as a protobuf Duration, always seconds with an "s" ("1s", "0.25s"; keyward.validate checks the form),
+so one value serves both and they cannot disagree.
+*/}}
+{{- define "keyward.authzTimeoutSeconds" -}}
+{{- trimSuffix "s" (toString .Values.gateway.authzTimeout) }}
+{{- end }}
+
 {{/* Checks that fail the install early with a readable message. */}}
 {{- define "keyward.validate" -}}
 {{- if and .Values.database.existingSecret .Values.database.migrationUrl (not .Values.database.migrationExistingSecret) }}
@@ -233,6 +250,16 @@ clusterType: {{ ternary "STATIC" "STRICT_DNS" (regexMatch "^[0-9]+\\.[0-9]+\\.[0
 {{- /* Envoy cannot redact headers: at debug and trace it logs every client's token (k8s/README.md). */}}
 {{- if and (has (lower .Values.gateway.envoy.logLevel) (list "debug" "trace")) (not .Values.gateway.envoy.allowVerboseLogging) }}
 {{- fail (printf "gateway.envoy.logLevel %q logs every request header, Keyward tokens included, and Envoy cannot redact them: use warn (or info), or set gateway.envoy.allowVerboseLogging=true for a short investigation" .Values.gateway.envoy.logLevel) }}
+{{- end }}
+{{- if not (regexMatch "^[0-9]+(\\.[0-9]{1,9})?s$" (toString .Values.gateway.authzTimeout)) }}
+{{- fail (printf "gateway.authzTimeout must be seconds with an \"s\", like 1s or 0.5s, got %q" (toString .Values.gateway.authzTimeout)) }}
+{{- end }}
+{{- $authzTimeout := float64 (include "keyward.authzTimeoutSeconds" .) }}
+{{- if or (le $authzTimeout 0.0) (gt $authzTimeout 60.0) }}
+{{- fail "gateway.authzTimeout must be more than 0s and at most 60s (authz refuses a longer one)" }}
+{{- end }}
+{{- if lt (int64 .Values.gateway.auditLog.rotateBytes) 65536 }}
+{{- fail "gateway.auditLog.rotateBytes must be at least 65536 (authz refuses less)" }}
 {{- end }}
 {{- range $name := list "organization" "project" }}
 {{- $value := index $.Values.providers.openai $name }}
