@@ -257,12 +257,16 @@ class Ingestor:
         self._months: set[date] = set()
 
     async def ingest(self, connection: Any, batch: IngestBatch) -> IngestResult:
+        """Store a batch in one transaction of its own: all of it or nothing, and the chains' advisory
+        locks held until commit. (A connection borrowed from a SQLAlchemy session is not in a
+        transaction yet: its adapter begins one only at its own first statement.)"""
         records, outcomes = split(batch)
         now = datetime.now(UTC)
         await self._ensure_partitions(connection, (now, now + timedelta(days=32)))
         stored = 0
-        for table, rows in ((chain.REQUESTS, records), (chain.OUTCOMES, outcomes)):
-            stored += await self._append(connection, table, rows)
+        async with connection.transaction():
+            for table, rows in ((chain.REQUESTS, records), (chain.OUTCOMES, outcomes)):
+                stored += await self._append(connection, table, rows)
         return IngestResult(accepted=stored, duplicates=len(records) + len(outcomes) - stored)
 
     async def _ensure_partitions(self, connection: Any, stamps: Iterable[datetime]) -> None:

@@ -21,6 +21,7 @@ from controlplane.schemas.access import (
     WhoAmI,
 )
 from controlplane.schemas.audit import (
+    AuditPublicKey,
     EventPublic,
     RequestRecord,
     UsageRow,
@@ -79,6 +80,7 @@ from controlplane.schemas.tokens import (
 
 __all__ = [
     "MAX_INT",
+    "AuditPublicKey",
     "BulkRevoke",
     "BulkRevoked",
     "CatalogEntry",

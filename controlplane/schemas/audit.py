@@ -77,3 +77,9 @@ class UsageRow(BaseModel):
     allowed: int
     prompt_tokens: int
     completion_tokens: int
+
+
+class AuditPublicKey(BaseModel):
+    algorithm: Literal["Ed25519"] = "Ed25519"
+    public_key: str = Field(description="The raw 32-byte public key, url-safe base64: what "
+                                        "`keyward audit verify --public-key` takes.")

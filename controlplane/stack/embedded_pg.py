@@ -8,6 +8,11 @@ The server runs in the foreground as a child of the stack runner (not daemonised
 runner watches it, restarts it when it dies and takes it down when it dies itself, like every other
 child. When the runner is root, Postgres runs as the unprivileged ``pgserver`` user, as the wheel does.
 
+Every role logs in with a password (SCRAM-SHA-256), the Unix socket included: the application's
+role cannot become the owner just by asking, and no other local user gets in. The runner keeps both
+passwords with its other secrets. A cluster created by an earlier version (``trust``) is moved to
+passwords at its next start (:meth:`require_passwords`).
+
 A postmaster of this data directory that is *not* the runner's child (left by an earlier version of
 the runner, or restarted by hand with ``pg_ctl``) is stopped before ours starts (:meth:`clear_foreign`),
 and again when the stack stops: it is recognised by ``postmaster.pid`` and by ``/proc``: the process's
@@ -26,7 +31,7 @@ import stat
 import subprocess
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -50,15 +55,25 @@ def _bin(name: str) -> str:
     return str(Path(spec.origin).parent / "pginstall" / "bin" / name)
 
 
-def with_user(url: str, user: str) -> str:
+def with_user(url: str, user: str, password: str | None = None) -> str:
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}@{host}"))
+    login = f"{user}:{quote(password, safe='')}" if password else user
+    return urlunsplit(parts._replace(netloc=f"{login}@{host}"))
+
+
+_HBA = """\
+# Written by Keyward's stack runner: every role logs in with a password, on the Unix socket only.
+local all all scram-sha-256
+"""
 
 
 class EmbeddedPostgres:
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, password: str, app_password: str) -> None:
         self.data_dir = data_dir.resolve()
+        #: The superuser's password, and the application role's.
+        self.password = password
+        self.app_password = app_password
         self.user: int | None = None
         self.group: int | None = None
         self.socket_dir = self.data_dir
@@ -80,15 +95,25 @@ class EmbeddedPostgres:
             self._temporary_socket_dir = True
             if self.user is not None:
                 os.chown(self.socket_dir, self.user, self.group or -1)
+        self._trusting = False
         if not (self.data_dir / "PG_VERSION").exists():
-            done = subprocess.run(
-                [_bin("initdb"), "-D", str(self.data_dir), "--auth=trust", "--auth-local=trust",
-                 "--encoding=utf8", "-U", _SUPERUSER],
-                capture_output=True, text=True, user=self.user, group=self.group,
-                extra_groups=[] if self.group is not None else None, check=False,
-            )
+            with tempfile.NamedTemporaryFile("w", prefix="keyward-pw-", delete=False) as handle:
+                handle.write(self.password + "\n")
+            os.chmod(handle.name, 0o600)
+            if self.user is not None:
+                os.chown(handle.name, self.user, self.group or -1)
+            try:
+                done = subprocess.run(
+                    [_bin("initdb"), "-D", str(self.data_dir), "--auth=scram-sha-256", "--auth-local=scram-sha-256",
+                     f"--pwfile={handle.name}", "--encoding=utf8", "-U", _SUPERUSER],
+                    capture_output=True, text=True, user=self.user, group=self.group,
+                    extra_groups=[] if self.group is not None else None, check=False,
+                )
+            finally:
+                os.unlink(handle.name)
             if done.returncode != 0:
                 raise RuntimeError(f"initdb failed for {self.data_dir}: {done.stderr.strip()[-2000:]}")
+        self._trusting = "trust" in _rules(self.data_dir / "pg_hba.conf")
 
     @property
     def argv(self) -> list[str]:
@@ -97,7 +122,28 @@ class EmbeddedPostgres:
                 "-c", "logging_collector=off"]
 
     def url(self, database: str = DATABASE) -> str:
-        return f"postgresql://{_SUPERUSER}:@/{database}?host={self.socket_dir}"
+        return f"postgresql://{_SUPERUSER}:{quote(self.password, safe='')}@/{database}?host={self.socket_dir}"
+
+    def app_url(self, database: str = DATABASE) -> str:
+        return with_user(self.url(database), APP_ROLE, self.app_password)
+
+    def require_passwords(self, pid: int) -> None:
+        """Move a cluster an earlier version created with ``trust`` to passwords: set the superuser's
+        (while trust still lets the runner in), then require SCRAM for everyone and reload."""
+        if not self._trusting:
+            return
+        trusted = f"postgresql://{_SUPERUSER}@/{_SUPERUSER}?host={self.socket_dir}"
+        asyncio.run(_set_password(trusted, _SUPERUSER, self.password))
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text(_HBA)
+        if self.user is not None:
+            os.chown(hba, self.user, self.group or -1)
+        os.kill(pid, signal.SIGHUP)
+        self._trusting = False
+
+    def set_app_password(self) -> None:
+        """Give the application's role (created by the migrations) its password."""
+        asyncio.run(_set_password(self.url(), APP_ROLE, self.app_password))
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -166,6 +212,26 @@ def _open_path_to(path: Path) -> None:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
             parent.chmod(mode | stat.S_IXOTH)
+
+
+def _rules(hba: Path) -> set[str]:
+    """The authentication methods ``pg_hba.conf`` names."""
+    methods = set()
+    for line in hba.read_text().splitlines():
+        fields = line.split("#", 1)[0].split()
+        if fields:
+            methods.add(fields[-1])
+    return methods
+
+
+async def _set_password(url: str, role: str, password: str) -> None:
+    connection = await asyncpg.connect(url)
+    try:
+        # A literal, not a parameter (ALTER ROLE takes none): quoted by the server's own quote_literal.
+        literal = await connection.fetchval("SELECT quote_literal($1)", password)
+        await connection.execute(f'ALTER ROLE "{role}" PASSWORD {literal}')
+    finally:
+        await connection.close()
 
 
 async def _ensure_database(admin_url: str) -> None:

@@ -46,7 +46,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from controlplane.audit import signing
 from controlplane.core.config import OidcSettings
 from controlplane.migrate import upgrade
-from controlplane.stack.embedded_pg import APP_ROLE, EmbeddedPostgres, with_user
+from controlplane.stack.embedded_pg import EmbeddedPostgres
 from controlplane.stack.envoy_config import GatewayLayout, Upstream, render, write_provider_secrets
 from controlplane.stack.redact import LogFile, Redactor, private_dir
 from controlplane.stack.supervisor import Service, Supervisor, describe_exit, leftover, stop_leftover
@@ -169,6 +169,9 @@ class _Keys:
     audit_key: str
     #: Provider name -> the key the mock provider insists on, for each provider without a real key.
     mock: dict[str, str]
+    #: The embedded Postgres's superuser password, and the application role's.
+    postgres_password: str
+    app_database_password: str
 
 
 def _accepts(path: str) -> bool:
@@ -283,7 +286,8 @@ class Stack:
         keys = self._keys()
         self._redactor = Redactor([
             s.openai_api_key, s.anthropic_api_key, *keys.mock.values(), keys.ingest_token, keys.admin_token,
-            keys.hash_key, keys.session_secret, keys.audit_key, s.oidc_client_secret, _password(s.database_url),
+            keys.hash_key, keys.session_secret, keys.audit_key, keys.postgres_password, keys.app_database_password,
+            s.oidc_client_secret, _password(s.database_url),
             _password(s.migration_database_url),
         ])
         self._log = LogFile(self.logs_dir / "stack.log", self._redactor)
@@ -322,9 +326,12 @@ class Stack:
         audit_key, _ = _read_or_create(secrets_dir / "audit_signing_key", signing.new_private_key)
         _write_public(secrets_dir / "audit_public_key", signing.Signer(audit_key).public_key)
         mocked = [name for name, key in (("openai", s.openai_api_key), ("anthropic", s.anthropic_api_key)) if not key]
+        postgres_password, _ = _read_or_create(secrets_dir / "postgres_password", lambda: secrets.token_urlsafe(32))
+        app_password, _ = _read_or_create(secrets_dir / "app_database_password", lambda: secrets.token_urlsafe(32))
         return _Keys(hash_key=hash_key, admin_token=admin_token, admin_token_is_new=admin_new,
                      ingest_token=ingest_token, session_secret=session_secret, audit_key=audit_key,
-                     mock={name: "mock-" + secrets.token_hex(16) for name in mocked})
+                     mock={name: "mock-" + secrets.token_hex(16) for name in mocked},
+                     postgres_password=postgres_password, app_database_password=app_password)
 
     def _start(self, keys: _Keys, deadline: float) -> StackInfo:
         s = self.settings
@@ -337,16 +344,20 @@ class Stack:
             database_url = s.database_url
             owner_url = s.migration_database_url or database_url
         else:
-            postgres = self._postgres = EmbeddedPostgres(data / "pgdata")
+            postgres = self._postgres = EmbeddedPostgres(data / "pgdata", password=keys.postgres_password,
+                                                         app_password=keys.app_database_password)
             postgres.prepare()
             self._add("postgres", postgres.argv, base_env, stop_signal=signal.SIGINT, death_signal=signal.SIGINT,
                       stop_timeout=20, user=postgres.user, group=postgres.group, before_start=self._clear_postmaster)
             self.services["postgres"].start()
             self._wait("postgres", deadline)
+            postgres.require_passwords(self._pid("postgres") or 0)
             postgres.ensure_database()
             owner_url = postgres.url()
-            database_url = with_user(owner_url, APP_ROLE)
+            database_url = postgres.app_url()
         upgrade(owner_url)
+        if self._postgres is not None:
+            self._postgres.set_app_password()  # the role exists once the migrations ran
 
         python = sys.executable
         mock_url = f"http://127.0.0.1:{s.mock_port}"

@@ -236,6 +236,12 @@ def _settled(gateway: Gateway) -> None:
     wait_for_records(gateway, [response.headers["x-request-id"]])
 
 
+def test_the_public_key_is_served_to_auditors(gateway: Gateway) -> None:
+    reply = gateway.admin.get("/audit/public-key")
+    assert reply.status_code == 200, reply.text
+    assert reply.json() == {"algorithm": "Ed25519", "public_key": gateway.audit_public_key}
+
+
 def test_verify_passes_on_an_untouched_store(gateway: Gateway) -> None:
     _settled(gateway)
     result = verify(gateway)
@@ -448,3 +454,87 @@ def test_ingest_requires_the_data_plane_credential(gateway: Gateway) -> None:
     assert httpx.post(url, json={"records": []}).status_code == 401
     admin = {"Authorization": f"Bearer {gateway.info.admin_token}"}
     assert httpx.post(url, json={"records": []}, headers=admin).status_code == 401
+
+
+def _decisions(count: int, prefix: str) -> list[dict]:
+    return [{"kind": "decision", "at": datetime.now(UTC).isoformat(), "request_id": f"{prefix}-{uuid.uuid4()}",
+             "decision": "allowed", "user_email": "ada@example.com", "model": "gpt-4o-mini"} for _ in range(count)]
+
+
+def test_concurrent_ingests_append_one_chain(gateway: Gateway) -> None:
+    # Two gateway replicas ship at once: each batch holds the chain's lock until it commits, so seq
+    # never repeats and the chain stays whole.
+    url = f"{gateway.info.api_url}/api/v1/audit/ingest"
+    token = (gateway.stack.data_dir / "secrets" / "ingest_token").read_text().strip()
+    batches = [_decisions(50, "concurrent") for _ in range(16)]
+    start = threading.Barrier(len(batches))
+    statuses: list[int] = []
+
+    def ship(lines: list[dict]) -> None:
+        with httpx.Client(timeout=60) as client:
+            start.wait()
+            statuses.append(client.post(url, json={"records": lines},
+                                        headers={"Authorization": f"Bearer {token}"}).status_code)
+
+    threads = [threading.Thread(target=ship, args=(batch,)) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert statuses == [200] * len(batches)
+    ids = [line["request_id"] for batch in batches for line in batch]
+    rows = sql(gateway, "SELECT request_id FROM request_records WHERE request_id = ANY($1::text[])", ids)
+    assert len(rows) == len({row["request_id"] for row in rows}) == len(ids)
+    assert sql(gateway, "SELECT seq FROM request_records GROUP BY seq HAVING count(*) > 1") == []
+    result = verify(gateway)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_batch_that_fails_midway_stores_nothing(gateway: Gateway) -> None:
+    # The route hands the ingestor a connection that is not in a transaction yet; a failure after the
+    # records are written (here: signing the outcomes' head) must leave none of them behind.
+    from controlplane.audit import chain, signing
+    from controlplane.audit.ingest import IngestBatch, Ingestor
+
+    class FailsOnOutcomes(signing.Signer):
+        def checkpoint(self, chain_name: str, seq: int, digest: bytes) -> tuple[str, int, bytes, str, bytes]:
+            if chain_name == chain.OUTCOMES:
+                raise RuntimeError("the disk went away")
+            return super().checkpoint(chain_name, seq, digest)
+
+    lines = _decisions(5, "midway")
+    lines.append({"kind": "outcome", "at": datetime.now(UTC).isoformat(), "request_id": lines[0]["request_id"],
+                  "status": 200, "decided": True})
+    batch = IngestBatch.model_validate({"records": lines})
+    key = (gateway.stack.data_dir / "secrets" / "audit_signing_key").read_text().strip()
+
+    async def ingest() -> None:
+        previous = signing._installed
+        signing.install(FailsOnOutcomes(key))
+        connection = await asyncpg.connect(gateway.info.database_url)
+        try:
+            await Ingestor().ingest(connection, batch)
+        finally:
+            await connection.close()
+            signing._installed = previous
+
+    with pytest.raises(RuntimeError, match="the disk went away"):
+        asyncio.run(ingest())
+    ids = [line["request_id"] for line in lines]
+    assert sql(gateway, "SELECT request_id FROM request_records WHERE request_id = ANY($1::text[])", ids) == []
+
+
+@pytest.mark.parametrize("role", ["keyward_app", "postgres"])
+def test_the_embedded_database_wants_a_password_even_on_its_socket(gateway: Gateway, role: str) -> None:
+    # Without it, any local user could log in as the owner and rewrite history.
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(gateway.info.database_url)
+    passwordless = urlunsplit(parts._replace(netloc=f"{role}@{parts.netloc.rpartition('@')[2]}"))
+
+    async def connect() -> None:
+        connection = await asyncpg.connect(passwordless)
+        await connection.close()
+
+    with pytest.raises((asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)):
+        asyncio.run(connect())

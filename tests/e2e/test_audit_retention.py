@@ -120,8 +120,10 @@ def test_retention_exports_pins_records_and_drops(audit_db: str, tmp_path: Path)
     assert "request_records seq 12" in broken.stdout
 
 
-def test_the_application_role_cannot_apply_retention(audit_db: str, tmp_path: Path) -> None:
-    app_url = urlunsplit(urlsplit(audit_db)._replace(netloc="keyward_app@" + urlsplit(audit_db).netloc.split("@")[-1]))
+def test_the_application_role_cannot_apply_retention(audit_db: str, tmp_path: Path, gateway: Gateway) -> None:
+    # The application's own login (its password included), on the retention test's database.
+    app = urlsplit(gateway.info.database_url)
+    app_url = urlunsplit(urlsplit(audit_db)._replace(netloc=app.netloc))
     asyncio.run(_run(audit_db, "SELECT keyward_ensure_audit_partition('2024-06-01')"))
     result = _cli("retention", "--keep-months", "1", "--export-dir", str(tmp_path), "--database-url", app_url)
     assert result.returncode != 0

@@ -89,6 +89,7 @@ MATRIX: dict[str, frozenset[str]] = {
     "GET /api/v1/audit/requests": AUDIT,
     "GET /api/v1/audit/events": AUDIT,
     "GET /api/v1/audit/users/{user_id}/activity": AUDIT,
+    "GET /api/v1/audit/public-key": AUDIT,
     "POST /api/v1/scim-connections": ADMIN_ONLY,
     "GET /api/v1/scim-connections": AUDIT,
     "POST /api/v1/scim-connections/{connection_id}/credentials": ADMIN_ONLY,
@@ -259,6 +260,7 @@ REQUESTS: dict[str, Recipe] = {
     "GET /api/v1/audit/events": lambda w, s: Call("GET", "/audit/events", params={"limit": 5}),
     "GET /api/v1/audit/users/{user_id}/activity": lambda w, s: Call(
         "GET", f"/audit/users/{w.sides[s].member['id']}/activity"),
+    "GET /api/v1/audit/public-key": lambda w, s: Call("GET", "/audit/public-key"),
     "POST /api/v1/scim-connections": lambda w, s: Call("POST", "/scim-connections",
                                                        json={"name": _unique("roles"), "idp": "okta"}),
     "GET /api/v1/scim-connections": lambda w, s: Call("GET", "/scim-connections", params={"limit": 5}),

@@ -9,6 +9,7 @@ half-way.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -23,7 +24,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
 import pytest
 import yaml
@@ -510,5 +513,46 @@ def test_a_failed_start_stops_what_it_had_started() -> None:
         assert {"postgres", "mock-provider", "controlplane", "authz"} <= set(started)
         assert not _survivors(set(started.values()))
         assert list((data_dir / "run").glob("*.pid")) == []
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_a_database_an_earlier_version_left_trusting_is_moved_to_passwords() -> None:
+    # Earlier runners created the cluster with "trust": any local user could log in as the owner.
+    from controlplane.stack.embedded_pg import _bin, _system_user
+
+    data_dir = Path(tempfile.mkdtemp(prefix="keyward-e2e-trust-"))
+    pgdata = data_dir / "pgdata"
+    try:
+        pgdata.mkdir()
+        user = _system_user() if os.geteuid() == 0 else None
+        if user is not None:
+            for path in (data_dir, pgdata):
+                os.chown(path, user.pw_uid, user.pw_gid)
+            data_dir.chmod(0o755)
+        subprocess.run([_bin("initdb"), "-D", str(pgdata), "--auth=trust", "-U", "postgres"], check=True,
+                       capture_output=True, user=user.pw_uid if user else None, group=user.pw_gid if user else None)
+        settings = StackSettings(
+            data_dir=data_dir, gateway_port=free_port(), api_port=free_port(), mock_port=free_port(),
+            admin_token=None, openai_api_key=None, anthropic_api_key=None, database_url=None,
+        )
+        stack = Stack(settings=settings, report=lambda _message: None)
+        info = stack.start(timeout=90)
+        try:
+            assert "trust" not in (pgdata / "pg_hba.conf").read_text().split("#", 1)[-1].split()
+            gateway = Gateway(stack, info)
+            assert gateway.admin.get("/users").status_code == 200  # the services log in with passwords
+            gateway.close()
+            parts = urlsplit(info.owner_database_url)
+            passwordless = urlunsplit(parts._replace(netloc=f"postgres@{parts.netloc.rpartition('@')[2]}"))
+
+            async def connect() -> None:
+                connection = await asyncpg.connect(passwordless)
+                await connection.close()
+
+            with pytest.raises((asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError)):
+                asyncio.run(connect())
+        finally:
+            stack.stop()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)

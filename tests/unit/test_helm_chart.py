@@ -284,7 +284,7 @@ def test_authz_sidecar_wiring() -> None:
     assert "KEYWARD_AUTHZ_METRICS_PORT" in authz
     for needed in ("KEYWARD_AUDIT_SPOOL_DIR", "KEYWARD_INGEST_URL", "keyward.ingestTokenEnv", "name: audit-spool"):
         assert needed in authz, needed
-    assert "KEYWARD_ADMIN_TOKEN" not in authz
+    assert "KEYWARD_ADMIN_TOKEN" not in authz and "auditSigningKey" not in authz
     deployment = _templates()["gateway-deployment.yaml"]
     assert re.search(r"- name: sockets\n\s+emptyDir:", deployment)
 
@@ -294,7 +294,7 @@ def test_controlplane_and_migrations() -> None:
     controlplane = templates["controlplane-deployment.yaml"]
     for needed in ("--factory", "controlplane.main:create_app", "KEYWARD_ADMIN_TOKEN", "KEYWARD_ENVIRONMENT",
                    "path: /livez", "path: /readyz", "keyward.databaseEnv", "keyward.tokenHashKeyEnv",
-                   "keyward.ingestTokenEnv"):
+                   "keyward.ingestTokenEnv", "keyward.auditSigningKeyEnv"):
         assert needed in controlplane, needed
     assert VALUES["keyward"]["environment"] == "production"
     job = templates["migration-job.yaml"]
@@ -304,6 +304,23 @@ def test_controlplane_and_migrations() -> None:
     assert "tokenHashKeyEnv" not in job and "KEYWARD_ADMIN_TOKEN" not in job and "ingestTokenEnv" not in job
     # The URL Secret the Job reads must exist before it: a hook with a lower weight.
     assert '"helm.sh/hook-weight": "-10"' in templates["secret-database.yaml"]
+
+
+def test_controlplane_gets_every_required_setting() -> None:
+    """A setting without a default that the chart does not pass is a control plane that never starts."""
+    from controlplane.core.config import Settings
+
+    helpers = _templates()["_helpers.tpl"]
+    controlplane = _templates()["controlplane-deployment.yaml"]
+    for include in re.findall(r'include "(keyward\.\w+Env)"', controlplane):
+        controlplane += _define(include)
+    assert "DATABASE_URL" in helpers
+    for name, field in Settings.model_fields.items():
+        if field.is_required():
+            env = field.validation_alias if isinstance(field.validation_alias, str) else f"KEYWARD_{name.upper()}"
+            assert f"name: {env}\n" in controlplane, env
+    keys = _templates()["secret-keys.yaml"]
+    assert "auditSigningKeyKey }}: {{ default (randBytes 32) $signingKey" in keys
 
 
 def test_secrets_only_made_without_an_existing_one() -> None:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from controlplane import errors, schemas
 from controlplane.api.deps import Auditor, Cursor, IngestCaller, Limit, SessionDep
-from controlplane.audit import exports, queries
+from controlplane.audit import exports, queries, signing
 from controlplane.audit.ingest import INGEST_REQUEST_BODY, Ingestor, IngestResult, parse_body
 from controlplane.errors import Code, Unreadable
 from controlplane.services import users
@@ -126,3 +126,9 @@ async def user_activity(user_id: uuid.UUID, session: SessionDep, _caller: Audito
     disabled? For a correctly revoked user the count is zero, and the answer names the evidence."""
     user = await users.get_user(session, user_id=user_id)
     return {"user": user, **await queries.user_activity(session, user_id)}
+
+
+@router.get("/public-key", response_model=schemas.AuditPublicKey, responses=errors.responses(403))
+async def public_key(_caller: Auditor) -> schemas.AuditPublicKey:
+    """The key that verifies every signed chain head: give it to whoever verifies an export or the store."""
+    return schemas.AuditPublicKey(public_key=signing.current().public_key)

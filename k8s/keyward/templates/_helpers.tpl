@@ -160,6 +160,15 @@ so TLS is set with libpq's environment variables, which asyncpg reads in both.
 {{- printf "http://%s-controlplane.%s.svc:%d/api/v1/audit/ingest" (include "keyward.fullname" .) .Release.Namespace (int64 .Values.controlplane.service.port) }}
 {{- end }}
 
+{{/* Signs every audit chain head (control plane only; the database never holds it). */}}
+{{- define "keyward.auditSigningKeyEnv" -}}
+- name: KEYWARD_AUDIT_SIGNING_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "keyward.appSecretName" . }}
+      key: {{ .Values.keyward.auditSigningKeyKey }}
+{{- end }}
+
 {{- define "keyward.tokenHashKeyEnv" -}}
 - name: KEYWARD_TOKEN_HASH_KEY
   valueFrom:
