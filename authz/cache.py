@@ -18,13 +18,18 @@ Invariants:
   the cache knows by id takes it out too. A revoked token known only from the snapshot has no id
   here, so if its row is deleted it stays "revoked" (still refused) until the next snapshot;
 * records share compiled catalogs and profiles through an :class:`Interner` that lives exactly as
-  long as one snapshot, so a catalog or profile no token uses any more goes with the next reload.
+  long as one snapshot, so a catalog or profile no token uses any more goes with the next reload;
+* the cache knows how old its news may be (:meth:`TokenCache.stale`): past ``fresh_until``, set by
+  the listener from its last proof that Postgres was answering, nothing is allowed, because a
+  revocation made since may not have arrived.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
+import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -174,12 +179,19 @@ class TokenCache:
     """``hash → record`` for the hot path, with a ``token id → hash`` index for NOTIFY updates and the
     set of revoked tokens' keys, asked only when a hash has no record."""
 
-    __slots__ = ("_by_hash", "_hash_by_id", "_revoked")
+    __slots__ = ("_by_hash", "_hash_by_id", "_revoked", "fresh_until")
 
     def __init__(self) -> None:
         self._by_hash: dict[str, TokenRecord] = {}
         self._hash_by_id: dict[str, str] = {}
         self._revoked: set[bytes] = set()
+        #: ``time.monotonic()`` past which the cache may be missing changes (its listener has not
+        #: heard from Postgres since): :meth:`stale`. Kept current by the listener's heartbeat.
+        self.fresh_until = math.inf
+
+    def stale(self) -> bool:
+        """Whether the cache may no longer match Postgres: nothing it allows can be trusted then."""
+        return time.monotonic() > self.fresh_until
 
     def __len__(self) -> int:
         return len(self._by_hash)

@@ -9,7 +9,7 @@ variables in the environment are not looked at.
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from authz.tokens import check_hash_key
@@ -56,6 +56,12 @@ class AuthzSettings(BaseSettings):
     last_used_flush_seconds: float = Field(default=2.0, gt=0, le=60)
     #: How often the listener proves its connection is alive when no NOTIFY arrives.
     listener_keepalive_seconds: float = Field(default=5.0, gt=0, le=300)
+    #: How long authz keeps allowing requests from its cache after it last heard from Postgres. Past
+    #: this it answers 503 ``policy_stale``: a replica that cannot hear revocations must not go on
+    #: allowing what may have been revoked. The control plane waits for a silent replica this long
+    #: (plus a margin) before its revocations stop counting on it. Longer rides out longer database
+    #: outages (a failover) at the price of a longer "revocation unconfirmed" window.
+    max_staleness_seconds: float = Field(default=15.0, ge=2, le=3600)
     #: Directory of the audit spool (decision and outcome lines waiting to be shipped).
     audit_spool_dir: str
     #: Envoy's audit log (one JSON line per finished request), which authz reads into the spool.
@@ -87,6 +93,12 @@ class AuthzSettings(BaseSettings):
     #: Port for Prometheus metrics on 127.0.0.1; 0 turns the endpoint off.
     authz_metrics_port: int = Field(default=0, ge=0, le=65535)
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _staleness_outlasts_the_keepalive(self) -> AuthzSettings:
+        if self.max_staleness_seconds <= self.listener_keepalive_seconds:
+            raise ValueError("KEYWARD_MAX_STALENESS_SECONDS must be longer than KEYWARD_LISTENER_KEEPALIVE_SECONDS")
+        return self
 
     @field_validator("token_hash_key")
     @classmethod

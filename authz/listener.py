@@ -33,7 +33,6 @@ import asyncio
 import os
 import socket
 import time
-import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
@@ -51,14 +50,11 @@ ACKS_CHANNEL = "keyward_acks"
 #: How often the replica's row is refreshed (the control plane counts a replica alive for a few beats).
 HEARTBEAT_SECONDS = 1.0
 _HEARTBEAT_SQL = """
-    INSERT INTO authz_replicas (id, host, pid, started_at, seen_at) VALUES ($1, $2, $3, $4, now())
-    ON CONFLICT (id) DO UPDATE SET seen_at = now()
+    INSERT INTO authz_replicas (id, host, pid, started_at, seen_at, stale_after_seconds, loaded_at)
+    VALUES ($1, $2, $3, $4, now(), $5, $6)
+    ON CONFLICT (id) DO UPDATE SET host = EXCLUDED.host, pid = EXCLUDED.pid, started_at = EXCLUDED.started_at,
+        seen_at = now(), stale_after_seconds = EXCLUDED.stale_after_seconds, loaded_at = EXCLUDED.loaded_at
 """
-
-
-def replica_id() -> str:
-    """This process's name among the replicas: host, pid and a random part (pids are reused)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 class ChangeListener:
@@ -70,11 +66,17 @@ class ChangeListener:
         dsn: str,
         channel: str,
         cache: TokenCache,
+        replica: str,
+        max_staleness_seconds: float,
         keepalive_seconds: float = 5.0,
         max_backoff_seconds: float = 2.0,
-        replica: str | None = None,
     ) -> None:
-        self.replica = replica or replica_id()
+        #: This process's name among the replicas (:func:`authz.process.claim_spool`).
+        self.replica = replica
+        #: How long the cache may answer after the last proof that Postgres was answering.
+        self._max_staleness = max_staleness_seconds
+        #: Postgres's clock when the current snapshot began: changes committed before it are in it.
+        self._loaded_at: datetime | None = None
         self._started_at = datetime.now(UTC)
         self._dsn = dsn
         self._channel = channel
@@ -125,7 +127,9 @@ class ChangeListener:
     async def _reload(self, connection: asyncpg.Connection) -> int:
         """Replace the whole cache with a fresh snapshot; returns the number of live tokens loaded."""
         interner = Interner()
+        loaded_at = await connection.fetchval("SELECT now()")
         snapshot = await load_snapshot(connection, interner)
+        self._loaded_at = loaded_at
         self._cache.replace_all(snapshot.records, snapshot.revoked)
         SNAPSHOT_REVOKED.set(len(snapshot.revoked))
         # The old interner goes with the old records: catalogs no token uses any more are freed.
@@ -134,10 +138,17 @@ class ChangeListener:
 
     async def _heartbeat(self, connection: asyncpg.Connection) -> None:
         """Refresh this replica's row; it also proves the connection still answers (a silent death is
-        noticed within the keepalive)."""
+        noticed within the keepalive), and so keeps the cache fresh for ``max_staleness`` more.
+
+        Measured from before the beat is sent, so the cache turns stale no later than the control plane's
+        ``seen_at + stale_after_seconds``: by the time a revocation stops waiting for a silent replica,
+        that replica already refuses everything."""
+        sent = time.monotonic()
         await asyncio.wait_for(connection.execute(_HEARTBEAT_SQL, self.replica, socket.gethostname(), os.getpid(),
-                                                  self._started_at), timeout=self._keepalive)
-        self._beat = time.monotonic()
+                                                  self._started_at, self._max_staleness, self._loaded_at),
+                               timeout=self._keepalive)
+        self._beat = sent
+        self._cache.fresh_until = sent + self._max_staleness
 
     async def _apply_queued(self, connection: asyncpg.Connection) -> None:
         payloads = []

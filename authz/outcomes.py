@@ -31,6 +31,7 @@ class Outcome(enum.Enum):
     NOT_A_MEMBER = "not_a_member"
     TEAM_HAS_NO_PROFILE = "team_has_no_profile"
     AUDIT_UNAVAILABLE = "audit_unavailable"
+    POLICY_STALE = "policy_stale"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +145,14 @@ DENIALS: dict[Outcome, Denial] = {
         "api_error",
         "api_error",
         "The gateway cannot record this request, so it does not serve it. Try again shortly.",
+    ),
+    Outcome.POLICY_STALE: Denial(
+        503,
+        _UNAVAILABLE,
+        "api_error",
+        "api_error",
+        "The gateway has lost contact with its policy store and cannot confirm that this API key is "
+        "still valid, so it does not serve it. Try again shortly.",
     ),
 }
 

@@ -73,6 +73,10 @@ class Pipeline:
             return Decision(Outcome.ROUTE_UNKNOWN, api, record)
         decision = self._check_model(request, endpoint, path_model, record)
         if decision.allowed:
+            if self._cache.stale():
+                # A revocation this replica cannot hear may have happened: allow nothing on old news.
+                decision.outcome = Outcome.POLICY_STALE
+                return decision
             self._usage.touch(record.token_id, now)
         return decision
 

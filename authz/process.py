@@ -26,7 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import hashlib
+import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -164,8 +168,38 @@ async def _stop_background(started: _Background, *, tracker: LastUsedTracker, li
     await started.client.aclose()
 
 
+class SpoolInUse(RuntimeError):
+    pass
+
+
+def claim_spool(directory: Path) -> tuple[int, str]:
+    """Make this process the only authz using ``directory`` (an exclusive lock held for its lifetime)
+    and return the lock's descriptor and this replica's id, which follows from it: the host and the
+    spool. Two processes appending to one spool would interleave records, and one that restarts
+    takes over its predecessor's place among the replicas instead of leaving a ghost that revocations
+    wait for."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(directory / ".authz.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SpoolInUse(f"another authz process is using the audit spool {directory}") from None
+    where = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:8]
+    return fd, f"{socket.gethostname()}:{where}"
+
+
 def serve(settings: AuthzSettings, stop: threading.Event) -> None:
     """Run until ``stop`` is set (SIGTERM or SIGINT in :func:`main`), then shut down in order."""
+    spool_dir = Path(settings.audit_spool_dir)
+    claim, replica = claim_spool(spool_dir)
+    try:
+        _serve(settings, stop, Spool(spool_dir), replica)
+    finally:
+        os.close(claim)
+
+
+def _serve(settings: AuthzSettings, stop: threading.Event, spool: Spool, replica: str) -> None:
     cache = TokenCache()
     tracker = LastUsedTracker()
     listener = ChangeListener(
@@ -173,9 +207,10 @@ def serve(settings: AuthzSettings, stop: threading.Event) -> None:
         channel=settings.notify_channel,
         cache=cache,
         keepalive_seconds=settings.listener_keepalive_seconds,
+        max_staleness_seconds=settings.max_staleness_seconds,
+        replica=replica,
     )
     pipeline = Pipeline(cache=cache, hash_key=settings.hash_key, usage=tracker)
-    spool = Spool(Path(settings.audit_spool_dir))
 
     in_flight = InFlight(settings.envoy_authz_timeout_seconds)
     server, health_servicer = build_server(pipeline, listener.ready, AuditEmitter(spool, late=in_flight.moot),
@@ -235,7 +270,11 @@ def main() -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda _signum, _frame: stop.set())
-    serve(settings, stop)
+    try:
+        serve(settings, stop)
+    except SpoolInUse as exc:
+        log.error("authz.spool_in_use", error=str(exc))
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

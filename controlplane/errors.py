@@ -199,8 +199,9 @@ def responses(*statuses: int, body: bool = False) -> dict[int | str, dict[str, A
     return documented
 
 
-#: Seconds a client is asked to wait when the database is unavailable.
-RETRY_AFTER_SECONDS = 2
+#: Seconds a client is asked to wait when the database is unavailable: the least the header can say,
+#: because the audit shipper honours it, and recovery must not wait on a long hint.
+RETRY_AFTER_SECONDS = 1
 #: SQLSTATEs of a database that is away, not of a bad request: connection exceptions (class 08),
 #: shutting down or not yet accepting connections (57P01-57P03), too many connections (53300).
 _UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")

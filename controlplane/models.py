@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ARRAY, BigInteger, DateTime, ForeignKey, Integer, LargeBinary, Numeric, String, Text, func
+from sqlalchemy import ARRAY, BigInteger, DateTime, Float, ForeignKey, Integer, LargeBinary, Numeric, String, Text, func
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -212,7 +212,7 @@ class SignIn(Base):
 
 
 class AuthzReplica(Base):
-    """A running authz process, kept fresh by its heartbeat (see migration 0007)."""
+    """A running authz process, kept fresh by its heartbeat (see migrations 0007 and 0008)."""
 
     __tablename__ = "authz_replicas"
 
@@ -221,3 +221,7 @@ class AuthzReplica(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: How long the replica answers from its cache after its last heartbeat (migration 0008).
+    stale_after_seconds: Mapped[float] = mapped_column(Float)
+    #: Postgres's clock when its current snapshot began.
+    loaded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -17,14 +17,12 @@ use. A writer with no signer installed fails loudly rather than leave an unsigne
 
 from __future__ import annotations
 
-import base64
-import binascii
-
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from controlplane.audit import chain
+from controlplane.core.keys import decode_key, encode_key
 
 #: What a signature covers, besides the chain, seq and hash: the purpose, so a signature made for
 #: anything else can never pass as a checkpoint's.
@@ -35,35 +33,15 @@ def message(chain_name: str, seq: int, digest: bytes) -> bytes:
     return chain.ENCODE([_PURPOSE, chain_name, seq, bytes(digest).hex()]).encode()
 
 
-def _decode(value: str, what: str) -> bytes:
-    try:
-        raw = base64.urlsafe_b64decode(value.strip() + "=" * (-len(value.strip()) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(f"{what} must be base64 (url-safe alphabet)") from exc
-    if len(raw) != 32:
-        raise ValueError(f"{what} must be 32 bytes, base64-encoded")
-    return raw
-
-
-def encode(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
 def new_private_key() -> str:
     """A fresh signing key, as the setting takes it."""
-    return encode(Ed25519PrivateKey.generate().private_bytes_raw())
-
-
-def check_private_key(value: str) -> str:
-    """Validate ``KEYWARD_AUDIT_SIGNING_KEY`` (an Ed25519 seed, 32 bytes, base64)."""
-    _decode(value, "KEYWARD_AUDIT_SIGNING_KEY")
-    return value
+    return encode_key(Ed25519PrivateKey.generate().private_bytes_raw())
 
 
 class Signer:
     def __init__(self, private_key: str) -> None:
-        self._key = Ed25519PrivateKey.from_private_bytes(_decode(private_key, "the audit signing key"))
-        self.public_key = encode(self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+        self._key = Ed25519PrivateKey.from_private_bytes(decode_key(private_key, "the audit signing key"))
+        self.public_key = encode_key(self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
 
     def sign(self, chain_name: str, seq: int, digest: bytes) -> bytes:
         return self._key.sign(message(chain_name, seq, digest))
@@ -75,7 +53,7 @@ class Signer:
 
 class Verifier:
     def __init__(self, public_key: str) -> None:
-        self._key = Ed25519PublicKey.from_public_bytes(_decode(public_key, "the audit public key"))
+        self._key = Ed25519PublicKey.from_public_bytes(decode_key(public_key, "the audit public key"))
 
     def valid(self, chain_name: str, seq: int, digest: bytes, signature: bytes) -> bool:
         try:

@@ -173,11 +173,16 @@ def show_page(page: dict[str, Any], columns: Columns, as_json: bool, noun: str) 
 
 
 def done(as_json: bool, document: Any, message: str) -> None:
-    """The outcome of an action: the JSON document, or one line for a human."""
+    """The outcome of an action: the JSON document, or one line for a human. A revocation that not
+    every gateway replica has confirmed yet says so on stderr, in both modes."""
     if as_json:
         print_json(document)
     else:
         say(message)
+    revocation = document.get("revocation") if isinstance(document, dict) else None
+    if isinstance(revocation, dict) and revocation.get("applied") is False:
+        note("warning: not yet confirmed by gateway replica(s) " + ", ".join(revocation.get("unconfirmed") or [])
+             + f" after {revocation.get('waited_ms')} ms; they may accept the revoked token(s) until they apply it")
 
 
 def show_secret(issued: Row, as_json: bool, quiet: bool, summary: Callable[[], str], *,

@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Shared with authz, which must not import control-plane code: one definition of each rule.
 from authz.config import sqlalchemy_url
 from authz.tokens import check_hash_key
-from controlplane.audit.signing import check_private_key
+from controlplane.core.keys import check_private_key
 
 
 class OidcSettings(BaseModel):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,7 +27,7 @@ from typing import Any
 
 import asyncpg
 import structlog
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authz.config import asyncpg_dsn
@@ -40,10 +40,14 @@ log = structlog.get_logger("controlplane.revocation")
 
 CHANGES_CHANNEL = "keyward_changes"
 ACKS_CHANNEL = "keyward_acks"
-#: A replica that beat within this is waited for (it beats about every second). Generous on purpose: a
-#: replica whose listener lost its connection may still answer Checks from its cache, so it must show
-#: as unconfirmed rather than be forgotten. One that stopped cleanly has left the table.
-LIVE_WITHIN = timedelta(seconds=10)
+#: A replica is waited for while it may still be allowing requests: until its last heartbeat plus its
+#: own staleness bound (``stale_after_seconds``; past it the replica refuses everything), plus this
+#: margin. A replica that lost Postgres therefore shows as unconfirmed rather than being forgotten
+#: while it can still serve. One that stopped cleanly has left the table.
+MARGIN_SECONDS = 2.0
+#: While waiting, how often the replicas' rows are read again: one that stopped cleanly is no longer
+#: waited for, and one whose snapshot began after the commit has the change, ack or not.
+POLL_SECONDS = 0.25
 
 
 @dataclass
@@ -139,25 +143,41 @@ class AckListener:
     def forget(self, ack_id: str) -> None:
         self._pending.pop(ack_id, None)
 
-    async def wait(self, ack_id: str, replicas: set[str], within: float) -> Confirmation:
+    async def wait(self, ack_id: str, replicas: set[str], within: float,
+                   recheck: Callable[[set[str]], Awaitable[dict[str, datetime | None]]] | None = None,
+                   ) -> Confirmation:
+        """Wait until every replica in ``replicas`` has confirmed ``ack_id``, for at most ``within``
+        seconds. ``recheck(missing)`` returns, for each missing replica that still has a row, a time
+        at which it is known to have the change (its snapshot began after the commit) or None: a
+        replica without a row stopped cleanly and is not waited for any more."""
         pending = self._pending[ack_id]
         started = time.monotonic()
         deadline = started + within
+        needed = set(replicas)
         # Acks arrive through a callback on this same event loop, so nothing lands between a check
         # and the clear that follows it.
-        while not replicas <= set(pending.acks):
+        while not needed <= set(pending.acks):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             pending.arrived.clear()
             try:
-                await asyncio.wait_for(pending.arrived.wait(), timeout=remaining)
+                await asyncio.wait_for(pending.arrived.wait(),
+                                       timeout=remaining if recheck is None else min(remaining, POLL_SECONDS))
             except TimeoutError:
-                break
+                if recheck is None:
+                    break
+                missing = needed - set(pending.acks)
+                found = await recheck(missing)
+                needed -= missing - set(found)
+                for replica, loaded in found.items():
+                    if loaded is not None:
+                        pending.acks.setdefault(replica, loaded)
         waited = int((time.monotonic() - started) * 1000)
-        confirmed = {replica: at for replica, at in pending.acks.items() if replica in replicas}
-        missing = sorted(replicas - set(confirmed))
-        return Confirmation(applied=not missing, confirmed=confirmed, unconfirmed=missing, waited_ms=waited)
+        confirmed = {replica: at for replica, at in pending.acks.items() if replica in needed}
+        missing_now = sorted(needed - set(confirmed))
+        return Confirmation(applied=not missing_now, confirmed=confirmed, unconfirmed=missing_now,
+                            waited_ms=waited)
 
 
 _listener: AckListener | None = None
@@ -170,9 +190,24 @@ def listener() -> AckListener:
     return _listener
 
 
-async def live_replicas(session: AsyncSession) -> set[str]:
-    cutoff = datetime.now(UTC) - LIVE_WITHIN
-    return set((await session.scalars(select(AuthzReplica.id).where(AuthzReplica.seen_at > cutoff))).all())
+async def live_replicas(session: AsyncSession) -> tuple[set[str], datetime]:
+    """The replicas that may still be allowing requests, and Postgres's clock now (after the commit
+    that is being confirmed, so a snapshot that began later has it). Both by Postgres's clock alone."""
+    now = (await session.execute(text("SELECT now()"))).scalar_one()
+    may_serve = AuthzReplica.seen_at + func.make_interval(
+        0, 0, 0, 0, 0, 0, AuthzReplica.stale_after_seconds + MARGIN_SECONDS) > now
+    return set((await session.scalars(select(AuthzReplica.id).where(may_serve))).all()), now
+
+
+def _recheck(committed_at: datetime) -> Callable[[set[str]], Awaitable[dict[str, datetime | None]]]:
+    async def recheck(missing: set[str]) -> dict[str, datetime | None]:
+        async with get_sessionmaker()() as session:
+            rows = (await session.execute(select(AuthzReplica.id, AuthzReplica.loaded_at)
+                                          .where(AuthzReplica.id.in_(missing)))).all()
+        return {replica: loaded if loaded is not None and loaded > committed_at else None
+                for replica, loaded in rows}
+
+    return recheck
 
 
 @dataclass
@@ -213,8 +248,9 @@ async def revoking(*, actor: Actor, target_type: str, target_id: str) -> AsyncIt
         if not state.needed:
             return
         async with get_sessionmaker()() as session:
-            replicas = await live_replicas(session)
-        state.confirmation = await acks.wait(ack_id, replicas, get_settings().revocation_wait_seconds)
+            replicas, committed_at = await live_replicas(session)
+        state.confirmation = await acks.wait(ack_id, replicas, get_settings().revocation_wait_seconds,
+                                             _recheck(committed_at))
     finally:
         acks.forget(ack_id)
     async with get_sessionmaker()() as session, session.begin():

@@ -30,7 +30,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -423,7 +423,8 @@ class Stack:
         self._note(f"stack up: {', '.join(f'{n} pid {self._pid(n)}' for n in self.services)}")
         return self.info
 
-    def _gateway_pair(self, suffix: str, gateway_port: int, authz_address: str, admin_address: str) -> GatewayPair:
+    def _gateway_pair(self, suffix: str, gateway_port: int, authz_address: str, admin_address: str,
+                      authz_env: Mapping[str, str] | None = None) -> GatewayPair:
         """Add an authz and the Envoy it decides for (not started): one gateway replica. The stack's own
         has no suffix; :meth:`add_gateway` adds more, with their own sockets, spool and logs, sharing
         the database, the control plane and the provider keys."""
@@ -441,6 +442,7 @@ class Stack:
             "KEYWARD_AUDIT_SPOOL_DIR": str(self.data_dir / f"spool{tag}"),
             "KEYWARD_ENVOY_AUDIT_LOG": str(pair.audit_log),
             "KEYWARD_ENVOY_CONTROL": pair.control_address,
+            **(authz_env or {}),
         })
         layout = GatewayLayout(
             gateway_port=gateway_port,
@@ -479,13 +481,15 @@ class Stack:
         self.pairs[suffix] = pair
         return pair
 
-    def add_gateway(self, suffix: str, timeout: float = 60) -> GatewayPair:
+    def add_gateway(self, suffix: str, timeout: float = 60, authz_env: Mapping[str, str] | None = None
+                    ) -> GatewayPair:
         """Start another gateway replica (authz + Envoy on a port of its own) against this stack's
-        database and control plane, supervised like the rest; :meth:`stop` stops it first."""
+        database and control plane, supervised like the rest; :meth:`stop` stops it first.
+        ``authz_env`` overrides its authz's settings (another ``DATABASE_URL``, other bounds)."""
         if not suffix or suffix in self.pairs:
             raise StackError(f"gateway {suffix!r} exists")
         pair = self._gateway_pair(suffix, _free_port(), f"unix:{self.data_dir / f'authz-{suffix}.sock'}",
-                                  f"unix:{self.run_dir / f'envoy-admin-{suffix}.sock'}")
+                                  f"unix:{self.run_dir / f'envoy-admin-{suffix}.sock'}", authz_env)
         deadline = time.monotonic() + timeout
         for name in (pair.authz, pair.envoy):
             self.services[name].start()
@@ -493,6 +497,12 @@ class Stack:
             if self._supervisor is not None:
                 self._supervisor.watch(self.services[name])
         return pair
+
+    def remove_gateway(self, suffix: str) -> None:
+        """Stop a replica :meth:`add_gateway` started (Envoy, then its authz) and forget it."""
+        pair = self.pairs.pop(suffix)
+        for name in (pair.envoy, pair.authz):
+            self.services[name].stop()
 
     def _add(self, name: str, argv: list[str], env: dict[str, str], *, stop_signal: int = signal.SIGTERM,
              death_signal: int = signal.SIGTERM, stop_timeout: float = 10, user: int | None = None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -112,6 +113,23 @@ def test_rotate_then_revoke(gateway: Gateway) -> None:
                               "--limit", "1", "--all", "--json"))
     assert [(t["id"], t["revoke_reason"]) for t in listed["items"]] == [(minted.id, None), (new["id"], "laptop lost")]
     assert listed["next_cursor"] is None and all("token" not in t for t in listed["items"])
+
+
+def test_a_revocation_no_replica_confirmed_says_so(gateway: Gateway) -> None:
+    minted = gateway.mint()
+    authz = gateway.stack.services["authz"].process
+    assert authz is not None
+    os.kill(authz.pid, signal.SIGSTOP)  # alive, beating a moment ago, applying nothing
+    try:
+        result = keyward(gateway, "tokens", "revoke", minted.id)
+    finally:
+        os.kill(authz.pid, signal.SIGCONT)
+    said = ok(result)
+    assert "Revoked" in said and "warning" not in said  # stdout keeps the result alone
+    assert result.stderr.startswith("warning: not yet confirmed by gateway replica(s) "), result.stderr
+    gateway.wait_until(lambda: refused(gateway, minted.secret), what="the revoked token to be refused")
+    again = keyward(gateway, "tokens", "revoke", gateway.mint().id, "--json")
+    assert document(again)["revocation"]["applied"] is True and again.stderr == ""
 
 
 def test_dormant_report(gateway: Gateway) -> None:

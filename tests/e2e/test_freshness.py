@@ -155,3 +155,20 @@ def test_authz_down_fails_closed_with_503(gateway: Gateway) -> None:
     finally:
         gateway.stack.restart("authz")
     assert gateway.status_of(minted.secret) == 200
+
+
+def test_a_killed_authz_leaves_no_ghost_for_revocations_to_wait_for(gateway: Gateway) -> None:
+    # The restarted process is the same replica (its id follows from its spool), and its snapshot
+    # began after the revocation: confirmed at once, not "unconfirmed" until the dead one times out.
+    before = {row["id"] for row in sql(gateway, "SELECT id FROM authz_replicas")}
+    minted, revoked_while_down = gateway.mint(), gateway.mint()
+    gateway.stack.services["authz"].stop(signal.SIGKILL)
+    try:
+        answer = gateway.revoke(revoked_while_down.id)["revocation"]
+        assert answer["applied"] is False and len(answer["unconfirmed"]) == 1  # nobody applied it: said so
+    finally:
+        gateway.stack.restart("authz")
+    answer = gateway.revoke(minted.id)["revocation"]
+    assert answer["applied"] is True and set(answer["confirmed"]) == before, answer
+    assert {row["id"] for row in sql(gateway, "SELECT id FROM authz_replicas")} == before
+    assert_openai_error(gateway.chat(revoked_while_down.secret), 401, "token_revoked")

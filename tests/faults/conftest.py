@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -230,3 +231,91 @@ def assert_chains_verify(stack: FaultStack) -> None:
     reports = asyncio.run(verify_all(stack.info.owner_database_url, public_key=stack.audit_public_key))
     findings = [str(finding) for report in reports for finding in report.findings]
     assert findings == [], findings
+
+
+# -- a network partition between one process and Postgres ------------------------------------------
+
+
+class Partition:
+    """A Unix-socket relay in front of the embedded Postgres, for one process to connect through.
+
+    :meth:`cut` makes it a black hole, as a network partition does: connections stay open, nothing
+    crosses in either direction, new ones are accepted and then hear nothing. :meth:`heal` drops what
+    was held (the peers see their connections reset) and relays again.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        parts = urlsplit(database_url)
+        upstream_dir = Path(parse_qs(parts.query)["host"][0])
+        self._upstream = str(next(upstream_dir.glob(".s.PGSQL.*")))
+        self._dir = Path(tempfile.mkdtemp(prefix="kw-cut-"))
+        self._listen = self._dir / Path(self._upstream).name
+        self.url = urlunsplit(parts._replace(query=f"host={self._dir}"))
+        self._open = threading.Event()
+        self._open.set()
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="partition", daemon=True)
+
+    def __enter__(self) -> Partition:
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_unix_server(self._serve, path=str(self._listen)), self._loop).result(10)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        async def close() -> None:
+            self._server.close()
+            for writer in list(self._writers):
+                writer.transport.abort()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._server.wait_closed()
+
+        self._open.set()
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+        self._loop.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def cut(self) -> None:
+        self._open.clear()
+
+    def heal(self) -> None:
+        self._open.set()
+
+        def reset() -> None:
+            for writer in list(self._writers):
+                writer.transport.abort()
+            self._writers.clear()
+
+        self._loop.call_soon_threadsafe(reset)
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        self._writers.add(client_writer)
+        try:
+            server_reader, server_writer = await asyncio.open_unix_connection(self._upstream)
+        except OSError:
+            client_writer.transport.abort()
+            self._writers.discard(client_writer)
+            return
+        self._writers.add(server_writer)
+        try:
+            await asyncio.gather(self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer),
+                                 return_exceptions=True)
+        finally:
+            for writer in (client_writer, server_writer):
+                writer.transport.abort()
+                self._writers.discard(writer)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            while not self._open.is_set():  # held, as a partition holds it, until healed (then reset)
+                await asyncio.sleep(0.05)
+                if writer.transport.is_closing():
+                    return
+            writer.write(data)
+            await writer.drain()

@@ -115,7 +115,7 @@ def test_authz_never_imports_the_control_plane() -> None:
 
 #: Layers of the control plane, top first; a module may import its own layer or any below it.
 LAYERS = [
-    ("entry points", ("controlplane.main", "controlplane.cli", "controlplane.stack")),
+    ("entry points", ("controlplane.main", "controlplane.background", "controlplane.cli", "controlplane.stack")),
     ("surfaces", ("controlplane.api", "controlplane.scim.routes", "controlplane.web")),
     ("services", ("controlplane.services", "controlplane.scim", "controlplane.oidc", "controlplane.audit",
                   "controlplane.migrate")),

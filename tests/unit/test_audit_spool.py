@@ -288,3 +288,21 @@ def test_segments_are_0600_and_the_directory_0700_whatever_the_umask(spool_dir: 
     assert len(spool.segments()) == 2
     for segment in spool.segments():
         assert segment.stat().st_mode & 0o777 == 0o600, segment.name
+
+
+def test_one_authz_per_spool_and_its_replica_id_follows_from_it(tmp_path: Path) -> None:
+    from authz.process import SpoolInUse, claim_spool
+
+    spool_dir = tmp_path / "spool"
+    fd, replica = claim_spool(spool_dir)
+    try:
+        with pytest.raises(SpoolInUse, match="another authz process"):
+            claim_spool(spool_dir)
+        other_fd, other = claim_spool(tmp_path / "elsewhere")
+        os.close(other_fd)
+        assert other != replica
+    finally:
+        os.close(fd)
+    again, same = claim_spool(spool_dir)  # the next process on this spool is the same replica
+    os.close(again)
+    assert same == replica

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -466,6 +467,22 @@ def test_audit_unavailable(gw: Gateway) -> None:
     body = json.loads(response.denied_response.body)
     assert body["error"]["code"] == "audit_unavailable"
     assert token.encode() not in response.SerializeToString()
+
+
+def test_policy_stale(gw: Gateway) -> None:
+    # The listener has not heard from Postgres for longer than the bound: a revocation may be
+    # missing, so nothing is allowed; what is refused stays refused for its own reason.
+    live, revoked = gw.mint(), gw.mint()
+    gw.revoke("tok-2")
+    gw.cache.fresh_until = time.monotonic() - 0.001
+    stale = gw.check(cr.openai_chat(live))
+    assert stale.outcome is Outcome.POLICY_STALE and stale.status == 503
+    assert stale.error_code == "policy_stale" and stale.token_id == "tok-1"  # still attributed
+    assert gw.usage.touches == []  # a refused request is no use of the token
+    assert gw.check(cr.openai_chat(revoked)).outcome is Outcome.TOKEN_REVOKED
+    assert gw.check(cr.openai_chat(live, "o1-pro")).outcome is Outcome.MODEL_NOT_ALLOWED
+    gw.cache.fresh_until = time.monotonic() + 10  # the next heartbeat
+    assert gw.check(cr.openai_chat(live)).outcome is Outcome.ALLOWED
 
 
 def test_every_outcome_has_a_scenario() -> None:

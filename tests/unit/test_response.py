@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
@@ -40,6 +41,7 @@ EXPECTED = {
     Outcome.NOT_A_MEMBER: (403, PERMISSION_DENIED),
     Outcome.TEAM_HAS_NO_PROFILE: (403, PERMISSION_DENIED),
     Outcome.AUDIT_UNAVAILABLE: (503, UNAVAILABLE),
+    Outcome.POLICY_STALE: (503, UNAVAILABLE),
 }
 DENIALS = list(EXPECTED)
 ANTHROPIC_TYPES = {
@@ -157,7 +159,7 @@ def test_openai_shaped_body(outcome: Outcome, api: Api | None) -> None:
     assert set(error) == {"message", "type", "param", "code", "request_id"}
     assert error["param"] is None
     assert error["code"] == outcome.value
-    assert error["type"] == ("api_error" if outcome is Outcome.AUDIT_UNAVAILABLE else "invalid_request_error")
+    assert error["type"] == ("api_error" if EXPECTED[outcome][0] == 503 else "invalid_request_error")
     assert error["request_id"] == REQUEST_ID
     assert isinstance(error["message"], str)
     assert error["message"]
@@ -266,6 +268,7 @@ SCENARIOS = {
     Outcome.ENVIRONMENT_NOT_ALLOWED: (cr.openai_chat, {"profile": ProfileCatalog([("*", "*", None)], ["nowhere"])}),
     Outcome.NOT_A_MEMBER: (cr.openai_chat, {"member": False}),
     Outcome.TEAM_HAS_NO_PROFILE: (cr.anthropic_messages, {"profile": NO_PROFILE}),
+    Outcome.POLICY_STALE: (cr.openai_chat, {}),
 }
 
 
@@ -276,6 +279,8 @@ def test_pat_never_appears_in_the_response(outcome: Outcome) -> None:
     canned, state = SCENARIOS[outcome]
     cache = TokenCache()
     cache.upsert(record(**{"token_hash": hash_token(pat, HASH_KEY), **state}))
+    if outcome is Outcome.POLICY_STALE:
+        cache.fresh_until = time.monotonic() - 1
     check = canned(pat)
 
     response = _run(check, cache)

@@ -151,6 +151,8 @@ it except these, which they share through that group:
     # Envoy's ext_authz timeout (gateway.authzTimeout) in seconds: a Check later than this is moot.
     - name: KEYWARD_ENVOY_AUTHZ_TIMEOUT_SECONDS
       value: {{ include "keyward.authzTimeoutSeconds" . | quote }}
+    - name: KEYWARD_MAX_STALENESS_SECONDS
+      value: {{ .Values.gateway.authz.maxStalenessSeconds | quote }}
     - name: KEYWARD_INGEST_URL
       value: {{ include "keyward.ingestUrl" . }}
     {{- include "keyward.ingestTokenEnv" . | nindent 4 }}
