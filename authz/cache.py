@@ -32,7 +32,10 @@ import re
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from authz.limits import Budget, RateLimit
 
 
 class ModelCatalog:
@@ -68,10 +71,14 @@ class ProfileCatalog:
     ``environments`` of ``None`` means every environment the profile allows.
     """
 
-    __slots__ = ("_entries", "environments")
+    __slots__ = ("_entries", "budgets", "environments", "rate_limits")
 
-    def __init__(self, entries: Iterable[tuple[str, str, tuple[str, ...] | None]], environments: Iterable[str]):
+    def __init__(self, entries: Iterable[tuple[str, str, tuple[str, ...] | None]], environments: Iterable[str],
+                 budgets: dict[str, Budget] | None = None, rate_limits: dict[str, RateLimit] | None = None):
         self.environments = frozenset(environments)
+        #: The default budget and rate limit per scope type (see :mod:`authz.limits`).
+        self.budgets: dict[str, Budget] = budgets or {}
+        self.rate_limits: dict[str, RateLimit] = rate_limits or {}
         self._entries = tuple(
             (provider, ModelCatalog([pattern]), frozenset(envs) if envs is not None else None)
             for provider, pattern, envs in entries
@@ -115,11 +122,18 @@ class Interner:
     True
     """
 
-    __slots__ = ("_catalogs", "_profiles")
+    __slots__ = ("_catalogs", "_profiles", "_texts")
 
     def __init__(self) -> None:
         self._catalogs: dict[tuple[str, ...], ModelCatalog] = {}
         self._profiles: dict[Hashable, ProfileCatalog] = {}
+        self._texts: dict[str, str] = {}
+
+    def text(self, value: str | None) -> str | None:
+        """One string object per distinct value (team and project ids repeat across many records)."""
+        if value is None:
+            return None
+        return self._texts.setdefault(value, value)
 
     def catalog(self, entries: Iterable[str]) -> ModelCatalog:
         """The catalog of this list of entries (same entries in the same order: same object)."""
@@ -161,6 +175,24 @@ class TokenRecord:
     profile: ProfileCatalog | None = None
     #: The owner still belongs to the token's team (a user's membership, a service account's team).
     member: bool = True
+    #: Whom spend is attributed to besides the token: the team, the owner (``user`` or
+    #: ``service_account`` and its id), the project if the token has one.
+    team_id: str | None = None
+    owner_type: str = "user"
+    owner_id: str | None = None
+    project_id: str | None = None
+    project: str | None = None
+
+    def scopes(self) -> tuple[tuple[str, str], ...]:
+        """The (scope type, id) keys a request with this token counts against, narrowest first."""
+        keys: list[tuple[str, str]] = [("token", self.token_id)]
+        if self.owner_id:
+            keys.append((self.owner_type, self.owner_id))
+        if self.project_id:
+            keys.append(("project", self.project_id))
+        if self.team_id:
+            keys.append(("team", self.team_id))
+        return tuple(keys)
 
 
 def revoked_key(token_hash: str) -> bytes:
@@ -202,6 +234,11 @@ class TokenCache:
 
     def get(self, token_hash: str) -> TokenRecord | None:
         return self._by_hash.get(token_hash)
+
+    def by_id(self, token_id: str) -> TokenRecord | None:
+        """A token's record by its id (on the loop thread, like the mutators: off the request path)."""
+        token_hash = self._hash_by_id.get(token_id)
+        return self._by_hash.get(token_hash) if token_hash is not None else None
 
     def is_revoked(self, token_hash: str) -> bool:
         """Whether the token with this hash was revoked (for a hash :meth:`get` has no record of)."""

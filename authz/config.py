@@ -62,6 +62,9 @@ class AuthzSettings(BaseSettings):
     #: (plus a margin) before its revocations stop counting on it. Longer rides out longer database
     #: outages (a failover) at the price of a longer "revocation unconfirmed" window.
     max_staleness_seconds: float = Field(default=15.0, ge=2, le=3600)
+    #: How often this replica adds its spend and request counts to Postgres and reads every replica's:
+    #: across replicas, budgets and rate limits may be overshot by what the others admit in one interval.
+    meter_sync_seconds: float = Field(default=0.25, gt=0, le=60)
     #: Directory of the audit spool (decision and outcome lines waiting to be shipped).
     audit_spool_dir: str
     #: Envoy's audit log (one JSON line per finished request), which authz reads into the spool.

@@ -33,15 +33,16 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 import asyncpg
 import structlog
 
 from authz.cache import Interner, TokenCache
+from authz.limits import Policy
 from authz.metrics import LISTENER_RECONNECTS, SNAPSHOT_REVOKED, SNAPSHOT_SECONDS, SNAPSHOT_TOKENS
-from authz.snapshot import AFFECTED_KINDS, load_affected, load_snapshot, load_tokens
+from authz.snapshot import AFFECTED_KINDS, load_affected, load_policy, load_snapshot, load_tokens
 
 log = structlog.get_logger("authz.listener")
 
@@ -70,7 +71,10 @@ class ChangeListener:
         max_staleness_seconds: float,
         keepalive_seconds: float = 5.0,
         max_backoff_seconds: float = 2.0,
+        on_policy: Callable[[Policy], None] | None = None,
     ) -> None:
+        #: Takes every budgets / rate limits / prices policy loaded (with a snapshot, or on ``limits:*``).
+        self._on_policy = on_policy
         #: This process's name among the replicas (:func:`authz.process.claim_spool`).
         self.replica = replica
         #: How long the cache may answer after the last proof that Postgres was answering.
@@ -129,12 +133,17 @@ class ChangeListener:
         interner = Interner()
         loaded_at = await connection.fetchval("SELECT now()")
         snapshot = await load_snapshot(connection, interner)
+        await self._reload_policy(connection)
         self._loaded_at = loaded_at
         self._cache.replace_all(snapshot.records, snapshot.revoked)
         SNAPSHOT_REVOKED.set(len(snapshot.revoked))
         # The old interner goes with the old records: catalogs no token uses any more are freed.
         self._interner = interner
         return len(snapshot.records)
+
+    async def _reload_policy(self, connection: asyncpg.Connection) -> None:
+        if self._on_policy is not None:
+            self._on_policy(await load_policy(connection))
 
     async def _heartbeat(self, connection: asyncpg.Connection) -> None:
         """Refresh this replica's row; it also proves the connection still answers (a silent death is
@@ -180,10 +189,13 @@ class ChangeListener:
         token_ids: set[str] = set()
         affected: dict[str, set[str]] = {kind: set() for kind in AFFECTED_KINDS}
         acks: list[str] = []
+        policy_changed = False
         for payload in payloads:
             kind, _, ident = payload.partition(":")
             if kind == "ack":
                 acks.append(ident)
+            elif kind == "limits":
+                policy_changed = True
             elif kind == "token":
                 token_ids.add(ident)
             elif kind == "member":
@@ -205,6 +217,8 @@ class ChangeListener:
             if idents:
                 for record in await load_affected(connection, kind, idents, self._interner):
                     self._cache.upsert(record)
+        if policy_changed:
+            await self._reload_policy(connection)
         await self._acknowledge(connection, acks)
         log.debug("changes.applied", tokens=len(token_ids), acks=len(acks),
                   **{k: len(v) for k, v in affected.items() if v})

@@ -32,6 +32,8 @@ class Outcome(enum.Enum):
     TEAM_HAS_NO_PROFILE = "team_has_no_profile"
     AUDIT_UNAVAILABLE = "audit_unavailable"
     POLICY_STALE = "policy_stale"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    RATE_LIMITED = "rate_limit_exceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +46,8 @@ class Denial:
 
 
 # google.rpc.Code values
-_INVALID_ARGUMENT, _NOT_FOUND, _PERMISSION_DENIED, _UNAVAILABLE, _UNAUTHENTICATED = 3, 5, 7, 14, 16
+_INVALID_ARGUMENT, _NOT_FOUND, _PERMISSION_DENIED, _RESOURCE_EXHAUSTED, _UNAVAILABLE, _UNAUTHENTICATED = (
+    3, 5, 7, 8, 14, 16)
 
 _AUTH = ("invalid_request_error", "authentication_error")
 
@@ -154,17 +157,35 @@ DENIALS: dict[Outcome, Denial] = {
         "The gateway has lost contact with its policy store and cannot confirm that this API key is "
         "still valid, so it does not serve it. Try again shortly.",
     ),
+    # OpenAI's own word for a spent quota; the SDKs raise RateLimitError for any 429.
+    Outcome.BUDGET_EXCEEDED: Denial(
+        429,
+        _RESOURCE_EXHAUSTED,
+        "insufficient_quota",
+        "rate_limit_error",
+        "A spending budget that applies to this API key is reached.",
+    ),
+    Outcome.RATE_LIMITED: Denial(
+        429,
+        _RESOURCE_EXHAUSTED,
+        "requests",
+        "rate_limit_error",
+        "A rate limit that applies to this API key is reached.",
+    ),
 }
 
 
-def error_body(outcome: Outcome, api: Api | None, request_id: str, detail: str | None = None) -> dict:
-    """The provider-shaped error document for a denial (OpenAI's shape when the API is unknown)."""
+def error_body(outcome: Outcome, api: Api | None, request_id: str, detail: str | None = None,
+               limit: dict | None = None) -> dict:
+    """The provider-shaped error document for a denial (OpenAI's shape when the API is unknown).
+    ``limit`` (which budget or rate limit refused, and until when) goes inside the error object."""
     denial = DENIALS[outcome]
     message = f"{denial.message} {detail}" if detail else denial.message
+    extra = {"limit": limit} if limit is not None else {}
     if api is Api.ANTHROPIC:
         return {
             "type": "error",
-            "error": {"type": denial.anthropic_type, "message": message, "code": outcome.value},
+            "error": {"type": denial.anthropic_type, "message": message, "code": outcome.value, **extra},
             "request_id": request_id,
         }
     return {
@@ -174,5 +195,6 @@ def error_body(outcome: Outcome, api: Api | None, request_id: str, detail: str |
             "param": None,
             "code": outcome.value,
             "request_id": request_id,
+            **extra,
         }
     }

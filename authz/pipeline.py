@@ -16,9 +16,12 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Protocol
 
 from authz.cache import NO_PROFILE, TokenCache, TokenRecord
+from authz.limits import Policy
+from authz.meter import DEFAULT_OUTPUT_RESERVE, Hit, Meter
 from authz.outcomes import Outcome
 from authz.request import GatewayRequest
 from authz.routes import Api, Endpoint, ModelSource, api_of, match
@@ -32,6 +35,16 @@ class Decision:
     record: TokenRecord | None = None
     model: str | None = None
     detail: str | None = None
+    #: The output tokens the request allows itself (``max_tokens`` and its kin), if it says.
+    max_output: int | None = None
+    #: An OpenAI stream that did not ask for usage: the gateway asks for it (see :mod:`authz.response`).
+    stream_usage: bool = False
+    #: The endpoint costs nothing: no budget applies to it.
+    free: bool = False
+    #: The budget or rate limit that refused the request.
+    hit: Hit | None = None
+    #: ``x-ratelimit-*`` headers for the client.
+    headers: tuple[tuple[str, str], ...] = ()
 
     @property
     def allowed(self) -> bool:
@@ -44,6 +57,68 @@ class UsageSink(Protocol):
     def touch(self, token_id: str, at: float) -> None: ...
 
 
+class Limits:
+    """Budgets and rate limits for the pipeline: the current :class:`~authz.limits.Policy` (replaced
+    whole by the listener when one changes) and the :class:`~authz.meter.Meter` that counts."""
+
+    def __init__(self, meter: Meter, policy: Policy | None = None) -> None:
+        self.meter = meter
+        self.policy = policy if policy is not None else Policy()
+
+    def earliest_window(self) -> float | None:
+        """The start of the earliest window budget: the meter needs the days from there on."""
+        starts = [budget.window[0] for budget in self.policy.budgets.values() if budget.window is not None]
+        return min(starts) if starts else None
+
+    def admit(self, decision: Decision, request: GatewayRequest, record: TokenRecord, now: float) -> Decision:
+        policy = self.policy
+        profile = record.profile
+        budgets = profile.budgets if profile is not None else _NONE
+        limits = profile.rate_limits if profile is not None else _NONE
+        keys = record.scopes()
+        guards = []
+        estimating = False
+        for key in keys:
+            budget = None if decision.free else policy.budget(key, budgets)
+            limit = policy.rate_limit(key, limits)
+            if budget is not None or limit is not None:
+                guards.append((key, budget, limit))
+                estimating = estimating or (budget is not None and budget.refuses)
+        estimate = 0.0
+        if estimating and decision.model is not None and decision.api is not None:
+            rates = policy.prices.rates(decision.api.value, decision.model, now)
+            if rates is not None:
+                output = decision.max_output if decision.max_output is not None else DEFAULT_OUTPUT_RESERVE
+                estimate = len(request.body) * rates.input + output * rates.output
+        admission = self.meter.admit(request.request_id, keys, guards, estimate, now)
+        decision.headers = admission.headers
+        hit = admission.hit
+        if hit is None:
+            return decision
+        decision.outcome = Outcome.BUDGET_EXCEEDED if hit.kind == "budget" else Outcome.RATE_LIMITED
+        decision.hit = hit
+        decision.detail = _hit_detail(hit, record)
+        return decision
+
+
+_NONE: dict = {}
+
+
+def _scope_name(key: tuple[str, str], record: TokenRecord) -> str:
+    kind, _ = key
+    name = {"token": record.name or record.token_id, "user": record.user_email,
+            "service_account": record.user_email, "project": record.project, "team": record.team}.get(kind)
+    return f"{kind.replace('_', ' ')} {name or key[1]}"
+
+
+def _hit_detail(hit: Hit, record: TokenRecord) -> str:
+    if hit.kind == "budget":
+        assert hit.period_end is not None
+        ends = datetime.fromtimestamp(hit.period_end, tz=UTC).isoformat(timespec="seconds")
+        return f"The budget of {_scope_name(hit.scope, record)} ({hit.what}) is reached until {ends}."
+    return f"The rate limit of {_scope_name(hit.scope, record)} ({hit.what}) is reached; retry in {hit.retry_after} s."
+
+
 class Pipeline:
     def __init__(
         self,
@@ -52,11 +127,13 @@ class Pipeline:
         hash_key: bytes,
         usage: UsageSink,
         clock: Callable[[], float] = time.time,
+        limits: Limits | None = None,
     ) -> None:
         self._cache = cache
         self._hash_key = hash_key
         self._usage = usage
         self._clock = clock
+        self.limits = limits
 
     def decide(self, request: GatewayRequest) -> Decision:
         api = api_of(request.path)
@@ -77,6 +154,10 @@ class Pipeline:
                 # A revocation this replica cannot hear may have happened: allow nothing on old news.
                 decision.outcome = Outcome.POLICY_STALE
                 return decision
+            if self.limits is not None:
+                decision = self.limits.admit(decision, request, record, now)
+                if not decision.allowed:
+                    return decision
             self._usage.touch(record.token_id, now)
         return decision
 
@@ -125,11 +206,12 @@ class Pipeline:
         if request.body_truncated:
             return Decision(Outcome.BODY_TOO_LARGE, api, record)
         if endpoint.model_source is ModelSource.NONE:
-            return Decision(Outcome.ALLOWED, api, record)
+            return Decision(Outcome.ALLOWED, api, record, free=endpoint.free)
+        document: dict | None = None
         if endpoint.model_source is ModelSource.PATH:
             model = path_model
         else:
-            model, outcome = _model_from_body(request)
+            model, outcome, document = _model_from_body(request)
             if outcome is not None:
                 return Decision(outcome, api, record)
         assert model is not None
@@ -146,7 +228,11 @@ class Pipeline:
         # The token's own list can only narrow what the profile offers.
         if not record.catalog.allows(model):
             return Decision(Outcome.MODEL_NOT_ALLOWED, api, record, model, detail=f"Model: {model!r}.")
-        return Decision(Outcome.ALLOWED, api, record, model)
+        if document is None:
+            return Decision(Outcome.ALLOWED, api, record, model, free=endpoint.free)
+        return Decision(Outcome.ALLOWED, api, record, model, free=endpoint.free, max_output=_max_output(document),
+                        stream_usage=endpoint.streams_usage and document.get("stream") is True
+                        and "stream_options" not in document)
 
 
 #: No provider names a model this long; a longer "model" is garbage, not a name to check or record.
@@ -164,26 +250,38 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return document
 
 
-def _model_from_body(request: GatewayRequest) -> tuple[str | None, Outcome | None]:
+#: Where each API lets a request bound its output tokens.
+_OUTPUT_LIMITS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+
+
+def _max_output(document: dict) -> int | None:
+    for name in _OUTPUT_LIMITS:
+        value = document.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def _model_from_body(request: GatewayRequest) -> tuple[str | None, Outcome | None, dict | None]:
     if request.content_type and not request.content_type.startswith("application/json"):
-        return None, Outcome.BODY_NOT_JSON
+        return None, Outcome.BODY_NOT_JSON, None
     try:
         # The hook sees every object at every depth. It costs about 1.7x a plain parse (+2 us on a small
         # chat body, +1 ms on a 1 MB one), paid always: a cheaper pre-check on the raw bytes is fooled
         # by escapes ("model" and "\u006dodel" are the same key).
         document = json.loads(request.body, object_pairs_hook=_unique_keys)
     except _RepeatedKey:
-        return None, Outcome.BODY_AMBIGUOUS
+        return None, Outcome.BODY_AMBIGUOUS, None
     except (ValueError, RecursionError):  # RecursionError: hostile nesting, far below the size limit
-        return None, Outcome.BODY_NOT_JSON
+        return None, Outcome.BODY_NOT_JSON, None
     if not isinstance(document, dict):
-        return None, Outcome.BODY_NOT_JSON
+        return None, Outcome.BODY_NOT_JSON, None
     model = document.get("model")
     if not isinstance(model, str) or not model or len(model) > MAX_MODEL_CHARS:
-        return None, Outcome.MODEL_MISSING
+        return None, Outcome.MODEL_MISSING, None
     try:
         # JSON allows lone surrogates ("\ud800"); they are not text and cannot go into metadata.
         model.encode("utf-8")
     except UnicodeEncodeError:
-        return None, Outcome.BODY_NOT_JSON
-    return model, None
+        return None, Outcome.BODY_NOT_JSON, None
+    return model, None, document

@@ -45,16 +45,21 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import start_http_server
 
+from authz.audit.costing import Costing
 from authz.audit.emitter import AuditEmitter
 from authz.audit.outcome_log import InFlight, OutcomeLog
 from authz.audit.shipper import Shipper, sync_forever
 from authz.audit.spool import Spool
 from authz.cache import TokenCache
 from authz.config import AuthzSettings
+from authz.limits import Policy
 from authz.listener import ChangeListener
 from authz.logs import configure as configure_logging
 from authz.loop import LoopThread
-from authz.pipeline import Pipeline
+from authz.meter import Meter
+from authz.meter_sync import MeterSync
+from authz.pipeline import Limits, Pipeline
+from authz.prices import PriceTable
 from authz.servicer import SERVICE_NAME, AuthorizationServicer
 from authz.supervisor import BACKGROUND_SERVICE, BackgroundHealth, LoopWatch, Supervisor
 from authz.usage import LastUsedTracker
@@ -98,6 +103,8 @@ class _Background:
     client: httpx.AsyncClient
     outcomes: OutcomeLog
     shipper: Shipper
+    meter_sync: MeterSync
+    waiter: asyncio.Task
 
 
 def _envoy_reopener(address: str | None) -> Callable[[], Awaitable[None]] | None:
@@ -119,8 +126,15 @@ def _envoy_reopener(address: str | None) -> Callable[[], Awaitable[None]] | None
     return reopen
 
 
+async def _both(first: asyncio.Event, second: asyncio.Event, then: asyncio.Event) -> None:
+    await first.wait()
+    await second.wait()
+    then.set()
+
+
 async def _start_background(settings: AuthzSettings, listener: ChangeListener, tracker: LastUsedTracker,
-                            spool: Spool, in_flight: InFlight) -> _Background:
+                            spool: Spool, in_flight: InFlight, costing: Costing,
+                            ready: asyncio.Event) -> _Background:
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=1,
@@ -133,16 +147,20 @@ async def _start_background(settings: AuthzSettings, listener: ChangeListener, t
                       batch_bytes=settings.audit_batch_bytes)
     outcomes = OutcomeLog(Path(settings.envoy_audit_log), spool, in_flight=in_flight, source=listener.replica,
                           reopen=_envoy_reopener(settings.envoy_control),
-                          rotate_bytes=settings.envoy_audit_log_rotate_bytes)
+                          rotate_bytes=settings.envoy_audit_log_rotate_bytes, costing=costing)
+    meter_sync = MeterSync(costing.limits.meter, pool, interval=settings.meter_sync_seconds,
+                           earliest=costing.limits.earliest_window)
     supervisor = Supervisor({
         "listener": listener.run,
+        "meter-sync": meter_sync.run,
         "audit-outcomes": outcomes.run,
         "last-used": lambda: tracker.run(pool, settings.last_used_flush_seconds),
         "audit-shipper": shipper.run,
         "audit-fsync": lambda: sync_forever(spool, settings.audit_fsync_seconds),
     })
+    waiter = asyncio.create_task(_both(listener.ready, meter_sync.synced, ready), name="ready")
     return _Background(asyncio.create_task(supervisor.run(), name="supervisor"), supervisor, pool, client, outcomes,
-                       shipper)
+                       shipper, meter_sync, waiter)
 
 
 #: How long a clean stop spends shipping what is spooled (the rest waits in the spool for the next start;
@@ -163,6 +181,8 @@ async def _stop_background(started: _Background, *, tracker: LastUsedTracker, li
         await asyncio.wait_for(listener.retire(started.pool), timeout=2)  # no revocation waits for us now
     with contextlib.suppress(Exception):
         await tracker.flush(started.pool)  # do not lose the last few seconds of last_used_at
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(started.meter_sync.sync_once(), timeout=2)  # nor the last spend counted
     with contextlib.suppress(Exception):
         await asyncio.wait_for(started.pool.close(), timeout=5)
     await started.client.aclose()
@@ -199,9 +219,19 @@ def serve(settings: AuthzSettings, stop: threading.Event) -> None:
         os.close(claim)
 
 
+def _adopt(limits: Limits) -> Callable[[Policy], None]:
+    def adopt(policy: Policy) -> None:
+        limits.policy = policy
+        log.info("policy.loaded", budgets=len(policy.budgets), rate_limits=len(policy.rate_limits))
+
+    return adopt
+
+
 def _serve(settings: AuthzSettings, stop: threading.Event, spool: Spool, replica: str) -> None:
     cache = TokenCache()
     tracker = LastUsedTracker()
+    limits = Limits(Meter())
+    PriceTable().warm()  # the bundled price table loads once, here, not in the first outcome
     listener = ChangeListener(
         dsn=settings.database_url,
         channel=settings.notify_channel,
@@ -209,11 +239,14 @@ def _serve(settings: AuthzSettings, stop: threading.Event, spool: Spool, replica
         keepalive_seconds=settings.listener_keepalive_seconds,
         max_staleness_seconds=settings.max_staleness_seconds,
         replica=replica,
+        on_policy=_adopt(limits),
     )
-    pipeline = Pipeline(cache=cache, hash_key=settings.hash_key, usage=tracker)
+    pipeline = Pipeline(cache=cache, hash_key=settings.hash_key, usage=tracker, limits=limits)
+    #: Set once the first snapshot is in and the meter knows the stored spend: Checks wait for both.
+    ready = asyncio.Event()
 
     in_flight = InFlight(settings.envoy_authz_timeout_seconds)
-    server, health_servicer = build_server(pipeline, listener.ready, AuditEmitter(spool, late=in_flight.moot),
+    server, health_servicer = build_server(pipeline, ready, AuditEmitter(spool, late=in_flight.moot),
                                            in_flight, settings.authz_check_threads)
     _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING, ("", SERVICE_NAME, BACKGROUND_SERVICE))
     server.add_insecure_port(settings.authz_address)
@@ -225,27 +258,28 @@ def _serve(settings: AuthzSettings, stop: threading.Event, spool: Spool, replica
             start_http_server(settings.authz_metrics_port, addr="127.0.0.1")
         log.info("authz.listening", address=settings.authz_address)
         background.start()
-        started = background.call(_start_background(settings, listener, tracker, spool, in_flight))
+        started = background.call(_start_background(settings, listener, tracker, spool, in_flight,
+                                                    Costing(cache, limits), ready))
         liveness = BackgroundHealth(started.supervisor, LoopWatch(background.loop),
                                     grace=settings.background_grace_seconds,
                                     stall_seconds=settings.loop_stall_seconds)
         liveness.publish(health_servicer)
         # Serve health as soon as the first snapshot is in: wait for it on the loop, but keep an eye
         # on ``stop`` so a SIGTERM during a slow first load still shuts down cleanly.
-        ready = asyncio.run_coroutine_threadsafe(listener.ready.wait(), background.loop)
+        waiting = asyncio.run_coroutine_threadsafe(ready.wait(), background.loop)
         next_tick = time.monotonic()
         while not stop.is_set():
             if time.monotonic() >= next_tick:
                 liveness.publish(health_servicer)
                 next_tick = time.monotonic() + HEALTH_TICK_SECONDS
             with contextlib.suppress(futures.TimeoutError):
-                ready.result(timeout=0.05)
+                waiting.result(timeout=0.05)
                 _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
                 log.info("authz.ready", tokens=len(cache), revoked=cache.revoked_count)
                 break
         while not stop.wait(HEALTH_TICK_SECONDS):
             liveness.publish(health_servicer)
-        ready.cancel()
+        waiting.cancel()
         log.info("authz.stopping")
     finally:
         # Also on a failed start: open streams hold pool threads, and the interpreter would wait

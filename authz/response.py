@@ -5,11 +5,22 @@ provider key itself, later, from its own secret) and with dynamic metadata namin
 team, environment and model, which Envoy's access log records. A denial carries the status and the
 provider-shaped JSON body from :mod:`authz.outcomes`, plus the same metadata so the access log can
 say who was refused and why.
+
+Rate limits speak the OpenAI API's headers (``x-ratelimit-limit-requests`` and kin) on every answer
+they apply to, so the SDKs' own back-off works unchanged; a 429 adds ``retry-after`` and, for a spent
+budget (no retry helps before the period ends), ``x-should-retry: false``, which the OpenAI and
+Anthropic SDKs honour.
+
+An OpenAI stream that did not ask for usage gets ``x-keyward-stream-usage: 1``: Envoy's Lua filter
+then adds ``"stream_options": {"include_usage": true}`` to the body (``envoy/gateway.yaml``), so the
+provider reports the usage its cost is computed from. The stream then ends with one more chunk, with
+empty ``choices`` and the usage, which the SDKs handle.
 """
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.service.auth.v3.external_auth_pb2 import CheckResponse, DeniedHttpResponse, OkHttpResponse
@@ -30,6 +41,10 @@ CLIENT_CREDENTIAL_HEADERS = (
 )
 
 _JSON = HeaderValueOption(header=HeaderValue(key="content-type", value="application/json"))
+STREAM_USAGE_HEADER = "x-keyward-stream-usage"
+_STREAM_USAGE = HeaderValueOption(header=HeaderValue(key=STREAM_USAGE_HEADER, value="1"),
+                                  append_action=HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD)
+_NO_RETRY = HeaderValueOption(header=HeaderValue(key="x-should-retry", value="false"))
 _WWW_AUTHENTICATE = HeaderValueOption(header=HeaderValue(key="www-authenticate", value='Bearer realm="keyward"'))
 
 
@@ -45,6 +60,8 @@ def _metadata(decision: Decision) -> Struct:
         )
         if record.team:
             fields["team"] = record.team
+        if record.project:
+            fields["project"] = record.project
     if decision.api is not None:
         fields["provider"] = decision.api.value
     if decision.model is not None:
@@ -54,18 +71,38 @@ def _metadata(decision: Decision) -> Struct:
     return metadata
 
 
+def _headers(pairs: tuple[tuple[str, str], ...]) -> list[HeaderValueOption]:
+    return [HeaderValueOption(header=HeaderValue(key=key, value=value)) for key, value in pairs]
+
+
+def _limit(decision: Decision) -> dict | None:
+    hit = decision.hit
+    if hit is None:
+        return None
+    found = {"kind": hit.kind, "scope": hit.scope[0], "id": hit.scope[1], "retry_after_seconds": hit.retry_after}
+    if hit.period_end is not None:
+        found["period_end"] = datetime.fromtimestamp(hit.period_end, tz=UTC).isoformat(timespec="seconds")
+    return found
+
+
 def build(decision: Decision, request_id: str) -> CheckResponse:
     if decision.allowed:
-        return CheckResponse(
-            status=Status(code=0),
-            ok_response=OkHttpResponse(headers_to_remove=CLIENT_CREDENTIAL_HEADERS),
-            dynamic_metadata=_metadata(decision),
-        )
+        ok = OkHttpResponse(headers_to_remove=CLIENT_CREDENTIAL_HEADERS)
+        if decision.headers:
+            ok.response_headers_to_add.extend(_headers(decision.headers))
+        if decision.stream_usage:
+            ok.headers.append(_STREAM_USAGE)
+        return CheckResponse(status=Status(code=0), ok_response=ok, dynamic_metadata=_metadata(decision))
     denial = DENIALS[decision.outcome]
-    body = json.dumps(error_body(decision.outcome, decision.api, request_id, decision.detail))
+    body = json.dumps(error_body(decision.outcome, decision.api, request_id, decision.detail, _limit(decision)))
     headers = [_JSON]
     if denial.http_status == 401:
         headers.append(_WWW_AUTHENTICATE)
+    if decision.hit is not None:
+        headers.append(HeaderValueOption(header=HeaderValue(key="retry-after", value=str(decision.hit.retry_after))))
+        if decision.hit.kind == "budget":
+            headers.append(_NO_RETRY)
+    headers.extend(_headers(decision.headers))
     return CheckResponse(
         status=Status(code=denial.grpc_code, message=decision.outcome.value),
         denied_response=DeniedHttpResponse(

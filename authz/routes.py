@@ -29,6 +29,18 @@ class Endpoint:
     api: Api
     method: str
     model_source: ModelSource
+    #: An OpenAI endpoint whose streams report usage only when asked (``stream_options.include_usage``).
+    streams_usage: bool = False
+    #: The provider charges nothing for it (listing models, counting tokens, moderation): no budget
+    #: applies, and its outcome costs nothing.
+    free: bool = False
+
+
+#: The endpoints where the gateway asks for usage in a stream the client did not ask it for.
+_STREAM_USAGE = {(Api.OPENAI, "chat/completions"), (Api.OPENAI, "completions")}
+#: The endpoints that cost nothing.
+_FREE = {(Api.OPENAI, "models"), (Api.OPENAI, "moderations"), (Api.ANTHROPIC, "models"),
+         (Api.ANTHROPIC, "messages/count_tokens")}
 
 
 _PREFIXES = {"/openai/v1/": Api.OPENAI, "/anthropic/v1/": Api.ANTHROPIC}
@@ -63,8 +75,8 @@ def match(method: str, path: str) -> tuple[Endpoint | None, str | None]:
     rest = path[path.index("/v1/") + 4 :].rstrip("/")
     source = _ENDPOINTS.get((api, method, rest))
     if source is not None:
-        return Endpoint(api, method, source), None
+        return Endpoint(api, method, source, (api, rest) in _STREAM_USAGE, (api, rest) in _FREE), None
     head, _, tail = rest.rpartition("/")
     if method == "GET" and head == "models" and tail:
-        return Endpoint(api, method, ModelSource.PATH), tail
+        return Endpoint(api, method, ModelSource.PATH, free=True), tail
     return None, None

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import asyncpg
 
 from authz.cache import NO_PROFILE, Interner, ProfileCatalog, TokenRecord, revoked_key
+from authz.limits import Policy, defaults_from, policy_from
+from authz.prices import Override, PriceTable
 
 # One row per token with everything a Check needs: the owner's state (a user or a service account),
 # whether the owner still belongs to the token's team, and the team's access profile.
@@ -30,16 +32,20 @@ _RECORD_COLUMNS = """
            t.revoked_at IS NOT NULL AS revoked, t.name,
            t.team_id IS NOT NULL AS has_team, p.id::text AS profile_id,
            extract(epoch FROM p.updated_at)::float8 AS profile_version, p.catalog::text AS catalog,
-           p.environments AS profile_environments,
+           p.environments AS profile_environments, p.budget_defaults::text AS budget_defaults,
+           p.rate_limit_defaults::text AS rate_limit_defaults,
            CASE WHEN t.team_id IS NULL THEN true
                 WHEN t.user_id IS NOT NULL THEN m.user_id IS NOT NULL
-                ELSE sa.team_id = t.team_id END AS member
+                ELSE sa.team_id = t.team_id END AS member,
+           t.team_id::text AS team_id, t.service_account_id::text AS service_account_id,
+           t.project_id::text AS project_id, pj.name AS project
     FROM tokens t
     LEFT JOIN memberships m ON m.user_id = t.user_id AND m.team_id = t.team_id
     LEFT JOIN users u ON u.id = t.user_id
     LEFT JOIN service_accounts sa ON sa.id = t.service_account_id
     LEFT JOIN teams tm ON tm.id = t.team_id
     LEFT JOIN access_profiles p ON p.id = tm.profile_id
+    LEFT JOIN projects pj ON pj.id = t.project_id
 """
 SNAPSHOT_SQL = _RECORD_COLUMNS + " WHERE t.revoked_at IS NULL"
 #: Only the hash: a revoked token needs nothing else to be refused as revoked.
@@ -56,6 +62,7 @@ _AFFECTED_SQL = {
     # "member:<user>:<team>" is looked up by user alone: every live token of the user is re-read,
     # not only that team's. Broader than needed but harmless, and one query serves the whole batch.
     "member": _RECORD_COLUMNS + " WHERE t.user_id = ANY($1::uuid[])" + _LIVE,
+    "project": _RECORD_COLUMNS + " WHERE t.project_id = ANY($1::uuid[])" + _LIVE,
 }
 #: The NOTIFY payload kinds :func:`load_affected` understands, besides ``token``.
 AFFECTED_KINDS = tuple(_AFFECTED_SQL)
@@ -64,7 +71,9 @@ AFFECTED_KINDS = tuple(_AFFECTED_SQL)
 def _compile_profile(row: asyncpg.Record) -> ProfileCatalog:
     entries = [(e["provider"], e["pattern"], tuple(e["environments"]) if e.get("environments") else None)
                for e in json.loads(row["catalog"])]
-    return ProfileCatalog(entries, row["profile_environments"])
+    budgets, rate_limits = defaults_from(json.loads(row["budget_defaults"] or "{}"),
+                                         json.loads(row["rate_limit_defaults"] or "{}"))
+    return ProfileCatalog(entries, row["profile_environments"], budgets, rate_limits)
 
 
 def _profile(row: asyncpg.Record, interner: Interner) -> ProfileCatalog | None:
@@ -77,6 +86,7 @@ def _profile(row: asyncpg.Record, interner: Interner) -> ProfileCatalog | None:
 
 
 def record_from_row(row: asyncpg.Record, interner: Interner) -> TokenRecord:
+    account = row["service_account_id"]
     return TokenRecord(
         token_id=row["token_id"],
         token_hash=row["token_hash"],
@@ -91,6 +101,11 @@ def record_from_row(row: asyncpg.Record, interner: Interner) -> TokenRecord:
         name=row["name"],
         profile=_profile(row, interner),
         member=row["member"],
+        team_id=interner.text(row["team_id"]),
+        owner_type="service_account" if account else "user",
+        owner_id=interner.text(account) if account else row["user_id"],
+        project_id=interner.text(row["project_id"]),
+        project=interner.text(row["project"]),
     )
 
 
@@ -126,3 +141,19 @@ async def load_affected(connection: asyncpg.Connection, kind: str, idents: Itera
     """The live tokens a change to these users, teams, profiles, service accounts or memberships
     (``kind`` from :data:`AFFECTED_KINDS`) can affect."""
     return [record_from_row(row, interner) for row in await connection.fetch(_AFFECTED_SQL[kind], list(idents))]
+
+
+_BUDGETS_SQL = ("SELECT scope_type, scope_id, amount_usd, period, window_start, window_end, posture, thresholds "
+                "FROM budgets")
+_LIMITS_SQL = "SELECT scope_type, scope_id, rpm, tpm FROM rate_limits"
+_OVERRIDES_SQL = ("SELECT id::text AS id, provider, model, input_per_mtok, cached_input_per_mtok, output_per_mtok, "
+                  "extract(epoch FROM effective_from)::float8 AS effective_from FROM price_overrides")
+
+
+async def load_policy(connection: asyncpg.Connection) -> Policy:
+    """The explicit budgets and rate limits and the price overrides, in one consistent view."""
+    async with connection.transaction(readonly=True, isolation="repeatable_read"):
+        budgets = await connection.fetch(_BUDGETS_SQL)
+        limits = await connection.fetch(_LIMITS_SQL)
+        overrides = await connection.fetch(_OVERRIDES_SQL)
+    return policy_from(budgets, limits, PriceTable(Override(**dict(row)) for row in overrides))

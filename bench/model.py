@@ -7,9 +7,10 @@ import statistics
 from dataclasses import dataclass, field
 
 from auditbench import IngestRun
-from auditquery import Generated, Question
+from auditquery import Generated, Question, SpendGenerated
 from authzbench import CheckResult, LoadMeasurement
 from loadgen import LoadResult
+from spendbench import Overshoot
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,9 @@ class Results:
     commands: list[str] = field(default_factory=list)
     wrk_script: str = ""
     checks: list[CheckResult] = field(default_factory=list)
+    #: The same Check with a budget and a rate limit in force (both evaluated, neither reached).
+    checks_limited: list[CheckResult] = field(default_factory=list)
+    overshoot: Overshoot | None = None
     check_request_bytes: int = 0
     revocations: Revocations = field(default_factory=Revocations)
     loads: list[LoadMeasurement] = field(default_factory=list)
@@ -156,6 +160,9 @@ class Results:
     audit_generated: Generated | None = None
     audit_questions: list[Question] = field(default_factory=list)
     audit_skipped: str = ""
+    #: ``spend_daily`` filled for the same synthetic requests, and finance's questions over it.
+    spend_generated: SpendGenerated | None = None
+    spend_questions: list[Question] = field(default_factory=list)
     finished: dt.datetime | None = None
     load_average_end: str = ""
 

@@ -39,6 +39,8 @@ kernel hands out (Envoy binds port 0; the stack gets ports probed free just befo
 9. **Audit queries at scale** (:mod:`auditquery`, after the snapshot phase): millions of synthetic
    request records and outcomes in partitions of their own, then the auditors' questions through
    the admin API and as SQL under ``EXPLAIN (ANALYZE, BUFFERS)`` (plans in ``AUDIT_PLANS.md``).
+   Then ``spend_daily`` as ingest would have filled it for the same requests, and finance's
+   questions (``GET /api/v1/spend``), asked the same way.
    ``--skip-audit-queries`` leaves this phase out.
 10. The figures are compared with the targets and written, with PASS/MISS, to RESULTS.md.
 
@@ -65,6 +67,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -76,6 +79,7 @@ import httpx
 import loadgen
 import procstat
 import report
+import spendbench
 from minting import Minter
 from model import HttpCell, Profile, Results, Round, Target
 
@@ -373,8 +377,88 @@ def audit_query_phase(results: Results, stack: Stack, admin: httpx.Client, probe
         results.audit_questions = auditquery.ask(admin, stack.info.owner_database_url, generated)
         for q in results.audit_questions:
             log(f"  {q.key}: API p50 {q.p50:.0f} ms, max {q.worst:.0f} ms ({q.answer})")
+        spend_query_phase(results, stack, admin, generated)
     finally:
         asyncio.run(auditquery.drop(stack.info.owner_database_url, generated))
+
+
+def spend_query_phase(results: Results, stack: Stack, admin: httpx.Client, generated: auditquery.Generated) -> None:
+    """``spend_daily`` as ingest would have filled it for the same synthetic requests, then finance's questions."""
+    assert stack.info is not None
+    log(f"spend queries: filling spend_daily for the same {generated.rows:,} requests")
+    spend = asyncio.run(auditquery.generate_spend(stack.info.owner_database_url, generated, log=log))
+    results.spend_generated = spend
+    log(f"  {spend.rows:,} rows, " + ", ".join(f"{k} {v:.0f} s" for k, v in spend.seconds.items())
+        + f"; spend_daily {spend.size}")
+    try:
+        results.spend_questions = auditquery.ask(admin, stack.info.owner_database_url, generated,
+                                                 items=auditquery.spend_questions(generated))
+        for q in results.spend_questions:
+            log(f"  {q.key}: API p50 {q.p50:.0f} ms, max {q.worst:.0f} ms ({q.answer})")
+    finally:
+        asyncio.run(auditquery.drop_spend(stack.info.owner_database_url, spend))
+
+
+def limits_phase(results: Results, admin: httpx.Client, team_id: str, token_id: str, authz_address: str,
+                 check: authzbench.CheckRequest, authz_pid: int, profile: Profile) -> None:
+    """The Check RPC again with a budget on the team and a rate limit on the token, neither reached."""
+    log("Check RPC with a budget and a rate limit in force")
+    removals = spendbench.limits_on(admin, team_id, token_id)
+    try:
+        time.sleep(1)  # the NOTIFY reached authz
+        results.checks_limited = authzbench.check_rpc(authz_address, check, authz_pid, CHECK_SHAPES,
+                                                      profile.check_duration, min(profile.warmup, 2))
+        for off, on in zip(results.checks, results.checks_limited, strict=True):
+            log(f"  {on.in_flight} in flight: {on.cpu_us_per_check:.0f} µs CPU/Check "
+                f"(without limits {off.cpu_us_per_check:.0f})")
+    finally:
+        for path in removals:
+            admin.delete(path)
+
+
+def overshoot_phase(results: Results, stack: Stack, admin_token: str, minter: Minter, gateway_port: int) -> None:
+    """A second gateway replica, a $2 team budget, and a burst through both: what is admitted."""
+    assert stack.info is not None
+    log("budget overshoot: a second gateway replica, a $2 team budget, 32 clients for 4 s through both")
+    second = stack.add_gateway("b")
+    with httpx.Client(base_url=f"{stack.info.api_url}/api/v1", timeout=30,
+                      headers={"Authorization": f"Bearer {admin_token}"}) as admin:
+        team = admin.post("/teams", json={"name": f"bench-budget-{secrets.token_hex(3)}",
+                                          "profile_id": (minter.team() or {}).get("profile_id")})
+        team.raise_for_status()
+        team_id = team.json()["id"]
+        user = minter.user("bench-budget")
+        admin.put(f"/teams/{team_id}/members/{user['id']}", json={"role": "member"}).raise_for_status()
+        minted = admin.post("/tokens", json={"user_id": user["id"], "team_id": team_id, "name": "budget"})
+        minted.raise_for_status()
+        model = f"bench-budget-{secrets.token_hex(3)}"
+        spendbench.price(admin, model)
+        budget = Decimal(2)
+        admin.put(f"/budgets/team/{team_id}", json={"amount_usd": str(budget), "posture": "hard"}).raise_for_status()
+    time.sleep(1)
+    urls = [f"http://127.0.0.1:{gateway_port}", second.gateway_url]
+    clients, seconds = 32, 4.0
+    statuses, requests = spendbench.burst(urls, minted.json()["token"], model, clients=clients, seconds=seconds)
+    admitted = statuses.get(200, 0)
+
+    async def spent() -> tuple[int, Decimal]:
+        import asyncpg
+
+        connection = await asyncpg.connect(stack.info.owner_database_url)
+        try:
+            row = await connection.fetchrow("SELECT COALESCE(sum(requests), 0) AS n, COALESCE(sum(cost_usd), 0) AS c"
+                                            " FROM spend_daily WHERE team_id = $1::uuid", team_id)
+        finally:
+            await connection.close()
+        return int(row["n"]), Decimal(row["c"])
+
+    wait_for(lambda: asyncio.run(spent())[0] >= admitted, "the burst's spend to be recorded", timeout=60)
+    results.overshoot = spendbench.Overshoot(
+        replicas=len(urls), clients=clients, seconds=seconds, budget_usd=budget, requests=requests,
+        admitted=admitted, admitted_usd=asyncio.run(spent())[1], sync_seconds=0.25)
+    o = results.overshoot
+    log(f"  {o.requests} requests ({o.rate_per_replica:.0f}/s per replica), {o.admitted} admitted for "
+        f"${o.admitted_usd:.4f} against ${o.budget_usd}: over by ${o.over_usd:.4f}")
 
 
 # -- main -------------------------------------------------------------------------------------------
@@ -414,7 +498,8 @@ def run(profile: Profile, output: Path, keep: bool, force_python: bool, skip_aud
         admin = httpx.Client(base_url=f"{info.api_url}/api/v1",
                              headers={"Authorization": f"Bearer {info.admin_token}"}, timeout=10)
         minter = Minter(admin)
-        token = minter.token(minter.user(), "bench-load")["token"]
+        bench_token = minter.token(minter.user(), "bench-load")
+        token = bench_token["token"]
 
         targets = [
             Target("a", "upstream directly", upstream.port, "/v1/chat/completions", proxy=None),
@@ -450,6 +535,9 @@ def run(profile: Profile, output: Path, keep: bool, force_python: bool, skip_aud
                                               profile.check_duration, min(profile.warmup, 2))
         for c in results.checks:
             log(f"  {c.in_flight} in flight: {c.rps:,.0f} Checks/s, {c.cpu_us_per_check:.0f} µs CPU/Check")
+        team = minter.team()
+        if team is not None:
+            limits_phase(results, admin, team["id"], bench_token["id"], authz_address, check, pids["authz"], profile)
 
         revocation_phase(results, admin, gateway_port)
         audit_ingest_phase(results, stack, pids)
@@ -458,6 +546,7 @@ def run(profile: Profile, output: Path, keep: bool, force_python: bool, skip_aud
         probe = minter.user("audit-probe")
         admin.patch(f"/users/{probe['id']}", json={"status": "deprovisioned"})
         admin.close()
+        overshoot_phase(results, stack, info.admin_token, minter, gateway_port)
         snapshot_phase(results, stack, check, work)
         if skip_audit_queries:
             results.audit_skipped = "skipped (`--skip-audit-queries`)"

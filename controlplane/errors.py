@@ -79,6 +79,10 @@ class Code(enum.StrEnum):
     SCIM_CONNECTION_NOT_FOUND = "scim_connection_not_found"
     SCIM_CONNECTION_EXISTS = "scim_connection_exists"
     SCIM_CREDENTIAL_NOT_FOUND = "scim_credential_not_found"
+    NOTIFICATION_CHANNEL_NOT_FOUND = "notification_channel_not_found"
+    NOTIFICATION_CHANNEL_EXISTS = "notification_channel_exists"
+    NOTIFICATION_CHANNEL_DISABLED = "notification_channel_disabled"
+    NOTIFICATION_CHANNEL_UNSIGNED = "notification_channel_unsigned"
     # the token lifecycle
     TOKEN_NOT_FOUND = "token_not_found"
     TOKEN_NOT_LIVE = "token_not_live"
@@ -88,6 +92,13 @@ class Code(enum.StrEnum):
     LIFETIME_TOO_LONG = "lifetime_too_long"
     MODEL_NOT_IN_PROFILE = "model_not_in_profile"
     WIDENING_REQUIRES_NEW_TOKEN = "widening_requires_new_token"
+    # spend policy: projects, budgets, rate limits
+    PROJECT_NOT_FOUND = "project_not_found"
+    PROJECT_EXISTS = "project_exists"
+    PROJECT_CLOSED = "project_closed"
+    PROJECT_NOT_IN_TEAM = "project_not_in_team"
+    BUDGET_NOT_FOUND = "budget_not_found"
+    RATE_LIMIT_NOT_FOUND = "rate_limit_not_found"
     # sign-in with OpenID Connect
     OIDC_NOT_CONFIGURED = "oidc_not_configured"
     ISSUER_UNREACHABLE = "issuer_unreachable"

@@ -14,12 +14,18 @@ from authz.logs import configure as configure_logging
 from controlplane import errors
 from controlplane.api.routes import (
     audit,
+    budgets,
     credentials,
     health,
     me,
+    notifications,
+    prices,
     profiles,
+    projects,
+    rate_limits,
     scim_connections,
     service_accounts,
+    spend,
     teams,
     tokens,
     usage,
@@ -33,7 +39,8 @@ from controlplane.core.db import get_engine, get_sessionmaker
 from controlplane.scim import errors as scim_errors
 from controlplane.scim import routes as scim_routes
 from controlplane.scim.errors import ScimError
-from controlplane.services import lifecycle, revocation
+from controlplane.services import delivery, lifecycle, revocation
+from controlplane.services.budgets import evaluate_thresholds
 
 
 class BodyLimit:
@@ -96,9 +103,33 @@ async def _lifecycle_round() -> None:
                                                                     dormant_revoked=retired)
 
 
+async def _notification_round() -> None:
+    """Send the due notification deliveries (budget alerts, tests); see :mod:`controlplane.services.delivery`
+    for why replicas never send one twice."""
+    settings = get_settings()
+    policy = delivery.Policy(max_attempts=settings.notification_max_attempts,
+                             retry_seconds=settings.notification_retry_seconds,
+                             retry_max_seconds=settings.notification_retry_max_seconds,
+                             timeout_seconds=settings.notification_timeout_seconds)
+    async with get_sessionmaker()() as session, session.begin():
+        await delivery.deliver_due(session, policy=policy)
+
+
+async def _budget_round() -> None:
+    """Announce the budget thresholds reached since the last round. One replica at a time does the
+    work (a transaction-scoped advisory lock), so a threshold is announced once."""
+    async with get_sessionmaker()() as session, session.begin():
+        if await session.scalar(text("SELECT pg_try_advisory_xact_lock(4924010)")):
+            reached = await evaluate_thresholds(session)
+            if reached:
+                structlog.get_logger("controlplane.budgets").info("budgets.thresholds_reached", reached=reached)
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
-    duties = [Duty("lifecycle", get_settings().lifecycle_interval_seconds, _lifecycle_round)]
+    duties = [Duty("lifecycle", get_settings().lifecycle_interval_seconds, _lifecycle_round),
+              Duty("notifications", get_settings().notification_interval_seconds, _notification_round),
+              Duty("budgets", get_settings().budget_alert_interval_seconds, _budget_round)]
     acks = revocation.listener()
     app.state.duties = duties
     app.state.long_running = {"revocation-acks": acks}
@@ -130,6 +161,10 @@ def create_app() -> FastAPI:
     app.include_router(web.router)
     app.include_router(me.router, prefix="/api/v1")
     for module in (users, teams, profiles, service_accounts, tokens, credentials, usage, audit, scim_connections):
+        app.include_router(module.router, prefix="/api/v1")
+    for module in (notifications, spend):
+        app.include_router(module.router, prefix="/api/v1")
+    for module in (projects, budgets, rate_limits, prices):
         app.include_router(module.router, prefix="/api/v1")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -7,11 +7,25 @@ can alter a gateway decision; the ORM does not need to know about them.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import ARRAY, BigInteger, DateTime, Float, ForeignKey, Integer, LargeBinary, Numeric, String, Text, func
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    Numeric,
+    String,
+    Text,
+    func,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -42,7 +56,8 @@ class User(Base):
 
 class AccessProfile(Base):
     """What a team may use: a model catalog per provider (optionally per environment), the token
-    environments it allows, and token lifetimes. Limits and budgets are stored for the limits issue."""
+    environments it allows, token lifetimes, and the default budgets and rate limits of every scope
+    under a team with this profile (keyed by scope type: team, project, user, service_account, token)."""
 
     __tablename__ = "access_profiles"
 
@@ -54,8 +69,10 @@ class AccessProfile(Base):
     default_token_days: Mapped[int] = mapped_column(Integer)
     max_token_days: Mapped[int] = mapped_column(Integer)
     dormant_disable_days: Mapped[int | None] = mapped_column(Integer)
-    rate_limit_rpm: Mapped[int | None] = mapped_column(Integer)
-    monthly_budget_usd: Mapped[Decimal | None] = mapped_column(Numeric(12, 2))
+    #: ``{scope type: {"amount_usd", "period", "posture", "thresholds"}}``.
+    budget_defaults: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    #: ``{scope type: {"rpm", "tpm"}}``.
+    rate_limit_defaults: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -98,6 +115,8 @@ class ServiceAccount(Base):
     team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id"))
     business_owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
     technical_owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    #: The project its tokens carry unless minted with another.
+    project_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("projects.id"))
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
@@ -134,6 +153,7 @@ class Token(Base):
     user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
     service_account_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("service_accounts.id"))
     team_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("teams.id"))
+    project_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("projects.id"))
     environment: Mapped[str] = mapped_column(String(16))
     scopes: Mapped[list[str]] = mapped_column(ARRAY(Text), default=list)
     models: Mapped[list[str]] = mapped_column(ARRAY(Text))
@@ -225,3 +245,156 @@ class AuthzReplica(Base):
     stale_after_seconds: Mapped[float] = mapped_column(Float)
     #: Postgres's clock when its current snapshot began.
     loaded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Project(Base):
+    """A unit of work a team pays for: tokens (and service accounts) carry one; spend rolls up to it."""
+
+    __tablename__ = "projects"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id"))
+    name: Mapped[str] = mapped_column(Text)
+    description: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class PriceOverride(Base):
+    """An admin's price for a provider's model from a date on, in place of the bundled price table."""
+
+    __tablename__ = "price_overrides"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    provider: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(Text)
+    input_per_mtok: Mapped[Decimal] = mapped_column(Numeric(14, 6))
+    cached_input_per_mtok: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    output_per_mtok: Mapped[Decimal] = mapped_column(Numeric(14, 6))
+    effective_from: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Budget(Base):
+    """An amount per period for one scope, with its posture: ``hard`` (refuse at 100%), ``alert``
+    (announce only) or ``alert_then_hard`` (announce at each threshold, refuse at 100%)."""
+
+    __tablename__ = "budgets"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    scope_type: Mapped[str] = mapped_column(String(16))
+    scope_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    amount_usd: Mapped[Decimal] = mapped_column(Numeric(14, 4))
+    period: Mapped[str] = mapped_column(String(8), default="month")
+    window_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    window_end: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    posture: Mapped[str] = mapped_column(String(16))
+    thresholds: Mapped[list[int]] = mapped_column(ARRAY(Integer), default=lambda: [50, 80, 100])
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class RateLimit(Base):
+    """Requests and tokens per minute for one scope, overriding its profile's default."""
+
+    __tablename__ = "rate_limits"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    scope_type: Mapped[str] = mapped_column(String(16))
+    scope_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
+
+
+class UsageCounter(Base):
+    """Requests, tokens and cost of one scope in one day or minute, summed over every authz replica."""
+
+    __tablename__ = "usage_counters"
+
+    scope_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    scope_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    bucket: Mapped[str] = mapped_column(String(8), primary_key=True)
+    bucket_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 10), default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class SpendDaily(Base):
+    """The audit store's costs per day and dimension, added to at ingest (for ``/spend``)."""
+
+    __tablename__ = "spend_daily"
+    __mapper_args__ = {"primary_key": ["day", "provider", "model", "environment", "team_id", "project_id",
+                                       "user_id", "service_account_id", "token_id"]}
+
+    day: Mapped[date] = mapped_column(Date)
+    provider: Mapped[str | None] = mapped_column(Text)
+    model: Mapped[str | None] = mapped_column(Text)
+    environment: Mapped[str | None] = mapped_column(Text)
+    team_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    project_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    user_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    service_account_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    token_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_usd: Mapped[Decimal] = mapped_column(Numeric(20, 10), default=0)
+    estimated_requests: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class BudgetAlert(Base):
+    """A threshold of one budget period that has been reached and announced (once)."""
+
+    __tablename__ = "budget_alerts"
+
+    scope_type: Mapped[str] = mapped_column(String(16), primary_key=True)
+    scope_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    threshold: Mapped[int] = mapped_column(Integer, primary_key=True)
+    amount_usd: Mapped[Decimal] = mapped_column(Numeric(14, 4))
+    spent_usd: Mapped[Decimal] = mapped_column(Numeric(20, 10))
+    reached_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class NotificationChannel(Base):
+    """Where announcements go: a Slack-compatible incoming webhook, or a generic JSON webhook whose
+    requests are signed (HMAC-SHA256) with ``signing_secret``."""
+
+    __tablename__ = "notification_channels"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))
+    url: Mapped[str] = mapped_column(Text)
+    signing_secret: Mapped[str | None] = mapped_column(Text)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class NotificationDelivery(Base):
+    """One announcement to one channel, retried until delivered or given up."""
+
+    __tablename__ = "notification_deliveries"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    channel_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("notification_channels.id"))
+    kind: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

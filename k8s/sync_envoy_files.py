@@ -1,7 +1,7 @@
 """Copy the generated parts of the local Envoy configuration into the Helm chart.
 
-controlplane/stack/envoy_config.py builds four parts of it in Python (the local-reply mappers, the token
-usage rules of the JSON and SSE filters, and the audit log's format); the chart ships them as
+controlplane/stack/envoy_config.py builds five parts of it in Python (the local-reply mappers, the token
+usage rules of the JSON and SSE filters, the audit log's format and the Lua filter's script); the chart ships them as
 files/*.json, which its Envoy ConfigMap includes. Run this after changing them
 (tests/unit/test_helm_chart.py says when):
 
@@ -38,6 +38,8 @@ def generated() -> dict[str, object]:
         "json-usage-rules.json": filters["envoy.filters.http.json_to_metadata"]["response_rules"]["rules"],
         "sse-usage-rules.json":
             filters["envoy.filters.http.sse_to_metadata"]["response_rules"]["content_parser"]["typed_config"]["rules"],
+        # The Lua filter's script, as a JSON string (YAML takes it as a double-quoted scalar).
+        "stream-usage.lua.json": filters["envoy.filters.http.lua"]["default_source_code"]["inline_string"],
     }
 
 

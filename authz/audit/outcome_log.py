@@ -31,13 +31,13 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import structlog
 
-from authz.audit.records import outcome_line
+from authz.audit.costing import Costing
+from authz.audit.records import outcome_line, seconds_of
 from authz.metrics import AUDIT_OUTCOME_LINES_READ, AUDIT_OUTCOME_LINES_UNREADABLE
 
 log = structlog.get_logger("authz.audit.outcome_log")
@@ -103,7 +103,7 @@ class OutcomeLog:
     def __init__(self, path: Path, spool: OutcomeSpool, *, in_flight: InFlight, source: str,
                  reopen: Callable[[], Awaitable[None]] | None = None, rotate_bytes: int = 64 << 20,
                  poll_seconds: float = 0.05, settle_seconds: float = 1.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, costing: Costing | None = None) -> None:
         self.path = path
         self.rotated = path.with_name(path.name + ".1")
         self._spool = spool
@@ -120,6 +120,8 @@ class OutcomeLog:
         self._offset = 0
         #: The rotation under way, if any: the file held open is the renamed one.
         self._rotation: _Rotation | None = None
+        #: Prices each outcome and counts it against budgets and rate limits (:mod:`authz.audit.costing`).
+        self._costing = costing
 
     # -- position ---------------------------------------------------------------------------------
 
@@ -173,6 +175,9 @@ class OutcomeLog:
         lines, consumed = self._ready(complete, final=final)
         if lines:
             self._spool.append_many(lines)
+            if self._costing is not None:  # only once spooled: a line read again is not counted twice
+                for line in lines:
+                    self._costing.settle(line)
         if consumed:
             self._offset += consumed
             self._save()
@@ -199,9 +204,11 @@ class OutcomeLog:
                 consumed += len(raw)
                 continue
             line = outcome_line(document, raw.rstrip(b"\n"), self._source)
+            if self._costing is not None:
+                self._costing.annotate(line, document)
             if line["request_id"] in self._in_flight:
                 break  # its decision is being written: this outcome must follow it
-            if not final and not line["decided"] and now <= self._in_flight.closed_after(_seconds(line["at"])):
+            if not final and not line["decided"] and now <= self._in_flight.closed_after(seconds_of(line["at"])):
                 break  # a Check for it could still be recorded: wait until none can
             lines.append(line)
             consumed += len(raw)
@@ -260,10 +267,3 @@ class OutcomeLog:
                 rotation.reopened = True  # nothing to ask: whoever rotates Envoy's logs did
             if not spooled:
                 await asyncio.sleep(self._poll)
-
-
-def _seconds(at: str) -> float:
-    try:
-        return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0

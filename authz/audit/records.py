@@ -77,6 +77,14 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).isoformat(timespec="microseconds")
 
 
+def seconds_of(at: str) -> float:
+    """A line's ``at`` (ISO 8601) in seconds since the epoch; 0 for what is not a time."""
+    try:
+        return datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
 def decision_line(decision: Decision, request: GatewayRequest, at: float, status: int | None) -> dict[str, Any]:
     record = decision.record
     request_id, changed_id = _request_id(request.request_id)
@@ -99,6 +107,10 @@ def decision_line(decision: Decision, request: GatewayRequest, at: float, status
         "decision": decision.outcome.value,
         "status": status,
     }
+    if record is not None and record.project_id is not None:
+        line["project_id"], line["project"] = record.project_id, record.project
+    if decision.hit is not None:
+        line["limit_scope"] = f"{decision.hit.kind}:{decision.hit.scope[0]}:{decision.hit.scope[1]}"
     if changed_id or changed_method or changed_route or changed_model:
         line[SANITIZED] = True
     return line

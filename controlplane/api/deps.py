@@ -6,8 +6,10 @@ Callers authenticate with a bearer credential and act in one role:
   and every request made with it is recorded as an ``admin.break_glass_used`` event, committed on its
   own so that a failing request is still on record;
 * ``auditor`` — reads everything, changes nothing;
-* ``finance`` — usage only;
-* ``owner`` — manages the tokens, members and service accounts of one team;
+* ``finance`` — usage and spend only (``/usage``, ``/spend``), and reads spend policy (projects,
+  budgets, rate limits, prices);
+* ``owner`` — manages the tokens, members and service accounts of one team, opens its projects and
+  reads its spend policy;
 * ``self`` — someone signed in with OIDC whose IdP groups give no admin role: only ``/api/v1/me…``,
   so every role set here refuses it. A signed-in admin, auditor or finance user acts in that role
   through the session cookie (changes need its ``X-CSRF-Token`` header) or a ``keyward login``

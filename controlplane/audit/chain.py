@@ -2,7 +2,8 @@
 
 Each audit table is one chain ordered by ``seq``. A record's hash is
 ``sha256(prev_hash || canonical(record))`` where the canonical form is compact JSON of the chain's
-name and the record's fields in a fixed order, timestamps in UTC with microseconds, UUIDs as text.
+name and the record's fields in a fixed order, timestamps in UTC with microseconds, UUIDs as text,
+amounts of money (decimals) as text with ten decimal places (the columns' scale).
 Fields added after the first release (:data:`EXTENSIONS`) follow as one object of those that are set,
 and only when one is: a row written before they existed hashes exactly as it always did.
 The first record's predecessor is :data:`GENESIS`; after retention drops old partitions, the
@@ -23,6 +24,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 GENESIS = b"\x00" * 32
@@ -42,15 +44,27 @@ FIELDS: dict[str, tuple[str, ...]] = {
 #: Fields hashed only when not null, after the fields above (see the module docstring).
 EXTENSIONS: dict[str, tuple[str, ...]] = {
     EVENTS: (),
-    REQUESTS: ("sanitized",),
-    OUTCOMES: ("sanitized", "decided"),
+    REQUESTS: ("sanitized", "project_id", "project", "limit_scope"),
+    OUTCOMES: ("sanitized", "decided", "cached_tokens", "cost_usd", "cost_input_usd", "cost_cached_usd",
+               "cost_output_usd", "price_version", "usage_estimated"),
 }
+
+#: The scale of every money column (``numeric(20, 10)``): a decimal is hashed, and stored, at it.
+MONEY_PLACES = Decimal("1e-10")
 
 #: Keys for pg_advisory_xact_lock: one writer per chain at a time, across every control-plane replica.
 LOCKS = {EVENTS: 0x4B57_0001, REQUESTS: 0x4B57_0002, OUTCOMES: 0x4B57_0003}
 
 
-def _plain(value: Any) -> Any:
+def money(value: Decimal) -> Decimal:
+    """An amount at the money columns' scale: what the database will hold, and so what is hashed."""
+    return value.quantize(MONEY_PLACES, rounding=ROUND_HALF_EVEN)
+
+
+def plain(value: Any) -> Any:
+    """A field's value in the canonical form."""
+    if isinstance(value, Decimal):
+        return format(money(value), "f")
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat(timespec="microseconds")
     if isinstance(value, uuid.UUID):
@@ -65,8 +79,8 @@ ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=Fa
 
 
 def canonical(chain: str, record: Mapping[str, Any]) -> bytes:
-    values: list[Any] = [chain, *(_plain(record[field]) for field in FIELDS[chain])]
-    extended = {field: _plain(record[field]) for field in EXTENSIONS.get(chain, ()) if record.get(field) is not None}
+    values: list[Any] = [chain, *(plain(record[field]) for field in FIELDS[chain])]
+    extended = {field: plain(record[field]) for field in EXTENSIONS.get(chain, ()) if record.get(field) is not None}
     if extended:
         values.append(extended)
     return ENCODE(values).encode()

@@ -24,6 +24,7 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import structlog
@@ -88,6 +89,42 @@ class DecisionLine(_Line):
     model: Text | None = None
     decision: Annotated[str, StringConstraints(min_length=1, max_length=64)]
     status: int | None = Field(default=None, ge=100, le=599)
+    project_id: uuid.UUID | None = None
+    project: Text | None = None
+    #: The budget or rate limit that refused the request: ``budget|rate:<scope type>:<scope id>``.
+    limit_scope: Annotated[str, StringConstraints(max_length=120)] | None = None
+
+
+Money = Annotated[Decimal, Field(ge=0, lt=Decimal("1e10"))]
+
+
+class SpendLine(BaseModel):
+    """Whom an outcome's cost counts against, for the spend rollup (``spend_daily``); not in the chain."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    token_id: uuid.UUID
+    owner_type: Literal["user", "service_account"] | None = None
+    owner_id: uuid.UUID | None = None
+    team_id: uuid.UUID | None = None
+    project_id: uuid.UUID | None = None
+    environment: Text | None = None
+    provider: Text | None = None
+    model: Text | None = None
+    input_tokens: int = Field(default=0, ge=0)
+    cached_tokens: int = Field(default=0, ge=0)
+    output_tokens: int = Field(default=0, ge=0)
+    cost_usd: float = Field(default=0.0, ge=0)
+    estimated: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        # As in every line: what a client chose (the model) is stored, never a reason to refuse.
+        if isinstance(data, dict):
+            return {name: storable(value, TEXT_LIMIT) if isinstance(value, str) else value
+                    for name, value in data.items()}
+        return data
 
 
 class OutcomeLine(_Line):
@@ -109,6 +146,26 @@ class OutcomeLine(_Line):
     authz_decision: Annotated[str, StringConstraints(max_length=64)] | None = None
     method: Text | None = None
     route: Text | None = None
+    cached_tokens: int | None = Field(default=None, ge=0)
+    #: What the request cost in USD (null: it has no price, see ``price_version``).
+    cost_usd: Money | None = None
+    cost_input_usd: Money | None = None
+    cost_cached_usd: Money | None = None
+    cost_output_usd: Money | None = None
+    #: The price used (``genai-prices <version>``, ``override:<id>``) or ``unpriced``.
+    price_version: Annotated[str, StringConstraints(max_length=64)] | None = None
+    #: The provider reported no usage: the cost is an estimate from the bytes exchanged.
+    usage_estimated: bool | None = None
+    spend: SpendLine | None = None
+
+    @model_validator(mode="after")
+    def _at_scale(self) -> OutcomeLine:
+        # Stored at the money columns' scale, so the row holds exactly what is hashed.
+        for name in ("cost_usd", "cost_input_usd", "cost_cached_usd", "cost_output_usd"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, chain.money(value))
+        return self
 
 
 class IngestBatch(BaseModel):
@@ -157,7 +214,7 @@ def _envoy_record(line: OutcomeLine) -> dict[str, Any]:
     return {"at": line.at, "request_id": line.request_id, "source": "envoy", "token_id": None, "user_id": None,
             "user_email": None, "team": None, "environment": None, "provider": None, "method": line.method,
             "route": line.route, "model": None, "decision": decision[:64], "status": line.status,
-            "sanitized": line.sanitized}
+            "sanitized": line.sanitized, "project_id": None, "project": None, "limit_scope": None}
 
 
 _RECORD_FIELDS = tuple(f for f in (*chain.FIELDS[chain.REQUESTS], *chain.EXTENSIONS[chain.REQUESTS])
@@ -177,7 +234,9 @@ def split(batch: IngestBatch) -> tuple[list[dict[str, Any]], list[dict[str, Any]
             record["source"] = "authz"
             records.append(record)
             continue
-        outcomes.append({name: values[name] for name in _OUTCOME_FIELDS})
+        outcome = {name: values[name] for name in _OUTCOME_FIELDS}
+        outcome["spend"] = values["spend"]
+        outcomes.append(outcome)
         # Every request gets a record: this one stands in unless a decision exists (checked at write).
         records.append(_envoy_record(line))
     return records, outcomes
@@ -241,13 +300,61 @@ def _digests(table: str, prev_hash: bytes, first_seq: int, rows: Sequence[Sequen
         values: list[Any] = [table, seq]
         values.extend([value if convert is None else convert(value)
                        for convert, value in zip(converters[:base], row[:base], strict=True)])
-        extended = {name: value for name, value in zip(extensions, row[base:], strict=True) if value is not None}
+        extended = {name: chain.plain(value) for name, value in zip(extensions, row[base:], strict=True)
+                    if value is not None}
         if extended:
             values.append(extended)
         prev_hash = sha256(prev_hash + _canonical_encode(values).encode()).digest()
         digests.append(prev_hash)
         seq += 1
     return digests
+
+
+#: The spend rollup's dimensions, in ``spend_daily``'s key order.
+_SPEND_KEY = ("day", "provider", "model", "environment", "team_id", "project_id", "user_id", "service_account_id",
+              "token_id")
+_ROLL_UP_SQL = """
+    INSERT INTO spend_daily AS s (day, provider, model, environment, team_id, project_id, user_id,
+                                  service_account_id, token_id, requests, input_tokens, cached_tokens,
+                                  output_tokens, cost_usd, estimated_requests)
+    SELECT * FROM unnest($1::date[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::uuid[], $7::uuid[],
+                         $8::uuid[], $9::uuid[], $10::bigint[], $11::bigint[], $12::bigint[], $13::bigint[],
+                         $14::numeric[], $15::bigint[])
+    ON CONFLICT ON CONSTRAINT spend_daily_key DO UPDATE SET
+        requests = s.requests + EXCLUDED.requests, input_tokens = s.input_tokens + EXCLUDED.input_tokens,
+        cached_tokens = s.cached_tokens + EXCLUDED.cached_tokens,
+        output_tokens = s.output_tokens + EXCLUDED.output_tokens, cost_usd = s.cost_usd + EXCLUDED.cost_usd,
+        estimated_requests = s.estimated_requests + EXCLUDED.estimated_requests
+"""
+
+
+async def _roll_up(connection: Any, outcomes: Sequence[dict[str, Any]]) -> None:
+    """Add the newly stored outcomes' costs to ``spend_daily``, in the batch's transaction: a resent
+    outcome was not stored again, so it is not counted again."""
+    totals: dict[tuple[Any, ...], list[Any]] = {}
+    for outcome in outcomes:
+        spend: SpendLine | None = outcome.get("spend")
+        if spend is None:
+            continue
+        user = spend.owner_id if spend.owner_type == "user" else None
+        account = spend.owner_id if spend.owner_type == "service_account" else None
+        key = (outcome["at"].astimezone(UTC).date(), spend.provider, spend.model, spend.environment, spend.team_id,
+               spend.project_id, user, account, spend.token_id)
+        slot = totals.get(key)
+        if slot is None:
+            slot = totals[key] = [0, 0, 0, 0, Decimal(0), 0]
+        slot[0] += 1
+        slot[1] += spend.input_tokens
+        slot[2] += spend.cached_tokens
+        slot[3] += spend.output_tokens
+        slot[4] += outcome["cost_usd"] or 0
+        slot[5] += 1 if spend.estimated else 0
+    if not totals:
+        return
+    keys = list(totals)
+    columns = [[key[i] for key in keys] for i in range(len(_SPEND_KEY))]
+    values = [[totals[key][i] for key in keys] for i in range(6)]
+    await connection.execute(_ROLL_UP_SQL, *columns, *values)
 
 
 class Ingestor:
@@ -340,4 +447,6 @@ class Ingestor:
         await connection.execute(
             "INSERT INTO audit_checkpoints (chain, seq, hash, kind, signature) VALUES ($1, $2, $3, $4, $5)",
             *signing.current().checkpoint(table, seq + len(fresh), link_from))
+        if table == chain.OUTCOMES:
+            await _roll_up(connection, fresh)
         return len(fresh)

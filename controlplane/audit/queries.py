@@ -27,6 +27,8 @@ REQUEST_COLUMNS = (
     "seq", "at", "request_id", "source", "token_id", "user_id", "user_email", "team", "environment", "provider",
     "method", "route", "model", "decision", "authz_decision", "status", "upstream_status", "response_flags", "details",
     "duration_ms", "upstream_ms", "bytes_in", "bytes_out", "prompt_tokens", "completion_tokens", "sanitized",
+    "project_id", "project", "limit_scope", "cached_tokens", "cost_usd", "cost_input_usd", "cost_cached_usd",
+    "cost_output_usd", "price_version", "usage_estimated",
 )
 
 #: What the client got (see the module docstring), as SQL over ``r`` and its outcome ``o``.
@@ -50,7 +52,8 @@ SELECT r.seq, r.at, r.request_id, r.source, r.token_id, r.user_id, r.user_email,
        CASE WHEN r.source = 'authz' THEN r.decision END AS authz_decision, COALESCE(o.status, r.status) AS status,
        o.upstream_status, o.response_flags, o.details, o.duration_ms, o.upstream_ms, o.bytes_in, o.bytes_out,
        o.prompt_tokens, o.completion_tokens, COALESCE(r.sanitized OR o.sanitized, r.sanitized, o.sanitized, false)
-       AS sanitized
+       AS sanitized, r.project_id, r.project, r.limit_scope, o.cached_tokens, o.cost_usd, o.cost_input_usd,
+       o.cost_cached_usd, o.cost_output_usd, o.price_version, COALESCE(o.usage_estimated, false) AS usage_estimated
 FROM request_records r""" + _OUTCOME  # noqa: S608 - fixed SQL fragments only
 
 

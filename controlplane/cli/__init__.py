@@ -8,9 +8,12 @@ One configuration, one client, one way to print::
     output.py            tables, --json, one-line errors, the exit codes
     vocabulary.py        environments, roles, providers, catalog entries, resources named by name
     options.py           options the command groups share
-    users.py  teams.py  profiles.py  service_accounts.py  tokens.py  credentials.py
+    users.py  teams.py  profiles.py  service_accounts.py  tokens.py  credentials.py  notifications.py
                          the admin API, one module per command group
+    projects.py  budgets.py  limits.py  prices.py
+                         spend policy (scopes.py: how budgets and limits name a scope)
     session.py           login, me, logout, whoami, configure (loopback.py: login's redirect receiver)
+    spend.py             keyward spend: the spend report, a table or a CSV / JSON lines export
     stack.py  audit.py   up and migrate; audit verify and retention (straight to the database)
 
 Start-up stays quick: pydantic (settings), the OIDC client, the stack runner and the database code are
@@ -23,10 +26,16 @@ import typer
 
 from controlplane.cli import (
     audit,
+    budgets,
     credentials,
+    limits,
+    notifications,
+    prices,
     profiles,
+    projects,
     service_accounts,
     session,
+    spend,
     stack,
     teams,
     tokens,
@@ -48,5 +57,11 @@ app.add_typer(profiles.app, name="profiles")
 app.add_typer(service_accounts.app, name="service-accounts")
 app.add_typer(tokens.app, name="tokens")
 app.add_typer(credentials.app, name="credentials")
+app.add_typer(notifications.app, name="notifications")
+app.add_typer(projects.app, name="projects")
+app.add_typer(budgets.app, name="budgets")
+app.add_typer(limits.app, name="limits")
+app.add_typer(prices.app, name="prices")
+app.command("spend")(spend.spend)
 for command in (session.whoami, session.configure, session.login, session.me, session.logout):
     app.command()(command)

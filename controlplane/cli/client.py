@@ -9,6 +9,7 @@ API refuses, exit 3 when it cannot be reached or does not answer as Keyward does
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -103,6 +104,22 @@ class Api:
 
     def delete(self, path: str) -> Any:
         return self.request("DELETE", path)
+
+    def export(self, path: str, params: dict[str, Any], write: Callable[[str], object]) -> None:
+        """A streamed text export (CSV, JSON lines), handed to ``write`` chunk by chunk as it arrives;
+        failures end the command as :meth:`request`'s do."""
+        params = {k: v for k, v in params.items() if v is not None}
+        try:
+            with self._http.stream("GET", path, params=params) as response:
+                if response.is_error:
+                    response.read()
+                    fail(self._describe(response))
+                for chunk in response.iter_text():
+                    write(chunk)
+        except httpx.TimeoutException:
+            fail(f"no answer from {self.url} within {self._timeout.read:g}s", Exit.CONNECTION)
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+            fail(f"cannot reach the Keyward API at {self.url}: {str(exc) or type(exc).__name__}", Exit.CONNECTION)
 
     def _describe(self, response: httpx.Response) -> str:
         """The API's ``detail`` (field errors joined) and ``code``, on one line."""

@@ -1,9 +1,10 @@
 """``keyward profiles``: access profiles, what a team's tokens may do: the model catalog (entries
-``PROVIDER:PATTERN[@env1,env2]``), the environments, token lifetimes, limits. Named by id or name."""
+``PROVIDER:PATTERN[@env1,env2]``), the environments, token lifetimes, and the default budgets
+(``SCOPE=AMOUNT[/PERIOD][:POSTURE]``) and rate limits (``SCOPE=Nrpm[,Ntpm]``) of every scope under a
+team with the profile. Named by id or name."""
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 
 import typer
@@ -11,7 +12,16 @@ import typer
 from controlplane.cli.client import Api, connect, payload
 from controlplane.cli.options import AllPages, CursorOpt, Description, JsonOut, PageSize, ProfileRef
 from controlplane.cli.output import Columns, Row, key, show_page, show_record, usage
-from controlplane.cli.vocabulary import PROFILES, Env, model_spec, parse_model
+from controlplane.cli.vocabulary import (
+    PROFILES,
+    Env,
+    budget_spec,
+    model_spec,
+    parse_budget,
+    parse_model,
+    parse_rate_limit,
+    rate_limit_spec,
+)
 
 app = typer.Typer(help="Access profiles: model catalog, environments, token lifetimes.", no_args_is_help=True)
 
@@ -19,6 +29,8 @@ COLUMNS: Columns = [
     ("ID", key("id")), ("NAME", key("name")), ("MODELS", lambda r: [model_spec(e) for e in r["catalog"]]),
     ("ENVIRONMENTS", key("environments")), ("DEFAULT DAYS", key("default_token_days")),
     ("MAX DAYS", key("max_token_days")), ("DORMANT DAYS", key("dormant_disable_days")),
+    ("BUDGETS", lambda r: [budget_spec(s, b) for s, b in r["budget_defaults"].items()]),
+    ("RATE LIMITS", lambda r: [rate_limit_spec(s, limit) for s, limit in r["rate_limit_defaults"].items()]),
 ]
 CATALOG_HELP = "Catalog entry PROVIDER:PATTERN\\[@env1,env2], repeatable (provider: openai, anthropic or *)."
 ENVS_HELP = "Allowed token environment, repeatable."
@@ -27,27 +39,39 @@ EnvsOpt = Annotated[list[Env] | None, typer.Option("--environment", help=ENVS_HE
 DefaultDays = Annotated[int | None, typer.Option(min=1, max=3650, help="Default token lifetime (API default 30).")]
 MaxDays = Annotated[int | None, typer.Option(min=1, max=3650, help="Longest token lifetime (API default 90).")]
 DormantDays = Annotated[int | None, typer.Option(min=1, max=3650, help="Revoke tokens unused this many days.")]
-RateLimit = Annotated[int | None, typer.Option(min=1, help="Requests per minute.")]
-Budget = Annotated[str | None, typer.Option(help="Monthly budget in USD, e.g. 250.00.")]
+Budgets = Annotated[list[str] | None, typer.Option(
+    "--budget", help="Default budget of a scope type, SCOPE=AMOUNT[/PERIOD][:POSTURE] (e.g. team=200 or "
+                     "user=20/day:hard), repeatable; replaces all the profile's budget defaults.")]
+RateLimits = Annotated[list[str] | None, typer.Option(
+    "--rate-limit", help="Default rate limit of a scope type, SCOPE=Nrpm[,Ntpm] (e.g. token=60rpm), repeatable; "
+                         "replaces all the profile's rate-limit defaults.")]
 
 
-def _budget(value: str | None) -> str | None:
-    if value is None:
+def _per_scope(specs: list[str] | None, parse: Any, option: str) -> dict[str, Any] | None:
+    if not specs:
         return None
-    try:
-        Decimal(value)
-    except InvalidOperation:
-        usage(f"--monthly-budget-usd {value!r} is not a number")
-    return value
+    parsed: dict[str, Any] = {}
+    for spec in specs:
+        scope, value = parse(spec)
+        if scope in parsed:
+            usage(f"{option}: {scope} given twice")
+        parsed[scope] = value
+    return parsed
 
 
-def _fields(models: list[str] | None, environments: list[Env] | None, **fields: Any) -> dict[str, Any]:
+def _fields(models: list[str] | None, environments: list[Env] | None, budgets: list[str] | None,
+            rate_limits: list[str] | None, **fields: Any) -> dict[str, Any]:
     return payload(catalog=[parse_model(m) for m in models] if models else None,
-                   environments=[str(e) for e in environments] if environments else None, **fields)
+                   environments=[str(e) for e in environments] if environments else None,
+                   budget_defaults=_per_scope(budgets, parse_budget, "--budget"),
+                   rate_limit_defaults=_per_scope(rate_limits, parse_rate_limit, "--rate-limit"), **fields)
 
 
 def _show(api: Api, profile: Row, as_json: bool, note: str | None = None) -> None:
-    readable = profile if as_json else {**profile, "catalog": [model_spec(e) for e in profile["catalog"]]}
+    readable = profile if as_json else {
+        **profile, "catalog": [model_spec(e) for e in profile["catalog"]],
+        "budget_defaults": [budget_spec(s, b) for s, b in profile["budget_defaults"].items()],
+        "rate_limit_defaults": [rate_limit_spec(s, limit) for s, limit in profile["rate_limit_defaults"].items()]}
     show_record(readable, as_json, labels=api.labels, note=note)
 
 
@@ -74,21 +98,23 @@ def profiles_create(
     models: Annotated[list[str], typer.Option("--model", help=CATALOG_HELP)],
     environments: Annotated[list[Env], typer.Option("--environment", help=ENVS_HELP)],
     default_token_days: DefaultDays = None, max_token_days: MaxDays = None, dormant_days: DormantDays = None,
-    rate_limit_rpm: RateLimit = None, monthly_budget_usd: Budget = None, description: Description = None,
+    budgets: Budgets = None, rate_limits: RateLimits = None, description: Description = None,
     as_json: JsonOut = False,
 ) -> None:
     """Create an access profile, e.g. --model openai:gpt-4o* --model anthropic:claude-*@prod --environment dev
-    --environment prod."""
+    --environment prod --budget team=500 --rate-limit token=60rpm."""
     api = connect()
-    body = _fields(models, environments, name=name, description=description,
+    body = _fields(models, environments, budgets, rate_limits, name=name, description=description,
                    default_token_days=default_token_days, max_token_days=max_token_days,
-                   dormant_disable_days=dormant_days, rate_limit_rpm=rate_limit_rpm,
-                   monthly_budget_usd=_budget(monthly_budget_usd))
+                   dormant_disable_days=dormant_days)
     _show(api, api.post("/profiles", body), as_json, note=f"Created profile {name}.")
 
 
-_CLEARED = {"description": "description", "dormant-days": "dormant_disable_days",
-            "rate-limit-rpm": "rate_limit_rpm", "monthly-budget-usd": "monthly_budget_usd"}
+#: What --clear takes, and the field and value it sends.
+_CLEARED: dict[str, tuple[str, Any]] = {
+    "description": ("description", None), "dormant-days": ("dormant_disable_days", None),
+    "budgets": ("budget_defaults", {}), "rate-limits": ("rate_limit_defaults", {}),
+}
 
 
 @app.command("update")
@@ -97,9 +123,9 @@ def profiles_update(
     name: Annotated[str | None, typer.Option("--name", help="New name.")] = None,
     models: ModelsOpt = None, environments: EnvsOpt = None,
     default_token_days: DefaultDays = None, max_token_days: MaxDays = None, dormant_days: DormantDays = None,
-    rate_limit_rpm: RateLimit = None, monthly_budget_usd: Budget = None, description: Description = None,
+    budgets: Budgets = None, rate_limits: RateLimits = None, description: Description = None,
     clear: Annotated[list[str] | None, typer.Option(
-        help="Unset one of: description, dormant-days, rate-limit-rpm, monthly-budget-usd (repeatable).")] = None,
+        help="Unset one of: description, dormant-days, budgets, rate-limits (repeatable).")] = None,
     as_json: JsonOut = False,
 ) -> None:
     """Change an access profile. --model and --environment replace the whole list; narrowing applies
@@ -107,11 +133,10 @@ def profiles_update(
     unknown = [c for c in clear or [] if c not in _CLEARED]
     if unknown:
         usage(f"--clear {unknown[0]!r}: expected one of {', '.join(_CLEARED)}")
-    body = _fields(models, environments, name=name, description=description,
+    body = _fields(models, environments, budgets, rate_limits, name=name, description=description,
                    default_token_days=default_token_days, max_token_days=max_token_days,
-                   dormant_disable_days=dormant_days, rate_limit_rpm=rate_limit_rpm,
-                   monthly_budget_usd=_budget(monthly_budget_usd))
-    body |= {_CLEARED[c]: None for c in clear or []}
+                   dormant_disable_days=dormant_days)
+    body |= dict(_CLEARED[c] for c in clear or [])
     if not body:
         usage("nothing to change: give at least one option")
     api = connect()

@@ -10,6 +10,7 @@ import typer
 from controlplane.cli.client import Api, connect, payload
 from controlplane.cli.options import AllPages, CursorOpt, Description, JsonOut, PageSize
 from controlplane.cli.output import Columns, at, done, key, show_page, show_record
+from controlplane.cli.scopes import project_id
 from controlplane.cli.vocabulary import SERVICE_ACCOUNTS, TEAMS, USERS
 
 app = typer.Typer(help="Service accounts: workloads owned by a team.", no_args_is_help=True)
@@ -43,6 +44,8 @@ def accounts_create(
     team: Annotated[str, typer.Option(help="The owning team (id or name); its tokens act for it.")],
     business_owner: Annotated[str, typer.Option(help="User id or email.")],
     technical_owner: Annotated[str, typer.Option(help="User id or email.")],
+    project: Annotated[str | None, typer.Option(help="An open project of the team (id or name): the default "
+                                                     "project of its tokens.")] = None,
     description: Description = None,
     as_json: JsonOut = False,
 ) -> None:
@@ -50,7 +53,8 @@ def accounts_create(
     api = connect()
     body = payload(name=name, description=description, team_id=api.id_of(TEAMS, team),
                    business_owner_id=api.id_of(USERS, business_owner),
-                   technical_owner_id=api.id_of(USERS, technical_owner))
+                   technical_owner_id=api.id_of(USERS, technical_owner),
+                   project_id=project_id(api, project, team) if project else None)
     show_record(api.post("/service-accounts", body), as_json, labels=api.labels,
                 note=f"Created service account {name}.")
 

@@ -26,6 +26,7 @@ from controlplane.cli.output import (
     usage,
     when,
 )
+from controlplane.cli.scopes import project_id
 from controlplane.cli.vocabulary import SERVICE_ACCOUNTS, TEAMS, USERS, Env
 
 app = typer.Typer(help="Personal access tokens: mint, list, narrow, rotate, revoke.", no_args_is_help=True)
@@ -59,6 +60,8 @@ def tokens_mint(
     service_account: Annotated[str | None, typer.Option(help="Owner: service account id or name.")] = None,
     team: Annotated[str | None, typer.Option(help="Team the token acts for (id or name); default: the "
                                                   "user's only team.")] = None,
+    project: Annotated[str | None, typer.Option(help="An open project of the team (id or name) its spend rolls "
+                                                     "up to; a service account's default: its own.")] = None,
     name: Annotated[str, typer.Option(help="What the token is for, e.g. laptop or ci.")] = "cli",
     env: Annotated[Env, typer.Option(help="Token environment.")] = Env.dev,
     models: Annotated[list[str] | None, typer.Option(
@@ -74,7 +77,8 @@ def tokens_mint(
     api = connect()
     body = payload(user_id=api.id_of(USERS, user) if user else None,
                    service_account_id=api.id_of(SERVICE_ACCOUNTS, service_account) if service_account else None,
-                   team_id=api.id_of(TEAMS, team) if team else None, name=name, environment=str(env),
+                   team_id=api.id_of(TEAMS, team) if team else None,
+                   project_id=project_id(api, project, team) if project else None, name=name, environment=str(env),
                    models=models or None, scopes=scopes or None, expires_in_days=expires_in_days)
     issued = api.post("/tokens", body)
     show_secret(issued, as_json, quiet, _summary(api, "Minted token", issued))

@@ -55,6 +55,65 @@ def model_spec(entry: dict[str, Any]) -> str:
     return f"{entry.get('provider')}:{entry.get('pattern')}" + (f"@{','.join(envs)}" if envs else "")
 
 
+SCOPES = ("token", "user", "service_account", "project", "team")
+POSTURES = ("hard", "alert", "alert_then_hard")
+_BUDGET_SYNTAX = ("SCOPE=AMOUNT[/PERIOD][:POSTURE] (e.g. team=200, user=20/day:hard; SCOPE one of "
+                  f"{', '.join(SCOPES)}; PERIOD month or day; POSTURE one of {', '.join(POSTURES)})")
+_LIMIT_SYNTAX = ("SCOPE=Nrpm[,Ntpm] (e.g. token=60rpm or user=30rpm,60000tpm; SCOPE one of "
+                 f"{', '.join(SCOPES)})")
+
+
+def _scoped(option: str, spec: str, syntax: str) -> tuple[str, str]:
+    scope, sep, rest = spec.partition("=")
+    if not sep or scope not in SCOPES or not rest:
+        usage(f"{option} {spec!r}: expected {syntax}")
+    return scope, rest
+
+
+def parse_budget(spec: str) -> tuple[str, dict[str, Any]]:
+    """``SCOPE=AMOUNT[/PERIOD][:POSTURE]`` → (scope type, a budget without its scope).
+
+    >>> parse_budget("user=20/day:hard")
+    ('user', {'amount_usd': '20', 'period': 'day', 'posture': 'hard'})
+    """
+    scope, rest = _scoped("--budget", spec, _BUDGET_SYNTAX)
+    rest, colon, posture = rest.partition(":")
+    amount, slash, period = rest.partition("/")
+    try:
+        valid = float(amount) > 0
+    except ValueError:
+        valid = False
+    if not valid or (slash and period not in ("month", "day")) or (colon and posture not in POSTURES):
+        usage(f"--budget {spec!r}: expected {_BUDGET_SYNTAX}")
+    return scope, {"amount_usd": amount, **({"period": period} if slash else {}),
+                   **({"posture": posture} if colon else {})}
+
+
+def parse_rate_limit(spec: str) -> tuple[str, dict[str, int]]:
+    """``SCOPE=Nrpm[,Ntpm]`` → (scope type, a rate limit without its scope).
+
+    >>> parse_rate_limit("user=30rpm,60000tpm")
+    ('user', {'rpm': 30, 'tpm': 60000})
+    """
+    scope, rest = _scoped("--rate-limit", spec, _LIMIT_SYNTAX)
+    limits: dict[str, int] = {}
+    for part in rest.split(","):
+        unit = part[-3:]
+        if unit not in ("rpm", "tpm") or unit in limits or not part[:-3].isdigit() or int(part[:-3]) <= 0:
+            usage(f"--rate-limit {spec!r}: expected {_LIMIT_SYNTAX}")
+        limits[unit] = int(part[:-3])
+    return scope, limits
+
+
+def budget_spec(scope: str, budget: dict[str, Any]) -> str:
+    """A budget back in the ``SCOPE=AMOUNT/PERIOD:POSTURE`` syntax."""
+    return f"{scope}={budget.get('amount_usd')}/{budget.get('period', 'month')}:{budget.get('posture')}"
+
+
+def rate_limit_spec(scope: str, limit: dict[str, Any]) -> str:
+    return f"{scope}=" + ",".join(f"{limit[unit]}{unit}" for unit in ("rpm", "tpm") if limit.get(unit))
+
+
 @dataclass(frozen=True)
 class Kind:
     """A resource the CLI names: its path and the field a human names it by."""
@@ -70,7 +129,9 @@ TEAMS = Kind("team", "/teams", "name", "name")
 PROFILES = Kind("profile", "/profiles", "name")
 SERVICE_ACCOUNTS = Kind("service account", "/service-accounts", "name")
 CREDENTIALS = Kind("credential", "/credentials", "name")
+#: Named by name within a team (two teams may each have a "research"): see cli/projects.py project_id.
+PROJECTS = Kind("project", "/projects", "name", "name")
 
 #: Id fields a record table shows with the name of what they point to.
 ID_FIELDS = {"user_id": USERS, "team_id": TEAMS, "profile_id": PROFILES, "service_account_id": SERVICE_ACCOUNTS,
-             "business_owner_id": USERS, "technical_owner_id": USERS}
+             "business_owner_id": USERS, "technical_owner_id": USERS, "project_id": PROJECTS}

@@ -63,6 +63,17 @@ class Settings(OidcSettings, BaseSettings):
     revocation_wait_seconds: float = Field(default=2.0, gt=0, le=30)
     #: How often token expiry events and the dormant-token policy run.
     lifecycle_interval_seconds: float = Field(default=30, gt=0, le=3600)
+    #: How often budget thresholds reached are looked for (and announced, once each).
+    budget_alert_interval_seconds: float = Field(default=10, gt=0, le=3600)
+    #: How often due notification deliveries (budget alerts, tests) are sent.
+    notification_interval_seconds: float = Field(default=2, gt=0, le=3600)
+    #: A failed delivery is retried after this many seconds, doubling each time up to the maximum.
+    notification_retry_seconds: float = Field(default=5, gt=0, le=3600)
+    notification_retry_max_seconds: float = Field(default=600, gt=0, le=86400)
+    #: Attempts before a delivery is given up as ``failed`` (an event ``notification.failed``).
+    notification_max_attempts: int = Field(default=8, ge=1, le=100)
+    #: How long one delivery's HTTP request may take.
+    notification_timeout_seconds: float = Field(default=5, gt=0, le=60)
     log_level: str = "info"
 
     #: Signs the short-lived sign-in state cookie and derives CSRF tokens (the runner generates one).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -54,6 +55,19 @@ class RequestRecord(Output):
     prompt_tokens: int | None
     completion_tokens: int | None
     sanitized: bool = Field(description="A value the client sent was cut or had unstorable characters replaced.")
+    project_id: uuid.UUID | None = None
+    project: str | None = None
+    limit_scope: str | None = Field(default=None, description="The budget or rate limit that refused the request: "
+                                                              "budget|rate:<scope type>:<scope id>.")
+    cached_tokens: int | None = None
+    cost_usd: Decimal | None = Field(default=None, description="What the request cost (null: unpriced model, or no "
+                                                               "outcome yet).")
+    cost_input_usd: Decimal | None = None
+    cost_cached_usd: Decimal | None = None
+    cost_output_usd: Decimal | None = None
+    price_version: str | None = Field(default=None, description="genai-prices <version>, override:<id> or unpriced.")
+    usage_estimated: bool = Field(default=False, description="The provider reported no usage; the cost is estimated "
+                                                             "from the bytes exchanged.")
 
 
 class UserActivity(BaseModel):

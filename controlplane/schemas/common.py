@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -54,6 +55,16 @@ Role = Literal["admin", "auditor", "finance", "owner"]
 
 MemberRole = Literal["member", "owner"]
 
+#: What a budget or a rate limit attaches to, from the narrowest to the widest.
+ScopeType = Literal["token", "user", "service_account", "project", "team"]
+#: ``hard``: refuse at 100%. ``alert``: announce the thresholds, never refuse. ``alert_then_hard``:
+#: announce the thresholds, refuse at 100%.
+Posture = Literal["hard", "alert", "alert_then_hard"]
+#: Budget periods: the calendar month or day (UTC), or a fixed window of an explicit budget.
+Period = Literal["month", "day", "window"]
+#: A positive amount of US dollars (up to 10 digits before the point, 4 after).
+Usd = Annotated[Decimal, Field(gt=0, max_digits=14, decimal_places=4)]
+
 
 class RevocationStatus(BaseModel):
     """Whether the gateway already refuses what was revoked: every live authz replica confirmed it."""
@@ -63,3 +74,53 @@ class RevocationStatus(BaseModel):
     confirmed: dict[str, datetime] = Field(description="Replica id -> when it applied the change.")
     unconfirmed: list[str] = Field(description="Replicas seen alive that did not confirm within the wait.")
     waited_ms: int
+
+
+Threshold = Annotated[int, Field(gt=0, le=1000)]
+
+
+class BudgetSpec(Input):
+    """A budget without its scope: what a profile gives each scope of a type by default."""
+
+    amount_usd: Usd
+    period: Literal["month", "day"] = "month"
+    posture: Posture = "alert_then_hard"
+    thresholds: list[Threshold] = Field(default_factory=lambda: [50, 80, 100], max_length=10,
+                                        description="Percentages of the amount at which an alert is raised.")
+
+    @model_validator(mode="after")
+    def _sorted(self) -> BudgetSpec:
+        self.thresholds = sorted(set(self.thresholds))
+        return self
+
+
+class RateLimitSpec(Input):
+    rpm: int | None = Field(default=None, gt=0, le=MAX_INT, description="Requests per minute.")
+    tpm: int | None = Field(default=None, gt=0, le=2**62, description="Tokens (input + output) per minute.")
+
+    @model_validator(mode="after")
+    def _something(self) -> RateLimitSpec:
+        if self.rpm is None and self.tpm is None:
+            raise ValueError("set rpm, tpm or both")
+        return self
+
+
+class BudgetDefaults(Input):
+    """A profile's default budget per scope type: every team with the profile, and every project,
+    person, service account and token acting for such a team, gets one unless it has its own."""
+
+    team: BudgetSpec | None = None
+    project: BudgetSpec | None = None
+    user: BudgetSpec | None = None
+    service_account: BudgetSpec | None = None
+    token: BudgetSpec | None = None
+
+
+class RateLimitDefaults(Input):
+    """A profile's default rate limits per scope type (see :class:`BudgetDefaults`)."""
+
+    team: RateLimitSpec | None = None
+    project: RateLimitSpec | None = None
+    user: RateLimitSpec | None = None
+    service_account: RateLimitSpec | None = None
+    token: RateLimitSpec | None = None

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from decimal import Decimal
 from typing import Annotated, Literal
 
 from pydantic import EmailStr, Field, StringConstraints, model_validator
 
 from controlplane.schemas.common import (
-    MAX_INT,
+    BudgetDefaults,
     Environment,
     Input,
     MemberRole,
@@ -18,6 +17,7 @@ from controlplane.schemas.common import (
     Name,
     Output,
     Provider,
+    RateLimitDefaults,
     RevocationStatus,
     UserStatus,
 )
@@ -64,8 +64,8 @@ class ProfileCreate(Input):
     dormant_disable_days: int | None = Field(
         default=None, gt=0, le=3650, description="Opt-in: revoke tokens unused this many days (never used: since mint)."
     )
-    rate_limit_rpm: int | None = Field(default=None, gt=0, le=MAX_INT)
-    monthly_budget_usd: Decimal | None = Field(default=None, gt=0, max_digits=12, decimal_places=2)
+    budget_defaults: BudgetDefaults = Field(default_factory=BudgetDefaults)
+    rate_limit_defaults: RateLimitDefaults = Field(default_factory=RateLimitDefaults)
 
     @model_validator(mode="after")
     def _lifetimes(self) -> ProfileCreate:
@@ -75,7 +75,8 @@ class ProfileCreate(Input):
 
 
 class ProfileUpdate(Input):
-    _not_null = ("name", "catalog", "environments", "default_token_days", "max_token_days")
+    _not_null = ("name", "catalog", "environments", "default_token_days", "max_token_days", "budget_defaults",
+                 "rate_limit_defaults")
 
     name: Name | None = None
     description: Annotated[str, StringConstraints(max_length=2000)] | None = None
@@ -84,8 +85,8 @@ class ProfileUpdate(Input):
     default_token_days: int | None = Field(default=None, gt=0, le=3650)
     max_token_days: int | None = Field(default=None, gt=0, le=3650)
     dormant_disable_days: int | None = Field(default=None, gt=0, le=3650)
-    rate_limit_rpm: int | None = Field(default=None, gt=0, le=MAX_INT)
-    monthly_budget_usd: Decimal | None = Field(default=None, gt=0, max_digits=12, decimal_places=2)
+    budget_defaults: BudgetDefaults | None = None
+    rate_limit_defaults: RateLimitDefaults | None = None
 
 
 class ProfilePublic(Output):
@@ -97,8 +98,8 @@ class ProfilePublic(Output):
     default_token_days: int
     max_token_days: int
     dormant_disable_days: int | None
-    rate_limit_rpm: int | None
-    monthly_budget_usd: Decimal | None
+    budget_defaults: dict
+    rate_limit_defaults: dict
     created_at: datetime
     updated_at: datetime
 
@@ -143,6 +144,8 @@ class ServiceAccountCreate(Input):
     team_id: uuid.UUID
     business_owner_id: uuid.UUID
     technical_owner_id: uuid.UUID
+    project_id: uuid.UUID | None = Field(default=None, description="An open project of the team: the default "
+                                                                   "project of the account's tokens.")
 
 
 class ServiceAccountUpdate(Input):
@@ -152,6 +155,8 @@ class ServiceAccountUpdate(Input):
     business_owner_id: uuid.UUID | None = None
     technical_owner_id: uuid.UUID | None = None
     status: Literal["active", "disabled"] | None = None
+    project_id: uuid.UUID | None = Field(default=None, description="The default project of the account's new "
+                                                                   "tokens; null: none.")
 
 
 class ServiceAccountPublic(Output):
@@ -161,6 +166,7 @@ class ServiceAccountPublic(Output):
     team_id: uuid.UUID
     business_owner_id: uuid.UUID
     technical_owner_id: uuid.UUID
+    project_id: uuid.UUID | None
     status: Literal["active", "disabled"]
     created_at: datetime
     updated_at: datetime

@@ -20,6 +20,10 @@ class TokenCreate(Input):
     team_id: uuid.UUID | None = Field(
         default=None, description="The team the token acts for; defaults to the owner's only team."
     )
+    project_id: uuid.UUID | None = Field(
+        default=None, description="An open project of the token's team, which its spend rolls up to; a service "
+                                  "account's token defaults to the account's project."
+    )
     name: Name
     environment: Environment = "dev"
     models: list[ModelPattern] = Field(
@@ -76,6 +80,7 @@ class TokenPublic(Output):
     user_id: uuid.UUID | None
     service_account_id: uuid.UUID | None
     team_id: uuid.UUID | None
+    project_id: uuid.UUID | None
     environment: Environment
     models: list[str]
     scopes: list[str]
@@ -109,6 +114,7 @@ class MyTokenCreate(BaseModel):
 
     name: Name
     team_id: uuid.UUID | None = Field(default=None, description="One of your teams; optional if you have one.")
+    project_id: uuid.UUID | None = Field(default=None, description="An open project of that team.")
     environment: Environment = "dev"
     models: list[ModelPattern] = Field(default_factory=lambda: ["*"], min_length=1, max_length=200,
                                                description="Narrows the team profile's catalog; ['*'] keeps it.")

@@ -3,8 +3,9 @@ expire and retire dormant tokens, each step recorded as an event in the transact
 
 The policy rule: a token acts for one team and gets that team's access profile. It is minted for an
 active user who belongs to the team, or for an active service account the team owns; its lifetime
-is bounded by the profile and its model list can only narrow the profile's catalog. A live token can
-be narrowed in place; anything wider needs a new token.
+is bounded by the profile and its model list can only narrow the profile's catalog. It may carry one
+of the team's open projects (a service account's token, the account's project unless told otherwise),
+which its spend rolls up to. A live token can be narrowed in place; anything wider needs a new token.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from controlplane import schemas
 from controlplane.audit.events import Actor, record_event
 from controlplane.errors import Code, Conflict, Invalid
 from controlplane.models import AccessProfile, Membership, ServiceAccount, Team, Token, User
-from controlplane.services import credentials
+from controlplane.services import credentials, projects
 from controlplane.services.rows import EPOCH, get_or_404, paginate, public, sort_key
 
 
@@ -75,6 +76,20 @@ def _offered(profile: AccessProfile, pattern: str) -> bool:
     return any(ModelCatalog([entry["pattern"]]).allows(pattern) for entry in profile.catalog)
 
 
+async def _project(session: AsyncSession, data: schemas.TokenCreate, team_id: uuid.UUID, *,
+                   inherit: bool) -> uuid.UUID | None:
+    """The project a new token carries: the one asked for, else (``inherit``) its service account's;
+    open, and the team's. A rotation's successor keeps its predecessor's, none included."""
+    project_id, inherited = data.project_id, None
+    if project_id is None and inherit and data.service_account_id is not None:
+        account = await session.get(ServiceAccount, data.service_account_id)
+        if account is not None and account.project_id is not None:
+            project_id, inherited = account.project_id, f"service account {account.name}"
+    if project_id is not None:
+        await projects.require_open(session, project_id=project_id, team_id=team_id, inherited_from=inherited)
+    return project_id
+
+
 async def mint(
     session: AsyncSession, *, actor: Actor, data: schemas.TokenCreate, team_id: uuid.UUID, hash_key: bytes,
     rotated_from: uuid.UUID | None = None,
@@ -91,6 +106,7 @@ async def mint(
     missing = [m for m in data.models if not _offered(profile, m)]
     if missing:
         raise Invalid(Code.MODEL_NOT_IN_PROFILE, f"Not in profile {profile.name}: {', '.join(missing)}.")
+    project_id = await _project(session, data, team.id, inherit=rotated_from is None)
     issued = credentials.issue(credentials.PAT, hash_key)
     token = Token(
         id=uuid.uuid4(),
@@ -100,6 +116,7 @@ async def mint(
         user_id=data.user_id,
         service_account_id=data.service_account_id,
         team_id=team.id,
+        project_id=project_id,
         environment=data.environment,
         models=list(dict.fromkeys(data.models)),
         scopes=sorted(set(data.scopes)),
@@ -216,6 +233,7 @@ async def rotate(
     request = schemas.TokenCreate(
         user_id=old.user_id, service_account_id=old.service_account_id, team_id=old.team_id,
         name=data.name or old.name, environment=old.environment, models=old.models, scopes=old.scopes,  # type: ignore[arg-type]
+        project_id=old.project_id,
     )
     # The successor is a new token: its owner must still be allowed one (active, still in the team).
     await resolve_team(session, request)

@@ -1,6 +1,7 @@
 """Access profiles: what a team may use (a model catalog per provider and environment, the token
-environments, token lifetimes). A change reaches every token of every team using the profile at once,
-through the NOTIFY triggers of migration 0003: narrowing never needs a re-issue."""
+environments, token lifetimes) and the default budgets and rate limits of every scope under it. A
+change reaches every token of every team using the profile at once, through the NOTIFY triggers of
+migrations 0003 and 0009: narrowing never needs a re-issue."""
 
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ def _exists(name: str) -> tuple[Code, str]:
 async def create_profile(session: AsyncSession, *, actor: Actor, data: schemas.ProfileCreate) -> AccessProfile:
     if await session.scalar(select(AccessProfile.id).where(func.lower(AccessProfile.name) == data.name.lower())):
         raise Conflict(*_exists(data.name))
-    fields = data.model_dump(mode="json")
-    fields["monthly_budget_usd"] = data.monthly_budget_usd
+    fields = data.model_dump(mode="json", exclude_none=False)
+    fields["budget_defaults"] = data.budget_defaults.model_dump(mode="json", exclude_none=True)
+    fields["rate_limit_defaults"] = data.rate_limit_defaults.model_dump(mode="json", exclude_none=True)
     profile: AccessProfile = await insert_recorded(
         session, AccessProfile(id=uuid.uuid4(), **fields), actor=actor, action="policy.created",
         target_type="profile", published=schemas.ProfilePublic, conflict=_exists(data.name))
@@ -48,8 +50,9 @@ async def update_profile(session: AsyncSession, *, actor: Actor, profile_id: uui
     profile = await get_profile(session, profile_id=profile_id)
     before = public(schemas.ProfilePublic, profile)
     changes = data.model_dump(mode="json", exclude_unset=True)
-    if "monthly_budget_usd" in changes:
-        changes["monthly_budget_usd"] = data.monthly_budget_usd
+    for field in ("budget_defaults", "rate_limit_defaults"):
+        if field in changes:  # stored without the scope types that have none
+            changes[field] = getattr(data, field).model_dump(mode="json", exclude_none=True)
     for field, value in changes.items():
         setattr(profile, field, value)
     if profile.default_token_days > profile.max_token_days:

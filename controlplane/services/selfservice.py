@@ -60,7 +60,7 @@ async def recent_tokens(session: AsyncSession, user_id: uuid.UUID, *, limit: int
 
 async def mint_mine(session: AsyncSession, *, user_id: uuid.UUID, actor: Actor, data: schemas.MyTokenCreate,
                     hash_key: bytes) -> tuple[Token, str]:
-    request = schemas.TokenCreate(user_id=user_id, team_id=data.team_id, name=data.name,
+    request = schemas.TokenCreate(user_id=user_id, team_id=data.team_id, project_id=data.project_id, name=data.name,
                                   environment=data.environment, models=data.models,
                                   expires_in_days=data.expires_in_days)
     team_id = await lifecycle.resolve_team(session, request)

@@ -1,5 +1,6 @@
 """Service accounts: workload and agent identities owned by a team, with a named business and
-technical owner. Disabling one stops its tokens at the gateway at once."""
+technical owner. Disabling one stops its tokens at the gateway at once. One may name an open project
+of its team: the project its tokens carry unless minted with another."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from controlplane import schemas
 from controlplane.audit.events import Actor, record_event
 from controlplane.errors import Code, Conflict
 from controlplane.models import ServiceAccount, User
+from controlplane.services.projects import require_open
 from controlplane.services.rows import get_or_404, insert_recorded, paginate, public, sort_key
 from controlplane.services.teams import get_team
 
@@ -46,6 +48,8 @@ async def create_service_account(session: AsyncSession, *, actor: Actor,
     await get_team(session, team_id=data.team_id)
     for owner in (data.business_owner_id, data.technical_owner_id):
         await _owner(session, owner)
+    if data.project_id is not None:
+        await require_open(session, project_id=data.project_id, team_id=data.team_id)
     duplicate = await session.scalar(select(ServiceAccount.id).where(
         ServiceAccount.team_id == data.team_id, func.lower(ServiceAccount.name) == data.name.lower()))
     if duplicate:
@@ -65,6 +69,10 @@ async def update_service_account(session: AsyncSession, *, actor: Actor, account
     for owner_field in ("business_owner_id", "technical_owner_id"):
         if changes.get(owner_field) is not None:
             await _owner(session, changes[owner_field])
+    if "project_id" in changes:  # null clears it: the account's new tokens carry no project by default
+        if changes["project_id"] is not None:
+            await require_open(session, project_id=changes["project_id"], team_id=account.team_id)
+        account.project_id = changes.pop("project_id")
     for field, value in changes.items():
         if value is not None:
             setattr(account, field, value)

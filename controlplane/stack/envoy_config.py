@@ -142,7 +142,41 @@ _USAGE_PATHS = [
     (("usage", "input_tokens"), "prompt_tokens"),
     (("usage", "output_tokens"), "completion_tokens"),
     (("message", "usage", "input_tokens"), "prompt_tokens"),
+    # Cached input: OpenAI's chat and responses APIs (part of the prompt tokens), Anthropic's cache
+    # reads and writes (apart from its input tokens), in JSON and in a stream's message_start.
+    (("usage", "prompt_tokens_details", "cached_tokens"), "cached_tokens"),
+    (("usage", "input_tokens_details", "cached_tokens"), "cached_tokens"),
+    (("usage", "cache_read_input_tokens"), "cached_tokens"),
+    (("message", "usage", "cache_read_input_tokens"), "cached_tokens"),
+    (("usage", "cache_creation_input_tokens"), "cache_write_tokens"),
+    (("message", "usage", "cache_creation_input_tokens"), "cache_write_tokens"),
 ]
+
+
+#: Envoy's Lua filter: asks the provider for a stream's usage when authz says the client did not.
+STREAM_USAGE_LUA = """
+function envoy_on_request(handle)
+  local headers = handle:headers()
+  if headers:get("x-keyward-stream-usage") == nil then
+    return
+  end
+  headers:remove("x-keyward-stream-usage")
+  local body = handle:body()
+  if body == nil then
+    return
+  end
+  local text = body:getBytes(0, body:length())
+  local open = string.find(text, "{", 1, true)
+  if open == nil then
+    return
+  end
+  local patched = string.sub(text, 1, open) .. '"stream_options":{"include_usage":true},' .. string.sub(text, open + 1)
+  body:setBytes(patched)
+  if headers:get("content-length") ~= nil then
+    headers:replace("content-length", tostring(string.len(patched)))
+  end
+end
+"""
 
 
 def audit_log_format() -> dict:
@@ -163,7 +197,14 @@ def audit_log_format() -> dict:
         "bytes_out": "%BYTES_SENT%",
         "prompt_tokens": f"%DYNAMIC_METADATA({USAGE_NAMESPACE}:prompt_tokens)%",
         "completion_tokens": f"%DYNAMIC_METADATA({USAGE_NAMESPACE}:completion_tokens)%",
+        "cached_tokens": f"%DYNAMIC_METADATA({USAGE_NAMESPACE}:cached_tokens)%",
+        "cache_write_tokens": f"%DYNAMIC_METADATA({USAGE_NAMESPACE}:cache_write_tokens)%",
         "decision": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision)%",
+        # What the outcome's cost is computed from, and whom it counts against, should authz have
+        # restarted between the decision and the outcome.
+        "token_id": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:token_id)%",
+        "provider": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:provider)%",
+        "model": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:model)%",
     }}
 
 
@@ -347,6 +388,7 @@ def render(layout: GatewayLayout) -> dict:
         authz_address=json.dumps(_address(layout.authz_address)),
         json_usage_rules=json.dumps(usage_rules()),
         sse_usage_rules=json.dumps([{"rule": rule} for rule in usage_rules()]),
+        stream_usage_lua=json.dumps(STREAM_USAGE_LUA),
     )
     config = yaml.safe_load(text)
     added = openai_headers(layout.openai_organization, layout.openai_project)

@@ -30,6 +30,12 @@ MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "claude-haiku-4-5",
 _WORDS = ["Hello", " from", " the", " mock", " provider", "."]
 
 
+def _words(body: dict) -> list[str]:
+    """The answer: one token per word, as many as the request's output limit allows."""
+    limit = body.get("max_tokens", body.get("max_completion_tokens"))
+    return _WORDS[:limit] if isinstance(limit, int) and limit >= 0 else _WORDS
+
+
 class Recorder:
     def __init__(self) -> None:
         self.requests: list[dict] = []
@@ -110,7 +116,8 @@ def create_app() -> Starlette:
             return denied
         model = body.get("model", "gpt-4o-mini")
         ident = f"chatcmpl-{uuid.uuid4().hex[:12]}"
-        usage = {"prompt_tokens": 9, "completion_tokens": len(_WORDS), "total_tokens": 9 + len(_WORDS)}
+        words = _words(body)
+        usage = {"prompt_tokens": 9, "completion_tokens": len(words), "total_tokens": 9 + len(words)}
         if body.get("stream"):
             chunks: list[tuple[str | None, dict | str]] = [
                 (
@@ -123,7 +130,7 @@ def create_app() -> Starlette:
                         "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}],
                     },
                 )
-                for word in _WORDS
+                for word in words
             ]
             final: dict = {
                 "id": ident,
@@ -156,7 +163,7 @@ def create_app() -> Starlette:
                 "created": int(time.time()),
                 "model": model,
                 "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": "".join(_WORDS)}, "finish_reason": "stop"}
+                    {"index": 0, "message": {"role": "assistant", "content": "".join(words)}, "finish_reason": "stop"}
                 ],
                 "usage": usage,
             }
@@ -212,6 +219,7 @@ def create_app() -> Starlette:
             return denied
         model_name = body.get("model", "claude-haiku-4-5")
         ident = f"msg_{uuid.uuid4().hex[:12]}"
+        words = _words(body)
         if body.get("stream"):
             events: list[tuple[str | None, dict | str]] = [
                 (
@@ -240,7 +248,7 @@ def create_app() -> Starlette:
                     "content_block_delta",
                     {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": word}},
                 )
-                for word in _WORDS
+                for word in words
             ]
             events += [
                 ("content_block_stop", {"type": "content_block_stop", "index": 0}),
@@ -249,7 +257,7 @@ def create_app() -> Starlette:
                     {
                         "type": "message_delta",
                         "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                        "usage": {"output_tokens": len(_WORDS)},
+                        "usage": {"output_tokens": len(words)},
                     },
                 ),
                 ("message_stop", {"type": "message_stop"}),
@@ -261,10 +269,10 @@ def create_app() -> Starlette:
                 "type": "message",
                 "role": "assistant",
                 "model": model_name,
-                "content": [{"type": "text", "text": "".join(_WORDS)}],
+                "content": [{"type": "text", "text": "".join(words)}],
                 "stop_reason": "end_turn",
                 "stop_sequence": None,
-                "usage": {"input_tokens": 9, "output_tokens": len(_WORDS)},
+                "usage": {"input_tokens": 9, "output_tokens": len(words)},
             }
         )
 

@@ -107,6 +107,13 @@ class StackSettings(OidcSettings, BaseSettings):
     mock_stream_interval: float = 0.1
     #: How often the control plane records expiries and applies the dormant-token policy.
     lifecycle_interval_seconds: float = 30
+    #: Notification delivery: how often due deliveries are sent, the first retry delay (doubling) and
+    #: the attempts before a delivery is given up (the control plane's KEYWARD_NOTIFICATION_* settings).
+    notification_interval_seconds: float = Field(default=2, gt=0, le=3600)
+    notification_retry_seconds: float = Field(default=5, gt=0, le=3600)
+    notification_max_attempts: int = Field(default=8, ge=1, le=100)
+    #: How often budget thresholds are checked and announced (the control plane's setting).
+    budget_alert_interval_seconds: float = Field(default=10, gt=0, le=3600)
     # Sign-in with OpenID Connect: the OidcSettings fields, passed to the control plane as KEYWARD_OIDC_*
     # (the redirect base defaults to http://127.0.0.1:<api_port>).
 
@@ -379,6 +386,10 @@ class Stack:
              "--host", "127.0.0.1", "--port", str(s.api_port)],
             {**common, "KEYWARD_ADMIN_TOKEN": keys.admin_token,
              "KEYWARD_LIFECYCLE_INTERVAL_SECONDS": str(s.lifecycle_interval_seconds),
+             "KEYWARD_NOTIFICATION_INTERVAL_SECONDS": str(s.notification_interval_seconds),
+             "KEYWARD_NOTIFICATION_RETRY_SECONDS": str(s.notification_retry_seconds),
+             "KEYWARD_NOTIFICATION_MAX_ATTEMPTS": str(s.notification_max_attempts),
+             "KEYWARD_BUDGET_ALERT_INTERVAL_SECONDS": str(s.budget_alert_interval_seconds),
              "KEYWARD_SESSION_SECRET": keys.session_secret, "KEYWARD_AUDIT_SIGNING_KEY": keys.audit_key,
              **self._oidc_env()},
         )

@@ -7,6 +7,7 @@ Connect provider (tests/e2e/oidc, started first) when Node.js is installed.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import tempfile
@@ -209,6 +210,7 @@ def gateway(oidc_provider: OidcProvider | None) -> Iterator[Gateway]:
         database_url=None,
         mock_stream_interval=STREAM_INTERVAL,
         lifecycle_interval_seconds=0.5,
+        budget_alert_interval_seconds=0.5,
         envoy_concurrency=2,
         **oidc,
     )
@@ -220,4 +222,5 @@ def gateway(oidc_provider: OidcProvider | None) -> Iterator[Gateway]:
         gateway.close()
     finally:
         stack.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
+        if not os.environ.get("KEYWARD_TEST_KEEP_DATA"):  # set it to read the stack's logs after a run
+            shutil.rmtree(data_dir, ignore_errors=True)

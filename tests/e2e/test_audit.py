@@ -169,6 +169,40 @@ def test_every_mutating_admin_endpoint_records_an_event(gateway: Gateway) -> Non
     ok(admin.post(f"/scim-connections/{conn_id}/adopt", json={"user_ids": [other["id"]]}))
     did("POST", "/scim-connections/{connection_id}/adopt", "user", other["id"], "scim.handed_over")
 
+    hook = ok(admin.post("/notification-channels", json={"name": f"hook-{user['id'][:8]}", "kind": "webhook",
+                                                         "url": "http://127.0.0.1:9/keyward-audit"}))
+    did("POST", "/notification-channels", "notification_channel", hook["id"], "notification_channel.created")
+    ok(admin.patch(f"/notification-channels/{hook['id']}", json={"url": "http://127.0.0.1:9/keyward-audit-2"}))
+    did("PATCH", "/notification-channels/{channel_id}", "notification_channel", hook["id"],
+        "notification_channel.changed")
+    ok(admin.post(f"/notification-channels/{hook['id']}/rotate-secret"))
+    did("POST", "/notification-channels/{channel_id}/rotate-secret", "notification_channel", hook["id"],
+        "notification_channel.secret_rotated")
+    assert admin.post(f"/notification-channels/{hook['id']}/test").status_code == 202
+    did("POST", "/notification-channels/{channel_id}/test", "notification_channel", hook["id"],
+        "notification_channel.tested")
+    ok(admin.delete(f"/notification-channels/{hook['id']}"))
+    did("DELETE", "/notification-channels/{channel_id}", "notification_channel", hook["id"],
+        "notification_channel.removed")
+
+    project = ok(admin.post("/projects", json={"team_id": team["id"], "name": f"proj-{user['id'][:8]}"}))
+    did("POST", "/projects", "project", project["id"], "project.created")
+    ok(admin.patch(f"/projects/{project['id']}", json={"description": "the assistant"}))
+    did("PATCH", "/projects/{project_id}", "project", project["id"], "project.changed")
+    ok(admin.post(f"/projects/{project['id']}/close"))
+    did("POST", "/projects/{project_id}/close", "project", project["id"], "project.closed")
+    ok(admin.put(f"/budgets/team/{team['id']}", json={"amount_usd": "50"}))
+    did("PUT", "/budgets/{scope_type}/{scope_id}", "team", team["id"], "budget.set")
+    ok(admin.delete(f"/budgets/team/{team['id']}"))
+    did("DELETE", "/budgets/{scope_type}/{scope_id}", "team", team["id"], "budget.removed")
+    ok(admin.put(f"/rate-limits/user/{user['id']}", json={"rpm": 60}))
+    did("PUT", "/rate-limits/{scope_type}/{scope_id}", "user", user["id"], "rate_limit.set")
+    ok(admin.delete(f"/rate-limits/user/{user['id']}"))
+    did("DELETE", "/rate-limits/{scope_type}/{scope_id}", "user", user["id"], "rate_limit.removed")
+    price = ok(admin.post("/prices", json={"provider": "openai", "model": f"audit-{user['id'][:8]}",
+                                           "input_per_mtok": "1", "output_per_mtok": "2"}))
+    did("POST", "/prices", "price", f"openai:{price['model']}", "price.overridden")
+
     assert mutating == set(exercised), f"mutating endpoints without an event test: {mutating - set(exercised)}"
     for target_type, target_id, action in exercised.values():
         events = admin.get("/audit/events", params={"target_id": target_id, "action": action}).json()["items"]

@@ -107,8 +107,9 @@ def test_a_window_ending_in_year_one_is_answered(gateway: Gateway, path: str) ->
 
 def test_out_of_range_numbers_and_nul_in_bodies_are_422(gateway: Gateway) -> None:
     profile = {"name": "fuzz-pinned", "catalog": [], "environments": ["dev"]}
-    reply = gateway.admin.post("/profiles", json={**profile, "rate_limit_rpm": 2**40})  # int column: was a 500
-    assert reply.status_code == 422 and reply.json()["detail"][0]["loc"] == ["body", "rate_limit_rpm"], reply.text
+    reply = gateway.admin.post("/profiles", json={**profile, "rate_limit_defaults": {"token": {"rpm": 2**40}}})
+    assert reply.status_code == 422, reply.text  # an int column: was a 500
+    assert reply.json()["detail"][0]["loc"] == ["body", "rate_limit_defaults", "token", "rpm"], reply.text
     reply = gateway.admin.post("/users", json={"email": "nul@example.com", "display_name": "a\x00b"})
     assert reply.status_code == 422 and reply.json()["code"] == "value_invalid", reply.text
     assert gateway.admin.get("/users", params={"email": "nul@example.com"}).json()["items"] == []

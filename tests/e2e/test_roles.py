@@ -47,6 +47,11 @@ READ_ANY = frozenset({ADMIN, AUDITOR, OWNER, OWNER_OTHER})
 #: One team's object: an owner only for their own team.
 READ_TEAM = frozenset({ADMIN, AUDITOR, OWNER})
 MANAGE_TEAM = frozenset({ADMIN, OWNER})
+#: Spend policy (projects, budgets, rate limits): finance reads it too; an owner, their own team's.
+READ_SPEND_ANY = frozenset({ADMIN, AUDITOR, FINANCE, OWNER, OWNER_OTHER})
+READ_SPEND_TEAM = frozenset({ADMIN, AUDITOR, FINANCE, OWNER})
+#: Prices: not a team's business.
+READ_PRICES = frozenset({ADMIN, AUDITOR, FINANCE})
 #: A signed-in user's own API: no admin-API credential is a sign-in, whatever its role (401
 #: ``sign_in_required``; 404 ``oidc_not_configured`` when sign-in with OIDC is off).
 SIGN_IN_ONLY: frozenset[str] = frozenset()
@@ -86,6 +91,33 @@ MATRIX: dict[str, frozenset[str]] = {
     "POST /api/v1/credentials/{credential_id}/revoke": ADMIN_ONLY,
     "GET /api/v1/whoami": frozenset({ADMIN, AUDITOR, FINANCE, OWNER, OWNER_OTHER}),
     "GET /api/v1/usage": frozenset({ADMIN, AUDITOR, FINANCE}),
+    "POST /api/v1/projects": MANAGE_TEAM,
+    "GET /api/v1/projects": READ_SPEND_ANY,
+    "GET /api/v1/projects/{project_id}": READ_SPEND_TEAM,
+    "PATCH /api/v1/projects/{project_id}": ADMIN_ONLY,
+    "POST /api/v1/projects/{project_id}/close": ADMIN_ONLY,
+    "GET /api/v1/budgets": READ_SPEND_ANY,
+    "PUT /api/v1/budgets/{scope_type}/{scope_id}": ADMIN_ONLY,
+    "DELETE /api/v1/budgets/{scope_type}/{scope_id}": ADMIN_ONLY,
+    "GET /api/v1/budgets/{scope_type}/{scope_id}/utilisation": READ_SPEND_TEAM,
+    "GET /api/v1/rate-limits": READ_SPEND_ANY,
+    "PUT /api/v1/rate-limits/{scope_type}/{scope_id}": ADMIN_ONLY,
+    "GET /api/v1/rate-limits/{scope_type}/{scope_id}": READ_SPEND_TEAM,
+    "DELETE /api/v1/rate-limits/{scope_type}/{scope_id}": ADMIN_ONLY,
+    "GET /api/v1/rate-limits/{scope_type}/{scope_id}/effective": READ_SPEND_TEAM,
+    "GET /api/v1/prices": READ_PRICES,
+    "POST /api/v1/prices": ADMIN_ONLY,
+    "GET /api/v1/prices/overrides": READ_PRICES,
+    # Spend: finance's reason to exist; an owner reads its own team's (the filter is forced to it).
+    "GET /api/v1/spend": frozenset({ADMIN, AUDITOR, FINANCE, OWNER}),
+    "POST /api/v1/notification-channels": ADMIN_ONLY,
+    "GET /api/v1/notification-channels": AUDIT,
+    "GET /api/v1/notification-channels/{channel_id}": AUDIT,
+    "PATCH /api/v1/notification-channels/{channel_id}": ADMIN_ONLY,
+    "DELETE /api/v1/notification-channels/{channel_id}": ADMIN_ONLY,
+    "POST /api/v1/notification-channels/{channel_id}/rotate-secret": ADMIN_ONLY,
+    "POST /api/v1/notification-channels/{channel_id}/test": ADMIN_ONLY,
+    "GET /api/v1/notification-deliveries": AUDIT,
     "GET /api/v1/audit/requests": AUDIT,
     "GET /api/v1/audit/events": AUDIT,
     "GET /api/v1/audit/users/{user_id}/activity": AUDIT,
@@ -181,6 +213,21 @@ class World:
         return self.made(self.admin.post("/credentials", json={"name": f"cell-{uuid.uuid4().hex[:6]}",
                                                                "role": "auditor"}))
 
+    def fresh_project(self, side: Side) -> dict:
+        return self.made(self.admin.post("/projects", json={"team_id": self.sides[side].team["id"],
+                                                            "name": f"cell-{uuid.uuid4().hex[:6]}"}))
+
+    def fresh_budget(self, side: Side) -> str:
+        """The path of a budget on a fresh project of ``side``'s team (not on the team: its tokens stay usable)."""
+        path = f"/budgets/project/{self.fresh_project(side)['id']}"
+        self.made(self.admin.put(path, json={"amount_usd": "1000"}), 200)
+        return path
+
+    def fresh_rate_limit(self, side: Side) -> str:
+        path = f"/rate-limits/project/{self.fresh_project(side)['id']}"
+        self.made(self.admin.put(path, json={"rpm": 1000}), 200)
+        return path
+
 
 @dataclass
 class Call:
@@ -192,6 +239,16 @@ class Call:
 
 def _unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _channel(w: World, *, enabled: bool = False) -> dict:
+    """A fresh webhook channel to a port nobody listens on, paused unless ``enabled`` (so the alerts other
+    tests raise are not queued for it)."""
+    channel = w.made(w.admin.post("/notification-channels", json={
+        "name": _unique("roles"), "kind": "webhook", "url": "http://127.0.0.1:9/keyward-roles"}))
+    if not enabled:
+        w.made(w.admin.patch(f"/notification-channels/{channel['id']}", json={"enabled": False}), 200)
+    return channel
 
 
 def _profile_body() -> dict:
@@ -256,6 +313,50 @@ REQUESTS: dict[str, Recipe] = {
         "POST", f"/credentials/{w.fresh_credential()['id']}/revoke"),
     "GET /api/v1/whoami": lambda w, s: Call("GET", "/whoami"),
     "GET /api/v1/usage": lambda w, s: Call("GET", "/usage", params={"group_by": "team"}),
+    "POST /api/v1/projects": lambda w, s: Call("POST", "/projects", json={"team_id": w.sides[s].team["id"],
+                                                                         "name": _unique("roles-project")}),
+    "GET /api/v1/projects": lambda w, s: Call("GET", "/projects", params={"team_id": w.sides[s].team["id"]}),
+    "GET /api/v1/projects/{project_id}": lambda w, s: Call("GET", f"/projects/{w.fresh_project(s)['id']}"),
+    "PATCH /api/v1/projects/{project_id}": lambda w, s: Call("PATCH", f"/projects/{w.fresh_project(s)['id']}",
+                                                             json={"description": "role matrix"}),
+    "POST /api/v1/projects/{project_id}/close": lambda w, s: Call(
+        "POST", f"/projects/{w.fresh_project(s)['id']}/close"),
+    "GET /api/v1/budgets": lambda w, s: Call("GET", "/budgets", params={"scope_type": "team",
+                                                                        "scope_id": w.sides[s].team["id"]}),
+    "PUT /api/v1/budgets/{scope_type}/{scope_id}": lambda w, s: Call(
+        "PUT", f"/budgets/project/{w.fresh_project(s)['id']}", json={"amount_usd": "1000"}),
+    "DELETE /api/v1/budgets/{scope_type}/{scope_id}": lambda w, s: Call("DELETE", w.fresh_budget(s)),
+    "GET /api/v1/budgets/{scope_type}/{scope_id}/utilisation": lambda w, s: Call(
+        "GET", f"/budgets/team/{w.sides[s].team['id']}/utilisation"),
+    "GET /api/v1/rate-limits": lambda w, s: Call("GET", "/rate-limits", params={"scope_type": "team",
+                                                                                "scope_id": w.sides[s].team["id"]}),
+    "PUT /api/v1/rate-limits/{scope_type}/{scope_id}": lambda w, s: Call(
+        "PUT", f"/rate-limits/project/{w.fresh_project(s)['id']}", json={"rpm": 1000}),
+    "GET /api/v1/rate-limits/{scope_type}/{scope_id}": lambda w, s: Call("GET", w.fresh_rate_limit(s)),
+    "DELETE /api/v1/rate-limits/{scope_type}/{scope_id}": lambda w, s: Call("DELETE", w.fresh_rate_limit(s)),
+    "GET /api/v1/rate-limits/{scope_type}/{scope_id}/effective": lambda w, s: Call(
+        "GET", f"/rate-limits/team/{w.sides[s].team['id']}/effective"),
+    "GET /api/v1/prices": lambda w, s: Call("GET", "/prices", params={"provider": "openai"}),
+    "POST /api/v1/prices": lambda w, s: Call("POST", "/prices", json={
+        "provider": "openai", "model": _unique("roles-model"), "input_per_mtok": 1, "output_per_mtok": 2}),
+    "GET /api/v1/prices/overrides": lambda w, s: Call("GET", "/prices/overrides", params={"limit": 5}),
+    "GET /api/v1/spend": lambda w, s: Call("GET", "/spend", params={"group_by": "team,model",
+                                                                    "team_id": w.sides[s].team["id"]}),
+    "POST /api/v1/notification-channels": lambda w, s: Call("POST", "/notification-channels", json={
+        "name": _unique("roles"), "kind": "slack", "url": "http://127.0.0.1:9/keyward-roles"}),
+    "GET /api/v1/notification-channels": lambda w, s: Call("GET", "/notification-channels", params={"limit": 5}),
+    "GET /api/v1/notification-channels/{channel_id}": lambda w, s: Call(
+        "GET", f"/notification-channels/{_channel(w)['id']}"),
+    "PATCH /api/v1/notification-channels/{channel_id}": lambda w, s: Call(
+        "PATCH", f"/notification-channels/{_channel(w)['id']}", json={"name": _unique("roles")}),
+    "DELETE /api/v1/notification-channels/{channel_id}": lambda w, s: Call(
+        "DELETE", f"/notification-channels/{_channel(w)['id']}"),
+    "POST /api/v1/notification-channels/{channel_id}/rotate-secret": lambda w, s: Call(
+        "POST", f"/notification-channels/{_channel(w)['id']}/rotate-secret"),
+    "POST /api/v1/notification-channels/{channel_id}/test": lambda w, s: Call(
+        "POST", f"/notification-channels/{_channel(w, enabled=True)['id']}/test"),
+    "GET /api/v1/notification-deliveries": lambda w, s: Call("GET", "/notification-deliveries",
+                                                             params={"limit": 5}),
     "GET /api/v1/audit/requests": lambda w, s: Call("GET", "/audit/requests", params={"limit": 5}),
     "GET /api/v1/audit/events": lambda w, s: Call("GET", "/audit/events", params={"limit": 5}),
     "GET /api/v1/audit/users/{user_id}/activity": lambda w, s: Call(

@@ -79,6 +79,9 @@ def test_a_decision_becomes_an_authz_record() -> None:
         "decision": "token_revoked",
         "status": 401,
         "sanitized": None,
+        "project_id": None,
+        "project": None,
+        "limit_scope": None,
     }]
 
 
@@ -104,6 +107,14 @@ def test_a_decided_outcome_brings_a_stand_in_record_used_only_without_a_decision
         "completion_tokens": 7,
         "sanitized": None,
         "decided": True,
+        "cached_tokens": None,
+        "cost_usd": None,
+        "cost_input_usd": None,
+        "cost_cached_usd": None,
+        "cost_output_usd": None,
+        "price_version": None,
+        "usage_estimated": None,
+        "spend": None,
     }]
 
 
@@ -126,6 +137,9 @@ def test_an_undecided_outcome_is_also_the_request_s_envoy_record() -> None:
         "decision": "envoy:request_payload_too_large",
         "status": 413,
         "sanitized": None,
+        "project_id": None,
+        "project": None,
+        "limit_scope": None,
     }]
 
 
@@ -167,7 +181,7 @@ def test_rows_carry_exactly_the_chain_fields_and_can_be_linked() -> None:
         assert set(row) == RECORD_COLUMNS
         chain.link(chain.REQUESTS, chain.GENESIS, row | {"seq": 1})
     for row in outcomes:
-        assert set(row) == OUTCOME_COLUMNS
+        assert set(row) == OUTCOME_COLUMNS | {"spend"}  # the rollup's dimensions ride along, unchained
         chain.link(chain.OUTCOMES, chain.GENESIS, row | {"seq": 1})
 
 

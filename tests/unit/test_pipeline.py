@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import pytest
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
@@ -21,8 +22,11 @@ from authz import response as response_codec
 from authz.audit.emitter import AuditEmitter
 from authz.audit.outcome_log import InFlight
 from authz.cache import NO_PROFILE, ModelCatalog, ProfileCatalog, TokenCache, TokenRecord, revoked_key
+from authz.limits import Budget, Policy, RateLimit
+from authz.meter import Meter
 from authz.outcomes import Outcome
-from authz.pipeline import Decision, Pipeline
+from authz.pipeline import Decision, Limits, Pipeline
+from authz.prices import Override, PriceTable
 from authz.servicer import AuthorizationServicer
 from authz.tokens import generate_token, hash_token
 from tests.unit import checkrequests as cr
@@ -63,6 +67,7 @@ class RecordingSink:
 class Result:
     decision: Decision
     response: CheckResponse
+    decision_request_id: str = ""
 
     @property
     def outcome(self) -> Outcome:
@@ -133,7 +138,8 @@ class Gateway:
     def check(self, check: CheckRequest) -> Result:
         gateway_request = request_codec.parse(check)
         decision = self.pipeline.decide(gateway_request)
-        return Result(decision, response_codec.build(decision, gateway_request.request_id))
+        return Result(decision, response_codec.build(decision, gateway_request.request_id),
+                      gateway_request.request_id)
 
 
 @pytest.fixture
@@ -483,6 +489,59 @@ def test_policy_stale(gw: Gateway) -> None:
     assert gw.check(cr.openai_chat(live, "o1-pro")).outcome is Outcome.MODEL_NOT_ALLOWED
     gw.cache.fresh_until = time.monotonic() + 10  # the next heartbeat
     assert gw.check(cr.openai_chat(live)).outcome is Outcome.ALLOWED
+
+
+def _limited(gw: Gateway, policy: Policy) -> Limits:
+    limits = Limits(Meter(), policy)
+    gw.pipeline = Pipeline(cache=gw.cache, hash_key=HASH_KEY, usage=gw.usage, clock=gw.clock, limits=limits)
+    return limits
+
+
+#: gpt-4o-mini at a price that makes a few requests cost dollars.
+PRICEY = PriceTable([Override("test", "openai", "gpt-4o-mini", Decimal(1000), None, Decimal(10_000), 0.0)])
+
+
+def test_budget_exceeded(gw: Gateway) -> None:
+    token = gw.mint(team_id="team-1")
+    body = json.dumps({"model": "gpt-4o-mini", "messages": [], "max_tokens": 10}).encode()
+    estimate = len(body) * 0.001 + 10 * 0.01
+    limits = _limited(gw, Policy({("team", "team-1"): Budget(1.0, "month", "hard")}, {}, PRICEY))
+    admitted = []
+    while (result := gw.check(cr.chat_with_body(token, body))).outcome is Outcome.ALLOWED:
+        admitted.append(result)
+    # Admitted while what is reserved stays within the budget; never one more.
+    assert len(admitted) == int(1.0 // estimate) > 0
+    assert result.outcome is Outcome.BUDGET_EXCEEDED and result.status == 429
+    error = json.loads(result.response.denied_response.body)["error"]
+    assert (error["code"], error["type"]) == ("budget_exceeded", "insufficient_quota")
+    assert error["limit"]["scope"] == "team" and error["limit"]["id"] == "team-1"
+    assert error["limit"]["period_end"] == "2025-07-01T00:00:00+00:00"  # NOW is in June 2025
+    headers = {h.header.key: h.header.value for h in result.response.denied_response.headers}
+    assert headers["x-should-retry"] == "false" and int(headers["retry-after"]) > 0
+    # What a request really cost replaces its reservation: the cheap outcomes make room again.
+    for done in admitted:
+        limits.meter.settle(done.decision_request_id, (("team", "team-1"),), 0.01, 15, NOW)
+    assert gw.check(cr.chat_with_body(token, body)).outcome is Outcome.ALLOWED
+    # alert only: announced, never refused.
+    _limited(gw, Policy({("team", "team-1"): Budget(0.000001, "month", "alert")}, {}, PRICEY))
+    assert gw.check(cr.chat_with_body(token, body)).outcome is Outcome.ALLOWED
+
+
+def test_rate_limit_exceeded(gw: Gateway) -> None:
+    token = gw.mint()
+    _limited(gw, Policy({}, {("token", "tok-1"): RateLimit(rpm=2)}))
+    first, second, third = (gw.check(cr.openai_chat(token)) for _ in range(3))
+    assert (first.outcome, second.outcome) == (Outcome.ALLOWED, Outcome.ALLOWED)
+    added = {h.header.key: h.header.value for h in second.response.ok_response.response_headers_to_add}
+    assert added["x-ratelimit-limit-requests"] == "2" and added["x-ratelimit-remaining-requests"] == "0"
+    assert third.outcome is Outcome.RATE_LIMITED and third.status == 429
+    headers = {h.header.key: h.header.value for h in third.response.denied_response.headers}
+    assert "x-should-retry" not in headers and int(headers["retry-after"]) >= 1
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert json.loads(third.response.denied_response.body)["error"]["code"] == "rate_limit_exceeded"
+    assert gw.usage.touches == [("tok-1", NOW), ("tok-1", NOW)]  # the refused one is no use of the token
+    gw.now += 120  # a fresh window
+    assert gw.check(cr.openai_chat(token)).outcome is Outcome.ALLOWED
 
 
 def test_every_outcome_has_a_scenario() -> None:

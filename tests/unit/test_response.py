@@ -11,8 +11,10 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckResponse
 from authz import request as request_codec
 from authz import response as response_codec
 from authz.cache import NO_PROFILE, ModelCatalog, ProfileCatalog, TokenCache, TokenRecord
+from authz.limits import Budget, Policy, RateLimit
+from authz.meter import Meter
 from authz.outcomes import Outcome
-from authz.pipeline import Decision, Pipeline
+from authz.pipeline import Decision, Limits, Pipeline
 from authz.routes import Api
 from authz.tokens import TOKEN_PREFIX, generate_token, hash_token
 from tests.unit import checkrequests as cr
@@ -22,7 +24,7 @@ HASH_KEY = bytes.fromhex("a5" * 32)
 NOW = 1_750_000_000.0
 
 #: google.rpc.Code numbers and HTTP statuses, written out independently of authz.outcomes.
-UNAUTHENTICATED, NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT, UNAVAILABLE = 16, 5, 7, 3, 14
+UNAUTHENTICATED, NOT_FOUND, PERMISSION_DENIED, INVALID_ARGUMENT, UNAVAILABLE, RESOURCE_EXHAUSTED = 16, 5, 7, 3, 14, 8
 EXPECTED = {
     Outcome.TOKEN_MISSING: (401, UNAUTHENTICATED),
     Outcome.CREDENTIAL_AMBIGUOUS: (400, INVALID_ARGUMENT),
@@ -42,7 +44,12 @@ EXPECTED = {
     Outcome.TEAM_HAS_NO_PROFILE: (403, PERMISSION_DENIED),
     Outcome.AUDIT_UNAVAILABLE: (503, UNAVAILABLE),
     Outcome.POLICY_STALE: (503, UNAVAILABLE),
+    Outcome.BUDGET_EXCEEDED: (429, RESOURCE_EXHAUSTED),
+    Outcome.RATE_LIMITED: (429, RESOURCE_EXHAUSTED),
 }
+#: OpenAI's error type per outcome, where it is not ``invalid_request_error``.
+OPENAI_TYPES = {Outcome.AUDIT_UNAVAILABLE: "api_error", Outcome.POLICY_STALE: "api_error",
+                Outcome.BUDGET_EXCEEDED: "insufficient_quota", Outcome.RATE_LIMITED: "requests"}
 DENIALS = list(EXPECTED)
 ANTHROPIC_TYPES = {
     401: "authentication_error",
@@ -51,6 +58,7 @@ ANTHROPIC_TYPES = {
     400: "invalid_request_error",
     403: "permission_error",
     503: "api_error",
+    429: "rate_limit_error",
 }
 
 
@@ -159,7 +167,7 @@ def test_openai_shaped_body(outcome: Outcome, api: Api | None) -> None:
     assert set(error) == {"message", "type", "param", "code", "request_id"}
     assert error["param"] is None
     assert error["code"] == outcome.value
-    assert error["type"] == ("api_error" if EXPECTED[outcome][0] == 503 else "invalid_request_error")
+    assert error["type"] == OPENAI_TYPES.get(outcome, "invalid_request_error")
     assert error["request_id"] == REQUEST_ID
     assert isinstance(error["message"], str)
     assert error["message"]
@@ -224,9 +232,12 @@ class _Sink:
         pass
 
 
-def _run(check, cache: TokenCache) -> CheckResponse:
-    pipeline = Pipeline(cache=cache, hash_key=HASH_KEY, usage=_Sink(), clock=lambda: NOW)
+def _run(check, cache: TokenCache, policy: Policy | None = None) -> CheckResponse:
+    limits = Limits(Meter(), policy) if policy is not None else None
+    pipeline = Pipeline(cache=cache, hash_key=HASH_KEY, usage=_Sink(), clock=lambda: NOW, limits=limits)
     parsed = request_codec.parse(check)
+    if limits is not None:
+        pipeline.decide(parsed)  # the request before: a rate limit of one per minute is used up
     return response_codec.build(pipeline.decide(parsed), parsed.request_id)
 
 
@@ -269,6 +280,13 @@ SCENARIOS = {
     Outcome.NOT_A_MEMBER: (cr.openai_chat, {"member": False}),
     Outcome.TEAM_HAS_NO_PROFILE: (cr.anthropic_messages, {"profile": NO_PROFILE}),
     Outcome.POLICY_STALE: (cr.openai_chat, {}),
+    Outcome.BUDGET_EXCEEDED: (cr.openai_chat, {"team_id": "team-1"}),
+    Outcome.RATE_LIMITED: (cr.openai_chat, {}),
+}
+#: What makes the limited outcomes happen: a spent budget, a rate limit of zero room.
+LIMITS = {
+    Outcome.BUDGET_EXCEEDED: Policy({("team", "team-1"): Budget(1e-12, "month", "hard")}),
+    Outcome.RATE_LIMITED: Policy({}, {("token", "tok-7"): RateLimit(rpm=1)}),
 }
 
 
@@ -283,7 +301,7 @@ def test_pat_never_appears_in_the_response(outcome: Outcome) -> None:
         cache.fresh_until = time.monotonic() - 1
     check = canned(pat)
 
-    response = _run(check, cache)
+    response = _run(check, cache, LIMITS.get(outcome))
 
     assert metadata_of(response)["decision"] == outcome.value
     presented = {Outcome.TOKEN_MISSING: None, Outcome.TOKEN_MALFORMED: cr.mistyped(pat)}.get(outcome, pat)

@@ -27,17 +27,23 @@ def _id(case: tuple) -> str:
     return f"{case[0]} {case[1]}"
 
 
+def _shape(found: tuple[Endpoint | None, str | None]) -> tuple:
+    endpoint, model = found
+    assert endpoint is not None
+    return (endpoint.api, endpoint.method, endpoint.model_source), model
+
+
 @pytest.mark.parametrize("case", ALLOWLIST, ids=_id)
 def test_allowlisted_endpoint_matches(case: tuple) -> None:
     method, path, api, source = case
-    assert match(method, path) == (Endpoint(api, method, source), None)
+    assert _shape(match(method, path)) == ((api, method, source), None)
 
 
 @pytest.mark.parametrize("case", ALLOWLIST, ids=_id)
 @pytest.mark.parametrize("query", ["?beta=true", "?limit=20&after_id=x", "?"])
 def test_query_string_is_ignored(case: tuple, query: str) -> None:
     method, path, api, source = case
-    assert match(method, path + query) == (Endpoint(api, method, source), None)
+    assert _shape(match(method, path + query)) == ((api, method, source), None)
 
 
 @pytest.mark.parametrize(
@@ -50,7 +56,27 @@ def test_query_string_is_ignored(case: tuple, query: str) -> None:
     ],
 )
 def test_get_model_by_id_takes_the_model_from_the_path(path: str, api: Api, model: str) -> None:
-    assert match("GET", path) == (Endpoint(api, "GET", PATH), model)
+    assert match("GET", path) == (Endpoint(api, "GET", PATH, free=True), model)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "free", "streams_usage"),
+    [
+        ("POST", "/openai/v1/chat/completions", False, True),
+        ("POST", "/openai/v1/completions", False, True),
+        ("POST", "/openai/v1/responses", False, False),  # reports usage in its stream unasked
+        ("POST", "/openai/v1/embeddings", False, False),
+        ("POST", "/openai/v1/moderations", True, False),
+        ("GET", "/openai/v1/models", True, False),
+        ("POST", "/anthropic/v1/messages", False, False),
+        ("POST", "/anthropic/v1/messages/count_tokens", True, False),
+        ("GET", "/anthropic/v1/models", True, False),
+    ],
+)
+def test_which_endpoints_cost_and_which_streams_need_asking_for_usage(method: str, path: str, free: bool,
+                                                                     streams_usage: bool) -> None:
+    endpoint, _ = match(method, path)
+    assert endpoint is not None and (endpoint.free, endpoint.streams_usage) == (free, streams_usage)
 
 
 @pytest.mark.parametrize(
