@@ -143,10 +143,13 @@ def ingest_http(url: str, token: str, bodies: list[bytes], batch_lines: int, lin
     return IngestRun("HTTP", batch_lines, lines, stored, duplicates, seconds, window.used, times)
 
 
-async def _ingest_direct(dsn: str, bodies: list[bytes], pids: dict[str, int],
-                         trees: frozenset[str]) -> tuple[int, int, float, dict[str, float], list[float]]:
+async def _ingest_direct(dsn: str, bodies: list[bytes], pids: dict[str, int], trees: frozenset[str],
+                         signing_key: str) -> tuple[int, int, float, dict[str, float], list[float]]:
+    from controlplane.audit import signing
     from controlplane.audit.ingest import Ingestor, parse_body
 
+    # The chain heads are signed with the stack's key, as its control plane signs them.
+    signing.install(signing.Signer(signing_key))
     ingestor = Ingestor()
     connection = await asyncpg.connect(dsn)
     stored = duplicates = 0
@@ -173,8 +176,8 @@ async def _ingest_direct(dsn: str, bodies: list[bytes], pids: dict[str, int],
 
 
 def ingest_direct(dsn: str, bodies: list[bytes], batch_lines: int, lines: int, pids: dict[str, int],
-                  trees: frozenset[str]) -> IngestRun:
-    stored, duplicates, seconds, used, times = asyncio.run(_ingest_direct(dsn, bodies, pids, trees))
+                  trees: frozenset[str], signing_key: str) -> IngestRun:
+    stored, duplicates, seconds, used, times = asyncio.run(_ingest_direct(dsn, bodies, pids, trees, signing_key))
     return IngestRun("in-process", batch_lines, lines, stored, duplicates, seconds, used, times)
 
 
@@ -193,11 +196,11 @@ def counts(dsn: str) -> tuple[int, int]:
     return asyncio.run(_counts(dsn))
 
 
-def verify(owner_dsn: str) -> list[str]:
+def verify(owner_dsn: str, public_key: str) -> list[str]:
     """``keyward audit verify`` in-process: one line per chain, 'intact' or the first finding."""
     from controlplane.audit.verify import verify_all
 
-    reports = asyncio.run(verify_all(owner_dsn))
+    reports = asyncio.run(verify_all(owner_dsn, public_key=public_key))
     return [f"{r.chain}: {r.records:,} records, " + ("intact" if not r.findings else str(r.findings[0]))
             for r in reports]
 

@@ -112,14 +112,16 @@ def plain_config(work: Path, upstream_url: str) -> dict:
         anthropic=upstream,
     )
     config = render(layout)
+    removed = 0
     for listener in config["static_resources"]["listeners"]:
         for chain in listener["filter_chains"]:
             for network_filter in chain["filters"]:
                 hcm = network_filter["typed_config"]
                 before = len(hcm["http_filters"])
                 hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != _EXT_AUTHZ]
-                if len(hcm["http_filters"]) != before - 1:
-                    raise RuntimeError("gateway template changed: expected exactly one ext_authz filter")
+                removed += before - len(hcm["http_filters"])
+    if removed != 1:  # the gateway listener has it; the control listener has none
+        raise RuntimeError("gateway template changed: expected exactly one ext_authz filter")
     clusters = config["static_resources"]["clusters"]
     config["static_resources"]["clusters"] = [c for c in clusters if c["name"] != "keyward_authz"]
     return config

@@ -163,6 +163,10 @@ class Results:
     #: ``spend_daily`` filled for the same synthetic requests, and finance's questions over it.
     spend_generated: SpendGenerated | None = None
     spend_questions: list[Question] = field(default_factory=list)
+    #: Effective access, the register and the evidence pack over the first step of bulk tokens.
+    governance: list[Question] = field(default_factory=list)
+    governance_people: int = 0
+    governance_tokens: int = 0
     finished: dt.datetime | None = None
     load_average_end: str = ""
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from auditquery import PROJECTS_PER_TEAM, Generated, Question, SpendGenerated
+from governancebench import MAX_GOVERNANCE_MS
 from loadgen import percentile
 from model import HttpCell, Results
 
@@ -42,6 +43,15 @@ _ANALYSIS = {
         "Why: one shipper sends one batch at a time, so ingest is one core's worth of control plane plus "
         "Postgres, less the round trips. What would close it: two batches in flight, or several shippers "
         "(one per gateway pod, which is how it runs on Kubernetes)."
+    ),
+    "access/register/evidence": (
+        "Why: a page of effective access or of the register judges every live token (the mirror of the "
+        "gateway's cache saves reading them, not judging them: a few µs each, once per profile, model list and "
+        "environment for the models, then per token for its state and budgets), and the evidence pack writes "
+        "every token's row out (the whole register and every grant: hundreds of MB of JSON and CSV at 100k "
+        "tokens). What would close it: keep the verdicts with the mirror and update them per NOTIFY instead "
+        "of judging per question, and build the evidence pack in a background duty so the query serves the "
+        "latest stored pack."
     ),
 }
 
@@ -160,7 +170,31 @@ def verdicts(results: Results) -> list[Verdict]:
             worst.worst < MAX_SPEND_QUERY_MS,
             why=f"The slowest question, \"{worst.title}\", answered in {worst.worst:,.0f} ms at worst; its plan is "
                 "in bench/AUDIT_PLANS.md."))
+    if results.governance:
+        worst = max(results.governance, key=lambda q: q.worst)
+        out.append(Verdict(
+            f"every access/register/evidence query < {MAX_GOVERNANCE_MS / 1000:g} s at "
+            f"{results.governance_people:,} identities and {results.governance_tokens:,} live tokens",
+            f"slowest: {worst.key}, max {worst.worst:,.0f} ms (p50 {worst.p50:,.0f} ms)",
+            worst.worst < MAX_GOVERNANCE_MS,
+            why=f"The slowest question, \"{worst.title}\", answered in {worst.worst:,.0f} ms at worst (see the "
+                "Proving control section)."))
     return out
+
+
+def _governance_section(results: Results) -> str:
+    if not results.governance:
+        return ""
+    rows = [[q.title, f"`{q.path}` {q.params or ''}", f"{q.p50:,.0f}", f"{q.worst:,.0f}", q.answer]
+            for q in results.governance]
+    return (
+        f"## Proving control at {results.governance_people:,} identities and {results.governance_tokens:,} live "
+        "tokens\n\n"
+        "Asked through the admin API (end to end, JSON page or CSV) while the database held the snapshot phase's "
+        "first step of bulk tokens and everything the earlier phases made. Effective access judges every live "
+        "token with authz's own decision code (once per profile, model list and environment, then per token), so "
+        "each answer covers every token however short its page.\n\n"
+        + _table(["question", "API call", "p50 ms", "max ms", "answer"], rows, "llrrl") + "\n")
 
 
 def _rps_cell(cell: HttpCell) -> str:
@@ -530,6 +564,6 @@ def render(results: Results) -> str:
     )
     parts = [header, _targets_section(checks), _http_section(results), _check_section(results),
              _limits_section(results),
-             _revocation_section(results), _snapshot_section(results), _audit_section(results),
-             _method_section(results)]
+             _revocation_section(results), _snapshot_section(results), _governance_section(results),
+             _audit_section(results), _method_section(results)]
     return "\n".join(p for p in parts if p)

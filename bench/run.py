@@ -31,6 +31,9 @@ kernel hands out (Envoy binds port 0; the stack gets ports probed free just befo
 6. **Snapshot load**: users and tokens are COPYed straight into the stack's Postgres, then a fresh
    ``python -m authz`` is started on a new socket and timed until its gRPC health check says
    SERVING; its RSS is read then, and its own ``snapshot.loaded`` log line gives the snapshot seconds.
+   After the first step, the questions that prove control (:mod:`governancebench`: who can reach a
+   provider, refused-but-active tokens, one person's reach, the credential register and its filters)
+   are asked through the admin API over every live token.
 7. **Audit ingest** (:mod:`auditbench`): lines shaped like authz's are POSTed to the stack's ingest
    endpoint one batch at a time, as the shipper sends them, then fed to ``Ingestor`` in-process; a
    batch is resent (it must store nothing) and ``keyward audit verify`` must pass.
@@ -75,6 +78,7 @@ import auditbench
 import auditquery
 import authzbench
 import envoys
+import governancebench
 import httpx
 import loadgen
 import procstat
@@ -276,6 +280,19 @@ def snapshot_phase(results: Results, stack: Stack, check: authzbench.CheckReques
         results.loads.append(measured)
         log(f"  SERVING after {measured.serving_seconds:.2f} s (snapshot {measured.snapshot_seconds:.2f} s), "
             f"RSS {measured.rss_mib:.0f} MiB, peak {measured.hwm_mib:.0f} MiB")
+        if count == results.profile.token_counts[0]:
+            governance_phase(results, stack, owner_dsn)
+
+
+def governance_phase(results: Results, stack: Stack, owner_dsn: str) -> None:
+    """Effective access and the register over every live token, through the admin API."""
+    assert stack.info is not None
+    log("governance: effective access and the register over every live token")
+    with httpx.Client(base_url=f"{stack.info.api_url}/api/v1", timeout=120,
+                      headers={"Authorization": f"Bearer {stack.info.admin_token}"}) as api:
+        results.governance, results.governance_people, results.governance_tokens = governancebench.ask(api, owner_dsn)
+    for q in results.governance:
+        log(f"  {q.key}: API p50 {q.p50:.0f} ms, max {q.worst:.0f} ms ({q.answer})")
 
 
 def audit_ingest_phase(results: Results, stack: Stack, pids: dict[str, int]) -> None:
@@ -302,7 +319,8 @@ def audit_ingest_phase(results: Results, stack: Stack, pids: dict[str, int]) -> 
         if how == "HTTP":
             run = auditbench.ingest_http(url, token, bodies, INGEST_BATCH_LINES, len(lines), measured, TREES)
         else:
-            run = auditbench.ingest_direct(app_dsn, bodies, INGEST_BATCH_LINES, len(lines), measured, TREES)
+            run = auditbench.ingest_direct(app_dsn, bodies, INGEST_BATCH_LINES, len(lines), measured, TREES,
+                                       (stack.data_dir / "secrets" / "audit_signing_key").read_text().strip())
         results.ingest.append(run)
         last = bodies[-1:]
         log(f"  {run.rate:,.0f} records/s; control plane {run.cpu_us('control plane'):.1f} µs/record, "
@@ -310,7 +328,8 @@ def audit_ingest_phase(results: Results, stack: Stack, pids: dict[str, int]) -> 
     resent = auditbench.ingest_http(url, token, last, INGEST_BATCH_LINES, 0, measured, TREES)
     results.ingest_resend = (resent.stored, resent.duplicates)
     log(f"  resent the last batch: {resent.stored} stored, {resent.duplicates} duplicates")
-    results.ingest_verify = auditbench.verify(stack.info.owner_database_url)
+    results.ingest_verify = auditbench.verify(stack.info.owner_database_url,
+                                              (stack.data_dir / "secrets" / "audit_public_key").read_text().strip())
     for line in results.ingest_verify:
         log(f"  verify: {line}")
 
@@ -427,7 +446,7 @@ def overshoot_phase(results: Results, stack: Stack, admin_token: str, minter: Mi
                                           "profile_id": (minter.team() or {}).get("profile_id")})
         team.raise_for_status()
         team_id = team.json()["id"]
-        user = minter.user("bench-budget")
+        user = Minter(admin).user("bench-budget")
         admin.put(f"/teams/{team_id}/members/{user['id']}", json={"role": "member"}).raise_for_status()
         minted = admin.post("/tokens", json={"user_id": user["id"], "team_id": team_id, "name": "budget"})
         minted.raise_for_status()
