@@ -240,6 +240,10 @@ class TokenCache:
         token_hash = self._hash_by_id.get(token_id)
         return self._by_hash.get(token_hash) if token_hash is not None else None
 
+    def live(self) -> list[TokenRecord]:
+        """Every record that is not a revoked tombstone (the control plane's what-if questions)."""
+        return [record for record in self._by_hash.values() if not record.revoked]
+
     def is_revoked(self, token_hash: str) -> bool:
         """Whether the token with this hash was revoked (for a hash :meth:`get` has no record of)."""
         return revoked_key(token_hash) in self._revoked

@@ -67,12 +67,18 @@ class ChangeListener:
         dsn: str,
         channel: str,
         cache: TokenCache,
-        replica: str,
+        replica: str | None,
         max_staleness_seconds: float,
         keepalive_seconds: float = 5.0,
         max_backoff_seconds: float = 2.0,
         on_policy: Callable[[Policy], None] | None = None,
+        on_acks: Callable[[list[str]], None] | None = None,
+        application_name: str = "keyward-authz-listener",
     ) -> None:
+        self._application_name = application_name
+        #: A passive listener (``replica`` None: the control plane's mirror of the gateway's cache) is
+        #: no replica: it writes no heartbeat row and answers acks to ``on_acks``, not to the channel.
+        self._on_acks = on_acks
         #: Takes every budgets / rate limits / prices policy loaded (with a snapshot, or on ``limits:*``).
         self._on_policy = on_policy
         #: This process's name among the replicas (:func:`authz.process.claim_spool`).
@@ -107,7 +113,7 @@ class ChangeListener:
 
     async def _session(self) -> None:
         connection = await asyncpg.connect(
-            self._dsn, server_settings={"application_name": "keyward-authz-listener"}, timeout=10
+            self._dsn, server_settings={"application_name": self._application_name}, timeout=10
         )
         try:
             # A fresh queue: notifications from a dead connection were covered by the snapshot below.
@@ -153,9 +159,13 @@ class ChangeListener:
         ``seen_at + stale_after_seconds``: by the time a revocation stops waiting for a silent replica,
         that replica already refuses everything."""
         sent = time.monotonic()
-        await asyncio.wait_for(connection.execute(_HEARTBEAT_SQL, self.replica, socket.gethostname(), os.getpid(),
-                                                  self._started_at, self._max_staleness, self._loaded_at),
-                               timeout=self._keepalive)
+        if self.replica is None:
+            await asyncio.wait_for(connection.execute("SELECT 1"), timeout=self._keepalive)
+        else:
+            await asyncio.wait_for(connection.execute(_HEARTBEAT_SQL, self.replica, socket.gethostname(),
+                                                      os.getpid(), self._started_at, self._max_staleness,
+                                                      self._loaded_at),
+                                   timeout=self._keepalive)
         self._beat = sent
         self._cache.fresh_until = sent + self._max_staleness
 
@@ -182,7 +192,8 @@ class ChangeListener:
 
     async def retire(self, pool: asyncpg.Pool) -> None:
         """On a clean stop: leave the replicas, so no revocation waits for this process any more."""
-        await pool.execute("DELETE FROM authz_replicas WHERE id = $1", self.replica)
+        if self.replica is not None:
+            await pool.execute("DELETE FROM authz_replicas WHERE id = $1", self.replica)
 
     async def apply(self, connection: asyncpg.Connection, payloads: Iterable[str]) -> None:
         """Re-read the tokens, owners, teams and profiles named by ``payloads`` and fold them into the cache."""
@@ -226,7 +237,9 @@ class ChangeListener:
     async def _acknowledge(self, connection: asyncpg.Connection, acks: list[str]) -> None:
         """Tell the control plane that everything up to these ack requests is applied (a whole batch is
         applied before any of its acks is sent, so an ack never runs ahead of a change before it)."""
-        if acks:
+        if acks and self._on_acks is not None:
+            self._on_acks(acks)
+        elif acks and self.replica is not None:
             applied = f"{time.time():.6f}"
             await connection.execute("SELECT pg_notify($1, x) FROM unnest($2::text[]) AS x", ACKS_CHANNEL,
                                      [f"{self.replica}:{ack}:{applied}" for ack in acks])

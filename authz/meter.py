@@ -213,8 +213,9 @@ class Meter:
 
     def admit(self, request_id: str, keys: tuple[ScopeKey, ...],
               guards: Sequence[tuple[ScopeKey, Budget | None, RateLimit | None]], estimate: float,
-              now: float) -> Admission:
-        """Refuse with the first limit this request would exceed, or count it and reserve ``estimate``."""
+              now: float, *, record: bool = True) -> Admission:
+        """Refuse with the first limit this request would exceed, or count it and reserve ``estimate``
+        (``record=False``: only answer)."""
         minute = int(now // MINUTE)
         headers: tuple[tuple[str, str], ...] = ()
         tightest = math.inf
@@ -265,6 +266,8 @@ class Meter:
                         end = budget.bounds(now)[1]
                         what = f"${budget.amount:,.2f} per {budget.period}; ${spent:,.4f} spent or reserved"
                         return Admission(Hit("budget", key, max(1, math.ceil(end - now)), end, what), headers)
+            if not record:
+                return Admission(None, headers) if headers else ADMITTED
             rated = tuple(key for key, _, limit in guards if limit is not None)
             for key in rated:
                 counters[key].count(minute, 1, 0)

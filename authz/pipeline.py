@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from authz.cache import NO_PROFILE, TokenCache, TokenRecord
 from authz.limits import Policy
@@ -70,17 +70,20 @@ class Limits:
         starts = [budget.window[0] for budget in self.policy.budgets.values() if budget.window is not None]
         return min(starts) if starts else None
 
-    def admit(self, decision: Decision, request: GatewayRequest, record: TokenRecord, now: float) -> Decision:
+    def admit(self, decision: Decision, request: GatewayRequest, record: TokenRecord, now: float, *,
+              dry: bool = False) -> Decision:
+        """Refuse ``decision`` (an allowed one) with the first budget or rate limit it would exceed, or
+        count it. ``dry``: budgets only, and nothing counted or reserved (what-if questions)."""
         policy = self.policy
         profile = record.profile
         budgets = profile.budgets if profile is not None else _NONE
-        limits = profile.rate_limits if profile is not None else _NONE
+        limits = profile.rate_limits if profile is not None and not dry else _NONE
         keys = record.scopes()
         guards = []
         estimating = False
         for key in keys:
             budget = None if decision.free else policy.budget(key, budgets)
-            limit = policy.rate_limit(key, limits)
+            limit = None if dry else policy.rate_limit(key, limits)
             if budget is not None or limit is not None:
                 guards.append((key, budget, limit))
                 estimating = estimating or (budget is not None and budget.refuses)
@@ -90,7 +93,7 @@ class Limits:
             if rates is not None:
                 output = decision.max_output if decision.max_output is not None else DEFAULT_OUTPUT_RESERVE
                 estimate = len(request.body) * rates.input + output * rates.output
-        admission = self.meter.admit(request.request_id, keys, guards, estimate, now)
+        admission = self.meter.admit(request.request_id, keys, guards, estimate, now, record=not dry)
         decision.headers = admission.headers
         hit = admission.hit
         if hit is None:
@@ -99,6 +102,25 @@ class Limits:
         decision.hit = hit
         decision.detail = _hit_detail(hit, record)
         return decision
+
+
+    def exhausted(self, record: TokenRecord, now: float, memo: dict[Any, Hit | None]) -> Hit | None:
+        """The first budget over the token's scopes with no room left for any request: the dry budget half
+        of :meth:`admit` for a request estimated at nothing (what-if questions over many tokens, which
+        share their team's, project's and owner's scopes: each scope is asked once per ``memo``)."""
+        profile = record.profile
+        budgets = profile.budgets if profile is not None else _NONE
+        for key in record.scopes():
+            budget = self.policy.budget(key, budgets)
+            if budget is None or not budget.refuses:
+                continue
+            asked = (key, id(budget))
+            if asked not in memo:
+                memo[asked] = self.meter.admit("", (key,), ((key, budget, None),), 0.0, now, record=False).hit
+            hit = memo[asked]
+            if hit is not None:
+                return hit
+        return None
 
 
 _NONE: dict = {}
@@ -136,19 +158,12 @@ class Pipeline:
         self.limits = limits
 
     def decide(self, request: GatewayRequest) -> Decision:
-        api = api_of(request.path)
         record, outcome = self._identify(request)
         if outcome is not None:
-            return Decision(outcome, api, record)
+            return Decision(outcome, api_of(request.path), record)
         assert record is not None
         now = self._clock()
-        outcome = self._check_token(record, now)
-        if outcome is not None:
-            return Decision(outcome, api, record)
-        endpoint, path_model = match(request.method, request.path)
-        if endpoint is None:
-            return Decision(Outcome.ROUTE_UNKNOWN, api, record)
-        decision = self._check_model(request, endpoint, path_model, record)
+        decision = judge(record, request, now)
         if decision.allowed:
             if self._cache.stale():
                 # A revocation this replica cannot hear may have happened: allow nothing on old news.
@@ -180,59 +195,75 @@ class Pipeline:
             return None, Outcome.TOKEN_REVOKED if self._cache.is_revoked(token_hash) else Outcome.TOKEN_UNKNOWN
         return record, None
 
-    # -- policy -----------------------------------------------------------------------------------
 
-    @staticmethod
-    def _check_token(record: TokenRecord, now: float) -> Outcome | None:
-        if record.revoked:
-            return Outcome.TOKEN_REVOKED
-        if not record.owner_active:
-            return Outcome.OWNER_DISABLED
-        if record.expires_at is not None and now >= record.expires_at:
-            return Outcome.TOKEN_EXPIRED
-        if not record.member:
-            return Outcome.NOT_A_MEMBER
-        if record.profile is NO_PROFILE:
-            return Outcome.TEAM_HAS_NO_PROFILE
-        if record.profile is not None and record.environment not in record.profile.environments:
-            return Outcome.ENVIRONMENT_NOT_ALLOWED
-        return None
+# -- the decision for an identified token: the gateway's, and the effective-access report's --------
 
-    @staticmethod
-    def _check_model(
-        request: GatewayRequest, endpoint: Endpoint, path_model: str | None, record: TokenRecord
-    ) -> Decision:
-        api = endpoint.api
-        if request.body_truncated:
-            return Decision(Outcome.BODY_TOO_LARGE, api, record)
-        if endpoint.model_source is ModelSource.NONE:
-            return Decision(Outcome.ALLOWED, api, record, free=endpoint.free)
-        document: dict | None = None
-        if endpoint.model_source is ModelSource.PATH:
-            model = path_model
-        else:
-            model, outcome, document = _model_from_body(request)
-            if outcome is not None:
-                return Decision(outcome, api, record)
-        assert model is not None
-        profile = record.profile
-        if profile is not None:
-            offered = profile.model_in(api.value, record.environment, model)
-            if offered is False:
-                where = ", ".join(profile.only_in(api.value, model))
-                detail = f"Model {model!r} is available to {where} keys; this key is {record.environment}."
-                return Decision(Outcome.ENVIRONMENT_NOT_ALLOWED, api, record, model, detail=detail)
-            if offered is None:
-                return Decision(Outcome.MODEL_NOT_ALLOWED, api, record, model,
-                                detail=f"Model {model!r} is not in the team's access profile.")
-        # The token's own list can only narrow what the profile offers.
-        if not record.catalog.allows(model):
-            return Decision(Outcome.MODEL_NOT_ALLOWED, api, record, model, detail=f"Model: {model!r}.")
-        if document is None:
-            return Decision(Outcome.ALLOWED, api, record, model, free=endpoint.free)
-        return Decision(Outcome.ALLOWED, api, record, model, free=endpoint.free, max_output=_max_output(document),
-                        stream_usage=endpoint.streams_usage and document.get("stream") is True
-                        and "stream_options" not in document)
+
+def judge(record: TokenRecord, request: GatewayRequest, now: float) -> Decision:
+    """What the gateway decides for ``request`` by the token of ``record``, before budgets and rate
+    limits: the token's state, the route, the model. The Check runs it (:meth:`Pipeline.decide`), and so
+    does the control plane's report of who can reach what (``controlplane.services.access``), so the
+    two can never disagree."""
+    api = api_of(request.path)
+    outcome = token_refusal(record, now)
+    if outcome is not None:
+        return Decision(outcome, api, record)
+    endpoint, path_model = match(request.method, request.path)
+    if endpoint is None:
+        return Decision(Outcome.ROUTE_UNKNOWN, api, record)
+    return check_model(request, endpoint, path_model, record)
+
+
+def token_refusal(record: TokenRecord, now: float) -> Outcome | None:
+    """Why the token itself is refused now, whatever it asks for: its own state and its owner's."""
+    if record.revoked:
+        return Outcome.TOKEN_REVOKED
+    if not record.owner_active:
+        return Outcome.OWNER_DISABLED
+    if record.expires_at is not None and now >= record.expires_at:
+        return Outcome.TOKEN_EXPIRED
+    if not record.member:
+        return Outcome.NOT_A_MEMBER
+    if record.profile is NO_PROFILE:
+        return Outcome.TEAM_HAS_NO_PROFILE
+    if record.profile is not None and record.environment not in record.profile.environments:
+        return Outcome.ENVIRONMENT_NOT_ALLOWED
+    return None
+
+
+def check_model(request: GatewayRequest, endpoint: Endpoint, path_model: str | None, record: TokenRecord) -> Decision:
+    """The route's model (from the body or the path) against the team's profile and the token's list."""
+    api = endpoint.api
+    if request.body_truncated:
+        return Decision(Outcome.BODY_TOO_LARGE, api, record)
+    if endpoint.model_source is ModelSource.NONE:
+        return Decision(Outcome.ALLOWED, api, record, free=endpoint.free)
+    document: dict | None = None
+    if endpoint.model_source is ModelSource.PATH:
+        model = path_model
+    else:
+        model, outcome, document = _model_from_body(request)
+        if outcome is not None:
+            return Decision(outcome, api, record)
+    assert model is not None
+    profile = record.profile
+    if profile is not None:
+        offered = profile.model_in(api.value, record.environment, model)
+        if offered is False:
+            where = ", ".join(profile.only_in(api.value, model))
+            detail = f"Model {model!r} is available to {where} keys; this key is {record.environment}."
+            return Decision(Outcome.ENVIRONMENT_NOT_ALLOWED, api, record, model, detail=detail)
+        if offered is None:
+            return Decision(Outcome.MODEL_NOT_ALLOWED, api, record, model,
+                            detail=f"Model {model!r} is not in the team's access profile.")
+    # The token's own list can only narrow what the profile offers.
+    if not record.catalog.allows(model):
+        return Decision(Outcome.MODEL_NOT_ALLOWED, api, record, model, detail=f"Model: {model!r}.")
+    if document is None:
+        return Decision(Outcome.ALLOWED, api, record, model, free=endpoint.free)
+    return Decision(Outcome.ALLOWED, api, record, model, free=endpoint.free, max_output=_max_output(document),
+                    stream_usage=endpoint.streams_usage and document.get("stream") is True
+                    and "stream_options" not in document)
 
 
 #: No provider names a model this long; a longer "model" is garbage, not a name to check or record.

@@ -145,7 +145,7 @@ async def _start_background(settings: AuthzSettings, listener: ChangeListener, t
     shipper = Shipper(spool, client=client, url=settings.ingest_url, token=settings.ingest_token,
                       batch_lines=settings.audit_batch_lines,
                       batch_bytes=settings.audit_batch_bytes)
-    outcomes = OutcomeLog(Path(settings.envoy_audit_log), spool, in_flight=in_flight, source=listener.replica,
+    outcomes = OutcomeLog(Path(settings.envoy_audit_log), spool, in_flight=in_flight, source=listener.replica or "",
                           reopen=_envoy_reopener(settings.envoy_control),
                           rotate_bytes=settings.envoy_audit_log_rotate_bytes, costing=costing)
     meter_sync = MeterSync(costing.limits.meter, pool, interval=settings.meter_sync_seconds,

@@ -22,9 +22,10 @@ from authz.cache import NO_PROFILE, Interner, ProfileCatalog, TokenRecord, revok
 from authz.limits import Policy, defaults_from, policy_from
 from authz.prices import Override, PriceTable
 
-# One row per token with everything a Check needs: the owner's state (a user or a service account),
-# whether the owner still belongs to the token's team, and the team's access profile.
-_RECORD_COLUMNS = """
+#: One row per token with everything a Check needs: the owner's state (a user or a service account),
+#: whether the owner still belongs to the token's team, and the team's access profile. (The control
+#: plane's effective-access report reads tokens with it too.)
+RECORD_SELECT = """
     SELECT t.id::text AS token_id, t.token_hash, t.user_id::text AS user_id,
            COALESCE(u.email, 'service-account:' || sa.name) AS email, tm.name AS team,
            t.environment, t.models, extract(epoch FROM t.expires_at)::float8 AS expires_at,
@@ -39,6 +40,9 @@ _RECORD_COLUMNS = """
                 ELSE sa.team_id = t.team_id END AS member,
            t.team_id::text AS team_id, t.service_account_id::text AS service_account_id,
            t.project_id::text AS project_id, pj.name AS project
+"""
+#: The tables :data:`RECORD_SELECT` reads, with its aliases (``t``, ``m``, ``u``, ``sa``, ``tm``, ``p``, ``pj``).
+RECORD_FROM = """
     FROM tokens t
     LEFT JOIN memberships m ON m.user_id = t.user_id AND m.team_id = t.team_id
     LEFT JOIN users u ON u.id = t.user_id
@@ -47,22 +51,23 @@ _RECORD_COLUMNS = """
     LEFT JOIN access_profiles p ON p.id = tm.profile_id
     LEFT JOIN projects pj ON pj.id = t.project_id
 """
-SNAPSHOT_SQL = _RECORD_COLUMNS + " WHERE t.revoked_at IS NULL"
+RECORD_SELECT += RECORD_FROM
+SNAPSHOT_SQL = RECORD_SELECT + " WHERE t.revoked_at IS NULL"
 #: Only the hash: a revoked token needs nothing else to be refused as revoked.
 REVOKED_SQL = "SELECT token_hash FROM tokens WHERE revoked_at IS NOT NULL"
 # Revoked tokens included: a token revoked since the snapshot must become a tombstone.
-_BY_TOKEN_SQL = _RECORD_COLUMNS + " WHERE t.id = ANY($1::uuid[])"
+_BY_TOKEN_SQL = RECORD_SELECT + " WHERE t.id = ANY($1::uuid[])"
 _LIVE = " AND t.revoked_at IS NULL"
 #: NOTIFY payload kind -> the live tokens it can affect.
 _AFFECTED_SQL = {
-    "user": _RECORD_COLUMNS + " WHERE t.user_id = ANY($1::uuid[])" + _LIVE,
-    "team": _RECORD_COLUMNS + " WHERE t.team_id = ANY($1::uuid[])" + _LIVE,
-    "profile": _RECORD_COLUMNS + " WHERE tm.profile_id = ANY($1::uuid[])" + _LIVE,
-    "sa": _RECORD_COLUMNS + " WHERE t.service_account_id = ANY($1::uuid[])" + _LIVE,
+    "user": RECORD_SELECT + " WHERE t.user_id = ANY($1::uuid[])" + _LIVE,
+    "team": RECORD_SELECT + " WHERE t.team_id = ANY($1::uuid[])" + _LIVE,
+    "profile": RECORD_SELECT + " WHERE tm.profile_id = ANY($1::uuid[])" + _LIVE,
+    "sa": RECORD_SELECT + " WHERE t.service_account_id = ANY($1::uuid[])" + _LIVE,
     # "member:<user>:<team>" is looked up by user alone: every live token of the user is re-read,
     # not only that team's. Broader than needed but harmless, and one query serves the whole batch.
-    "member": _RECORD_COLUMNS + " WHERE t.user_id = ANY($1::uuid[])" + _LIVE,
-    "project": _RECORD_COLUMNS + " WHERE t.project_id = ANY($1::uuid[])" + _LIVE,
+    "member": RECORD_SELECT + " WHERE t.user_id = ANY($1::uuid[])" + _LIVE,
+    "project": RECORD_SELECT + " WHERE t.project_id = ANY($1::uuid[])" + _LIVE,
 }
 #: The NOTIFY payload kinds :func:`load_affected` understands, besides ``token``.
 AFFECTED_KINDS = tuple(_AFFECTED_SQL)
@@ -151,9 +156,16 @@ _OVERRIDES_SQL = ("SELECT id::text AS id, provider, model, input_per_mtok, cache
 
 
 async def load_policy(connection: asyncpg.Connection) -> Policy:
-    """The explicit budgets and rate limits and the price overrides, in one consistent view."""
+    """The explicit budgets and rate limits and the price overrides, in one consistent view (inside a
+    caller's transaction, the control plane's, that transaction's view)."""
+    if connection.is_in_transaction():
+        return await _read_policy(connection)
     async with connection.transaction(readonly=True, isolation="repeatable_read"):
-        budgets = await connection.fetch(_BUDGETS_SQL)
-        limits = await connection.fetch(_LIMITS_SQL)
-        overrides = await connection.fetch(_OVERRIDES_SQL)
+        return await _read_policy(connection)
+
+
+async def _read_policy(connection: asyncpg.Connection) -> Policy:
+    budgets = await connection.fetch(_BUDGETS_SQL)
+    limits = await connection.fetch(_LIMITS_SQL)
+    overrides = await connection.fetch(_OVERRIDES_SQL)
     return policy_from(budgets, limits, PriceTable(Override(**dict(row)) for row in overrides))

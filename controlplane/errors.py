@@ -58,6 +58,7 @@ class Code(enum.StrEnum):
     CURSOR_INVALID = "cursor_invalid"
     TIMEZONE_REQUIRED = "timezone_required"
     WINDOW_EMPTY = "window_empty"
+    WINDOW_TOO_LARGE = "window_too_large"
     # resources
     USER_NOT_FOUND = "user_not_found"
     USER_EXISTS = "user_exists"
@@ -116,6 +117,26 @@ class Code(enum.StrEnum):
     USER_UNKNOWN = "user_unknown"
     USER_SUSPENDED = "user_suspended"
     USER_DEPROVISIONED = "user_deprovisioned"
+    # the credential register and offboarding
+    OWNERS_NOT_DISTINCT = "owners_not_distinct"
+    OWNER_NOT_ACTIVE = "owner_not_active"
+    BACKUP_OWNER_INVALID = "backup_owner_invalid"
+    ROTATION_DAYS_REQUIRED = "rotation_days_required"
+    # access reviews and exceptions
+    REVIEW_NOT_FOUND = "review_not_found"
+    REVIEW_CLOSED = "review_closed"
+    REVIEW_OPEN = "review_open"
+    REVIEW_ITEM_NOT_FOUND = "review_item_not_found"
+    REVIEW_SCHEDULE_NOT_FOUND = "review_schedule_not_found"
+    DECISION_NOT_APPLICABLE = "decision_not_applicable"
+    TOKEN_OWNER_FIXED = "token_owner_fixed"
+    NOTHING_TO_NARROW_TO = "nothing_to_narrow_to"
+    EXCEPTION_REQUIRED = "exception_required"
+    EXCEPTION_NOT_FOUND = "exception_not_found"
+    EXCEPTION_NOT_PENDING = "exception_not_pending"
+    EXCEPTION_EXPIRY = "exception_expiry"
+    FOUR_EYES_REQUIRED = "four_eyes_required"
+    SUBJECT_NOT_FOUND = "subject_not_found"
 
 
 class KeywardError(Exception):

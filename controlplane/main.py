@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 import structlog
 from fastapi import FastAPI
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from authz.config import asyncpg_dsn
 from authz.logs import configure as configure_logging
 from controlplane import errors
 from controlplane.api.routes import (
+    access,
     audit,
     budgets,
     credentials,
+    evidence,
     health,
     me,
     notifications,
@@ -23,6 +27,8 @@ from controlplane.api.routes import (
     profiles,
     projects,
     rate_limits,
+    register,
+    reviews,
     scim_connections,
     service_accounts,
     spend,
@@ -32,15 +38,19 @@ from controlplane.api.routes import (
     users,
     web,
 )
-from controlplane.audit import signing
+from controlplane.audit import break_glass, signing
+from controlplane.audit import verify as audit_verify
 from controlplane.background import Duty
 from controlplane.core.config import get_settings
 from controlplane.core.db import get_engine, get_sessionmaker
 from controlplane.scim import errors as scim_errors
 from controlplane.scim import routes as scim_routes
 from controlplane.scim.errors import ScimError
-from controlplane.services import delivery, lifecycle, revocation
+from controlplane.services import delivery, lifecycle, offboarding, revocation
+from controlplane.services import exceptions as review_exceptions
+from controlplane.services import reviews as review_service
 from controlplane.services.budgets import evaluate_thresholds
+from controlplane.services.mirror import mirror
 
 
 class BodyLimit:
@@ -103,6 +113,17 @@ async def _lifecycle_round() -> None:
                                                                     dormant_revoked=retired)
 
 
+async def _offboarding_round() -> None:
+    """Offboarding triggers that are due: accounts not reassigned in time disabled, people past their
+    end date deprovisioned, tokens left unrotated revoked (:mod:`controlplane.services.offboarding`).
+    One replica at a time (a transaction-scoped advisory lock), in its own transaction."""
+    async with get_sessionmaker()() as session, session.begin():
+        if await session.scalar(text("SELECT pg_try_advisory_xact_lock(4924020)")):
+            done = await offboarding.run(session)
+            if any(done.values()):
+                structlog.get_logger("controlplane.offboarding").info("offboarding.applied", **done)
+
+
 async def _notification_round() -> None:
     """Send the due notification deliveries (budget alerts, tests); see :mod:`controlplane.services.delivery`
     for why replicas never send one twice."""
@@ -125,21 +146,81 @@ async def _budget_round() -> None:
                 structlog.get_logger("controlplane.budgets").info("budgets.thresholds_reached", reached=reached)
 
 
+async def _reviews_round() -> None:
+    """Access reviews' duties: expire exceptions (reopening their items, disabling by policy) and open the
+    scheduled reviews that are due. One replica at a time (a transaction-scoped advisory lock)."""
+    settings = get_settings()
+    async with get_sessionmaker()() as session, session.begin():
+        if await session.scalar(text("SELECT pg_try_advisory_xact_lock(4924011)")):
+            expired = await review_exceptions.expire(session, disables=settings.expired_exception_disables)
+            opened = await review_service.run_schedules(session)
+            if expired or opened:
+                structlog.get_logger("controlplane.reviews").info("reviews.applied", exceptions_expired=expired,
+                                                                  reviews_opened=opened)
+
+
+async def _break_glass_round() -> None:
+    """One ``admin.break_glass_reads`` event per finished hour of bootstrap-token reads (see
+    :mod:`controlplane.audit.break_glass`); rows are locked, so replicas never summarise one twice."""
+    async with get_sessionmaker()() as session, session.begin():
+        await break_glass.summarise(session)
+
+
+#: Rows of each chain one incremental verification round hashes at most (a few seconds' work): a
+#: backlog is caught up over several rounds, each recording how far it got.
+VERIFY_ROUND_ROWS = 250_000
+
+
+async def _verify_round(*, full: bool) -> None:
+    """Verify the audit chains, incrementally from each one's newest signed marker, or in full those not
+    verified in full for ``full_verify_hours`` (the duty looks hourly, so restarts never postpone it),
+    and record each result as a signed marker (:mod:`controlplane.audit.verify`). One replica at a time."""
+    settings = get_settings()
+    reports = await audit_verify.verification_round(
+        asyncpg_dsn(settings.database_url), signer=signing.current(), full=full,
+        max_rows=None if full else VERIFY_ROUND_ROWS,
+        full_every=timedelta(hours=settings.full_verify_hours) if full else None)
+    log = structlog.get_logger("controlplane.audit")
+    for report in reports:
+        if report.findings:
+            log.warning("audit.chain_broken", chain=report.chain, kind=report.kind,
+                        finding=str(report.findings[0]), marker=report.marker.id if report.marker else None)
+    if full and reports:
+        log.info("audit.full_verification", intact=not any(r.findings for r in reports),
+                 rows=sum(r.rows_checked for r in reports))
+
+
+async def _incremental_verify_round() -> None:
+    await _verify_round(full=False)
+
+
+async def _full_verify_round() -> None:
+    await _verify_round(full=True)
+
+
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     duties = [Duty("lifecycle", get_settings().lifecycle_interval_seconds, _lifecycle_round),
+              Duty("offboarding", get_settings().lifecycle_interval_seconds, _offboarding_round),
               Duty("notifications", get_settings().notification_interval_seconds, _notification_round),
-              Duty("budgets", get_settings().budget_alert_interval_seconds, _budget_round)]
+              Duty("budgets", get_settings().budget_alert_interval_seconds, _budget_round),
+              Duty("reviews", get_settings().lifecycle_interval_seconds, _reviews_round),
+              Duty("break-glass", get_settings().lifecycle_interval_seconds, _break_glass_round),
+              Duty("verify-audit", get_settings().verify_interval_seconds, _incremental_verify_round),
+              Duty("verify-audit-full", min(3600.0, get_settings().full_verify_hours * 3600), _full_verify_round)]
     acks = revocation.listener()
+    tokens = mirror()
     app.state.duties = duties
-    app.state.long_running = {"revocation-acks": acks}
+    app.state.long_running = {"revocation-acks": acks, "token-mirror": tokens}
     acks.start()
+    tokens.start()
     for duty in duties:
         duty.start()
     yield
     for duty in duties:
         await duty.stop()
     await acks.stop()
+    await tokens.stop()
     await get_engine().dispose()
 
 
@@ -160,11 +241,9 @@ def create_app() -> FastAPI:
     app.include_router(health.router)
     app.include_router(web.router)
     app.include_router(me.router, prefix="/api/v1")
-    for module in (users, teams, profiles, service_accounts, tokens, credentials, usage, audit, scim_connections):
-        app.include_router(module.router, prefix="/api/v1")
-    for module in (notifications, spend):
-        app.include_router(module.router, prefix="/api/v1")
-    for module in (projects, budgets, rate_limits, prices):
+    for module in (users, teams, profiles, service_accounts, tokens, credentials, usage, audit, scim_connections,
+                   notifications, spend, projects, budgets, rate_limits, prices, access, reviews, register,
+                   evidence):
         app.include_router(module.router, prefix="/api/v1")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -47,6 +47,9 @@ class User(Base):
     scim_connection_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("scim_connections.id"))
     #: The SCIM document as the IdP last wrote it (minus what has its own column).
     scim_attributes: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    #: employee, contractor, vendor or service; a contractor's ``end_date`` is an offboarding trigger.
+    employment_type: Mapped[str] = mapped_column(String(16), default="employee")
+    end_date: Mapped[date | None] = mapped_column(Date)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
@@ -73,6 +76,9 @@ class AccessProfile(Base):
     budget_defaults: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     #: ``{scope type: {"rpm", "tpm"}}``.
     rate_limit_defaults: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    #: How often its tokens must be rotated (days); opt-in: revoke them this long past it.
+    rotation_days: Mapped[int | None] = mapped_column(Integer)
+    rotation_disable_days: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -117,6 +123,14 @@ class ServiceAccount(Base):
     technical_owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
     #: The project its tokens carry unless minted with another.
     project_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("projects.id"))
+    security_owner_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    finance_owner_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    purpose: Mapped[str | None] = mapped_column(Text)
+    #: The service or repository that runs with its tokens.
+    workload: Mapped[str | None] = mapped_column(Text)
+    #: Set when an owner departed: reassign by then, or its tokens are disabled.
+    reassign_by: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    flagged_reason: Mapped[str | None] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
@@ -141,6 +155,12 @@ class ApiCredential(Base):
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    purpose: Mapped[str | None] = mapped_column(Text)
+    #: The person answerable for it (register); a departed owner flags it for reassignment.
+    owner_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    secret_location: Mapped[str | None] = mapped_column(String(32))
+    reassign_by: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    flagged_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Token(Base):
@@ -166,6 +186,14 @@ class Token(Base):
     revoke_reason: Mapped[str | None] = mapped_column(Text)
     rotated_from: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("tokens.id"))
     expired_recorded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    purpose: Mapped[str | None] = mapped_column(Text)
+    #: The service or repository the token serves.
+    workload: Mapped[str | None] = mapped_column(Text)
+    #: Where the secret is declared to live: vault, cloud_secret_manager, ci_secret_store,
+    #: kubernetes_secret, password_manager, laptop, other.
+    secret_location: Mapped[str | None] = mapped_column(String(32))
+    #: For a personal token: who answers for it when its owner cannot.
+    backup_owner_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
 
 
 class Event(Base):
@@ -398,3 +426,111 @@ class NotificationDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AccessException(Base):
+    """Keep a credential despite a failing condition: approved by someone other than who asked, and
+    only until it expires."""
+
+    __tablename__ = "access_exceptions"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    subject_type: Mapped[str] = mapped_column(String(24))
+    subject_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    condition: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(Text)
+    requested_by: Mapped[str] = mapped_column(Text)
+    approved_by: Mapped[str | None] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    review_item_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("access_review_items.id"))
+
+
+class AccessReview(Base):
+    __tablename__ = "access_reviews"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(Text)
+    scope: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    opened_by: Mapped[str] = mapped_column(Text)
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    closed_by: Mapped[str | None] = mapped_column(Text)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    report_sha256: Mapped[str | None] = mapped_column(String(64))
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("access_review_schedules.id"))
+    #: What opened it when no person did: a schedule, or an event (owner change, scope widening, …).
+    trigger: Mapped[str | None] = mapped_column(Text)
+
+
+class AccessReviewItem(Base):
+    """One register row, frozen when its review opened, and what its reviewer decided."""
+
+    __tablename__ = "access_review_items"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    review_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("access_reviews.id"))
+    subject_type: Mapped[str] = mapped_column(String(24))
+    subject_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    snapshot: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    reviewer: Mapped[str | None] = mapped_column(Text)
+    decision: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    decided_by: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    exception_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("access_exceptions.id"))
+    reopened_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AccessReviewSchedule(Base):
+    __tablename__ = "access_review_schedules"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(Text)
+    scope: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    cadence: Mapped[str] = mapped_column(String(16))
+    due_days: Mapped[int] = mapped_column(Integer, default=14)
+    next_run_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class BreakGlassReads(Base):
+    """The bootstrap token's reads in one hour, summarised into one event rather than one per read."""
+
+    __tablename__ = "break_glass_reads"
+
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    reads: Mapped[int] = mapped_column(BigInteger, default=0)
+    first_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    #: Path -> reads of it in the hour.
+    paths: Mapped[dict[str, int]] = mapped_column(JSONB, default=dict)
+    summarised_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditVerification(Base):
+    """One verification of an audit chain: "verified up to ``to_seq``, whose hash is ``to_hash``", signed
+    with the audit signing key (:mod:`controlplane.audit.verify`). Append-only."""
+
+    __tablename__ = "audit_verifications"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    chain: Mapped[str] = mapped_column(Text)
+    #: full (every row from the chain's start) or incremental (the rows after the marker ``base_id``).
+    kind: Mapped[str] = mapped_column(String(16))
+    base_id: Mapped[int | None] = mapped_column(BigInteger)
+    from_seq: Mapped[int] = mapped_column(BigInteger)
+    to_seq: Mapped[int] = mapped_column(BigInteger)
+    to_hash: Mapped[bytes] = mapped_column(LargeBinary)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    findings: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    verified_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    signature: Mapped[bytes] = mapped_column(LargeBinary)

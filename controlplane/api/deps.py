@@ -2,9 +2,10 @@
 
 Callers authenticate with a bearer credential and act in one role:
 
-* ``admin`` — everything; the bootstrap ``KEYWARD_ADMIN_TOKEN`` is an admin flagged as break-glass,
-  and every request made with it is recorded as an ``admin.break_glass_used`` event, committed on its
-  own so that a failing request is still on record;
+* ``admin`` — everything; the bootstrap ``KEYWARD_ADMIN_TOKEN`` is an admin flagged as break-glass:
+  every change made with it (any method but GET and HEAD) is recorded as an ``admin.break_glass_used``
+  event, committed on its own so that a failing request is still on record, and its reads are counted
+  per hour and summarised as one ``admin.break_glass_reads`` event (:mod:`controlplane.audit.break_glass`);
 * ``auditor`` — reads everything, changes nothing;
 * ``finance`` — usage and spend only (``/usage``, ``/spend``), and reads spend policy (projects,
   budgets, rate limits, prices);
@@ -16,6 +17,10 @@ Callers authenticate with a bearer credential and act in one role:
   credential.
 
 Admin-API credentials (``kw_api_…``) are minted at ``/api/v1/credentials`` and stored as keyed hashes.
+
+The caller's actor names the door it came through: ``cli`` when the request carries the ``keyward``
+CLI's ``Keyward-Client: cli`` header (:data:`CLIENT_HEADER`), else ``api`` (``oidc`` for the browser
+session). Any other value of the header is ignored.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from controlplane.audit import break_glass
 from controlplane.audit.events import Actor, record_event
 from controlplane.core.config import Settings, get_settings
 from controlplane.core.db import get_sessionmaker
@@ -77,10 +83,33 @@ def presented(bearer: HTTPAuthorizationCredentials | None) -> str:
 Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
+#: The header the ``keyward`` CLI sends; its one accepted value makes the caller's mechanism ``cli``.
+CLIENT_HEADER = "Keyward-Client"
+_READS = frozenset({"GET", "HEAD"})
+
+
+def mechanism(request: Request, default: str = "api") -> str:
+    return "cli" if request.headers.get(CLIENT_HEADER) == "cli" else default
+
+
+def _route(request: Request) -> str:
+    """The route's template (``/api/v1/users/{user_id}``), so per-route counts stay few."""
+    path = request.url.path
+    template = getattr(request.scope.get("route"), "path", None)
+    if not isinstance(template, str):
+        return path[:200]
+    # The route may be the router's own, without the prefix it was included under (/api/v1).
+    prefix = "/api/v1" if path.startswith("/api/v1/") and not template.startswith("/api/v1") else ""
+    return (prefix + template)[:200]
+
+
 async def _caller(request: Request, bearer: Bearer, settings: Annotated[Settings, Depends(get_settings)]) -> Caller:
     secret = presented(bearer)
     if credentials.matches(secret, settings.admin_token):
-        caller = Caller(Actor(name="admin:bootstrap", mechanism="api"), "admin", break_glass=True)
+        caller = Caller(Actor(name="admin:bootstrap", mechanism=mechanism(request)), "admin", break_glass=True)
+        if request.method in _READS:
+            await break_glass.count_read(_route(request))
+            return caller
         async with get_sessionmaker()() as session, session.begin():
             await record_event(session, actor=caller.actor, action="admin.break_glass_used", target_type="api",
                                target_id=f"{request.method} {request.url.path}"[:200])
@@ -89,13 +118,14 @@ async def _caller(request: Request, bearer: Bearer, settings: Annotated[Settings
         async with get_sessionmaker()() as session, session.begin():
             credential = await api_credentials.authenticate(session, secret, hash_key=settings.hash_key)
         if credential is not None:
-            return Caller(Actor(name=f"credential:{credential.name}", mechanism="api"), credential.role,
+            return Caller(Actor(name=f"credential:{credential.name}", mechanism=mechanism(request)), credential.role,
                           credential.team_id)
     # Sign-in with OIDC: a `keyward login` credential (kw_cli_…) or, with no bearer, the browser session
     # cookie. Its role is the IdP groups' admin role, or "self", which no role set below admits.
     signed_in = await signin.authenticate(request, secret, settings)
     if signed_in is not None:
-        return Caller(signed_in.actor, signed_in.role)
+        actor = signed_in.actor
+        return Caller(Actor(name=actor.name, mechanism=mechanism(request, actor.mechanism)), signed_in.role)
     raise Unauthorized(Code.CREDENTIAL_INVALID, "A valid admin-API bearer credential is required.")
 
 

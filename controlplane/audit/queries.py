@@ -31,6 +31,12 @@ REQUEST_COLUMNS = (
     "cost_output_usd", "price_version", "usage_estimated",
 )
 
+#: An export of requests that ``keyward audit verify-export`` can check: besides what the client got,
+#: each record's own fields as its hash covers them (``record_*``: the decision, status and sanitized
+#: flag authz recorded, before the outcome is folded in) and its place in the chain.
+REQUEST_CHAIN_COLUMNS = (*REQUEST_COLUMNS, "record_decision", "record_status", "record_sanitized", "prev_hash",
+                         "hash")
+
 #: What the client got (see the module docstring), as SQL over ``r`` and its outcome ``o``.
 DECISION = """CASE WHEN r.source = 'authz' AND o.decided IS FALSE
      THEN left('envoy:' || COALESCE(o.details, o.response_flags, 'unknown'), 64) ELSE r.decision END"""
@@ -55,6 +61,9 @@ SELECT r.seq, r.at, r.request_id, r.source, r.token_id, r.user_id, r.user_email,
        AS sanitized, r.project_id, r.project, r.limit_scope, o.cached_tokens, o.cost_usd, o.cost_input_usd,
        o.cost_cached_usd, o.cost_output_usd, o.price_version, COALESCE(o.usage_estimated, false) AS usage_estimated
 FROM request_records r""" + _OUTCOME  # noqa: S608 - fixed SQL fragments only
+_CHAINED = ", r.decision AS record_decision, r.status AS record_status, r.sanitized AS record_sanitized, " \
+    "r.prev_hash, r.hash\nFROM request_records r"
+_SELECT_REQUESTS_CHAINED = _SELECT_REQUESTS.replace("\nFROM request_records r", _CHAINED, 1)
 
 
 @dataclass
@@ -72,7 +81,8 @@ class RequestFilter:
     after: tuple[datetime, int] | None = None
     extra: list[str] = field(default_factory=list)
 
-    def sql(self, *, limit: int | None) -> tuple[str, dict[str, Any]]:
+    def sql(self, *, limit: int | None, chained: bool = False) -> tuple[str, dict[str, Any]]:
+        """``chained``: with the columns of :data:`REQUEST_CHAIN_COLUMNS`."""
         # stored_at >= at (less any clock skew between hosts), so this bound prunes older months.
         clauses = ["r.at >= :start", "r.at < :end",
                    "r.stored_at >= CAST(:start AS timestamptz) - interval '1 day'"]
@@ -94,7 +104,8 @@ class RequestFilter:
         if self.after is not None:
             clauses.append("(r.at, r.seq) > (:after_at, :after_seq)")
             params["after_at"], params["after_seq"] = self.after
-        query = _SELECT_REQUESTS + " WHERE " + " AND ".join(clauses) + " ORDER BY r.at, r.seq"
+        query = ((_SELECT_REQUESTS_CHAINED if chained else _SELECT_REQUESTS) + " WHERE " + " AND ".join(clauses)
+                 + " ORDER BY r.at, r.seq")
         if limit is not None:
             query += " LIMIT :limit"
             params["limit"] = limit
@@ -145,6 +156,8 @@ async def request_page(session: AsyncSession, filters: RequestFilter, *, cursor:
 
 
 EVENT_COLUMNS = ("seq", "at", "actor", "mechanism", "action", "target_type", "target_id", "before", "after")
+#: An export of events that ``keyward audit verify-export`` can check.
+EVENT_CHAIN_COLUMNS = (*EVENT_COLUMNS, "prev_hash", "hash")
 
 
 @dataclass

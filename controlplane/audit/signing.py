@@ -7,6 +7,10 @@ The key is a setting (``KEYWARD_AUDIT_SIGNING_KEY``), never stored in the databa
 is published (``GET /api/v1/audit/public-key``, and ``make up`` writes it next to the other secrets),
 so anyone can verify an export or the store itself without a secret.
 
+Verification markers (``audit_verifications``, :mod:`controlplane.audit.verify`) are signed with the
+same key under a purpose of their own, so whoever can write to the database cannot claim "verified up
+to seq N" either.
+
 A row appended with a valid hash link but no signature after it (a forgery by a database role, or a
 write that bypassed the control plane) is reported by ``keyward audit verify``; so is a checkpoint
 whose signature does not verify.
@@ -16,6 +20,9 @@ use. A writer with no signer installed fails loudly rather than leave an unsigne
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -27,10 +34,25 @@ from controlplane.core.keys import decode_key, encode_key
 #: What a signature covers, besides the chain, seq and hash: the purpose, so a signature made for
 #: anything else can never pass as a checkpoint's.
 _PURPOSE = "keyward.audit.checkpoint.v1"
+#: The purpose of an export's trailer signature (:mod:`controlplane.audit.exports`): never a checkpoint's.
+_EXPORT_PURPOSE = "keyward.audit.export.v1"
+#: The purpose of a verification marker's signature (:mod:`controlplane.audit.verify`): "this process
+#: verified the chain up to seq N, whose hash is H". Never a checkpoint's, nor an export's.
+_MARKER_PURPOSE = "keyward.audit.verification.v1"
 
 
 def message(chain_name: str, seq: int, digest: bytes) -> bytes:
     return chain.ENCODE([_PURPOSE, chain_name, seq, bytes(digest).hex()]).encode()
+
+
+def export_message(document: Mapping[str, Any]) -> bytes:
+    """What an export's trailer signature covers: its whole document (chain, rows, digest, head, …)."""
+    return chain.ENCODE([_EXPORT_PURPOSE, dict(document)]).encode()
+
+
+def marker_message(document: Mapping[str, Any]) -> bytes:
+    """What a verification marker's signature covers: its whole document (chain, kind, range, head, …)."""
+    return chain.ENCODE([_MARKER_PURPOSE, dict(document)]).encode()
 
 
 def new_private_key() -> str:
@@ -46,6 +68,12 @@ class Signer:
     def sign(self, chain_name: str, seq: int, digest: bytes) -> bytes:
         return self._key.sign(message(chain_name, seq, digest))
 
+    def sign_export(self, document: Mapping[str, Any]) -> bytes:
+        return self._key.sign(export_message(document))
+
+    def sign_marker(self, document: Mapping[str, Any]) -> bytes:
+        return self._key.sign(marker_message(document))
+
     def checkpoint(self, chain_name: str, seq: int, digest: bytes) -> tuple[str, int, bytes, str, bytes]:
         """The ``audit_checkpoints`` row (chain, seq, hash, kind, signature) that signs a new head."""
         return chain_name, seq, bytes(digest), "signed", self.sign(chain_name, seq, digest)
@@ -58,6 +86,20 @@ class Verifier:
     def valid(self, chain_name: str, seq: int, digest: bytes, signature: bytes) -> bool:
         try:
             self._key.verify(bytes(signature), message(chain_name, seq, digest))
+        except InvalidSignature:
+            return False
+        return True
+
+    def valid_export(self, document: Mapping[str, Any], signature: bytes) -> bool:
+        try:
+            self._key.verify(bytes(signature), export_message(document))
+        except InvalidSignature:
+            return False
+        return True
+
+    def valid_marker(self, document: Mapping[str, Any], signature: bytes) -> bool:
+        try:
+            self._key.verify(bytes(signature), marker_message(document))
         except InvalidSignature:
             return False
         return True

@@ -14,7 +14,11 @@ One configuration, one client, one way to print::
                          spend policy (scopes.py: how budgets and limits name a scope)
     session.py           login, me, logout, whoami, configure (loopback.py: login's redirect receiver)
     spend.py             keyward spend: the spend report, a table or a CSV / JSON lines export
-    stack.py  audit.py   up and migrate; audit verify and retention (straight to the database)
+    register.py          keyward register: the credential register, a table or a CSV / JSON lines export
+    reviews.py           keyward review (open, decide, close, report, schedule) and keyward exception
+    evidence.py          keyward evidence --out DIR: the evidence pack, checked against its manifest
+    stack.py  audit.py   up and migrate; audit queries, verify (through the API, or the database), verify-export
+                         (offline) and retention (straight to the database)
 
 Start-up stays quick: pydantic (settings), the OIDC client, the stack runner and the database code are
 imported by the commands that use them. Nothing else in ``controlplane`` imports this package.
@@ -25,14 +29,18 @@ from __future__ import annotations
 import typer
 
 from controlplane.cli import (
+    access,
     audit,
     budgets,
     credentials,
+    evidence,
     limits,
     notifications,
     prices,
     profiles,
     projects,
+    register,
+    reviews,
     service_accounts,
     session,
     spend,
@@ -63,5 +71,10 @@ app.add_typer(budgets.app, name="budgets")
 app.add_typer(limits.app, name="limits")
 app.add_typer(prices.app, name="prices")
 app.command("spend")(spend.spend)
+app.add_typer(access.app, name="access")
+app.command("register")(register.register)
+app.add_typer(reviews.app, name="review")
+app.add_typer(reviews.exception_app, name="exception")
+app.command("evidence")(evidence.evidence)
 for command in (session.whoami, session.configure, session.login, session.me, session.logout):
     app.command()(command)

@@ -23,12 +23,16 @@ if TYPE_CHECKING:
 LABEL_LOOKUPS = 25  # id → name look-ups per command (one GET each); beyond, ids are shown
 
 
-def connect(*, api_url: str | None = None) -> Api:
-    """The API at ``api_url`` (or the URL in effect), with the credential the precedence picks."""
+def connect(*, api_url: str | None = None, read_timeout: float | None = None) -> Api:
+    """The API at ``api_url`` (or the URL in effect), with the credential the precedence picks.
+    ``read_timeout``: at least this long to wait for an answer (for work that reads every audit row)."""
     from controlplane.cli import store
     from controlplane.cli.settings import settings
 
-    return Api(store.resolve(settings(), api_url=api_url), timeout=settings().timeout)
+    timeout = settings().timeout
+    if read_timeout is not None and read_timeout > (timeout.read or 0):
+        timeout = httpx.Timeout(read_timeout, connect=timeout.connect)
+    return Api(store.resolve(settings(), api_url=api_url), timeout=timeout)
 
 
 def payload(**fields: Any) -> dict[str, Any]:
@@ -52,7 +56,8 @@ class Api:
         self.conn = conn
         self.url = conn.url
         self._timeout = timeout
-        headers = {"User-Agent": "keyward-cli"}
+        # Keyward-Client: the control plane records this command's actions with mechanism "cli".
+        headers = {"User-Agent": "keyward-cli", "Keyward-Client": "cli"}
         if conn.token:
             headers["Authorization"] = f"Bearer {conn.token}"
         try:

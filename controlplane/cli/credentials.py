@@ -9,8 +9,9 @@ import typer
 
 from controlplane.cli.client import connect, payload
 from controlplane.cli.options import AllPages, CursorOpt, JsonOut, PageSize, QuietOpt
-from controlplane.cli.output import Columns, at, done, key, show_page, show_secret, state
-from controlplane.cli.vocabulary import CREDENTIALS, TEAMS, Role
+from controlplane.cli.output import Columns, at, done, key, show_page, show_record, show_secret, state
+from controlplane.cli.register import ClearOpt, LocationOpt, PurposeOpt, register_fields
+from controlplane.cli.vocabulary import CREDENTIALS, TEAMS, USERS, Role
 
 app = typer.Typer(help="Admin-API credentials with a role (admin, auditor, finance, team owner).",
                   no_args_is_help=True)
@@ -44,6 +45,23 @@ def credentials_list(limit: PageSize = None, cursor: CursorOpt = None, all_pages
                         ("CREATED BY", key("created_by"))]
     show_page(api.listing("/credentials", {}, limit=limit, cursor=cursor, follow=all_pages), columns, as_json,
               "credentials")
+
+
+@app.command("update")
+def credentials_update(
+    credential: Annotated[str, typer.Argument(help="Credential id or name.", metavar="CREDENTIAL")],
+    purpose: PurposeOpt = None,
+    owner: Annotated[str | None, typer.Option(help="The person answerable for it: user id or email.")] = None,
+    secret_location: LocationOpt = None, clear: ClearOpt = None, as_json: JsonOut = False,
+) -> None:
+    """Set an admin-API credential's register fields (--clear purpose|owner|secret-location). A new
+    active owner clears a reassignment flag."""
+    api = connect()
+    body = register_fields(clear, {"purpose": "purpose", "owner": "owner_id", "secret-location": "secret_location"},
+                           purpose=purpose, owner_id=api.id_of(USERS, owner) if owner else None,
+                           secret_location=secret_location)
+    updated = api.patch(f"/credentials/{api.id_of(CREDENTIALS, credential)}", body)
+    show_record(updated, as_json, labels=api.labels, note=f"Updated credential {updated['name']}.")
 
 
 @app.command("revoke")

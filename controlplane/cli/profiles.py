@@ -39,6 +39,9 @@ EnvsOpt = Annotated[list[Env] | None, typer.Option("--environment", help=ENVS_HE
 DefaultDays = Annotated[int | None, typer.Option(min=1, max=3650, help="Default token lifetime (API default 30).")]
 MaxDays = Annotated[int | None, typer.Option(min=1, max=3650, help="Longest token lifetime (API default 90).")]
 DormantDays = Annotated[int | None, typer.Option(min=1, max=3650, help="Revoke tokens unused this many days.")]
+RotationDays = Annotated[int | None, typer.Option(min=1, max=3650, help="Rotation cadence of its tokens, in days.")]
+RotationDisableDays = Annotated[int | None, typer.Option(
+    min=1, max=3650, help="Revoke tokens this many days past their rotation due date (needs --rotation-days).")]
 Budgets = Annotated[list[str] | None, typer.Option(
     "--budget", help="Default budget of a scope type, SCOPE=AMOUNT[/PERIOD][:POSTURE] (e.g. team=200 or "
                      "user=20/day:hard), repeatable; replaces all the profile's budget defaults.")]
@@ -99,6 +102,7 @@ def profiles_create(
     environments: Annotated[list[Env], typer.Option("--environment", help=ENVS_HELP)],
     default_token_days: DefaultDays = None, max_token_days: MaxDays = None, dormant_days: DormantDays = None,
     budgets: Budgets = None, rate_limits: RateLimits = None, description: Description = None,
+    rotation_days: RotationDays = None, rotation_disable_days: RotationDisableDays = None,
     as_json: JsonOut = False,
 ) -> None:
     """Create an access profile, e.g. --model openai:gpt-4o* --model anthropic:claude-*@prod --environment dev
@@ -106,7 +110,8 @@ def profiles_create(
     api = connect()
     body = _fields(models, environments, budgets, rate_limits, name=name, description=description,
                    default_token_days=default_token_days, max_token_days=max_token_days,
-                   dormant_disable_days=dormant_days)
+                   dormant_disable_days=dormant_days, rotation_days=rotation_days,
+                   rotation_disable_days=rotation_disable_days)
     _show(api, api.post("/profiles", body), as_json, note=f"Created profile {name}.")
 
 
@@ -114,6 +119,7 @@ def profiles_create(
 _CLEARED: dict[str, tuple[str, Any]] = {
     "description": ("description", None), "dormant-days": ("dormant_disable_days", None),
     "budgets": ("budget_defaults", {}), "rate-limits": ("rate_limit_defaults", {}),
+    "rotation-days": ("rotation_days", None), "rotation-disable-days": ("rotation_disable_days", None),
 }
 
 
@@ -124,8 +130,10 @@ def profiles_update(
     models: ModelsOpt = None, environments: EnvsOpt = None,
     default_token_days: DefaultDays = None, max_token_days: MaxDays = None, dormant_days: DormantDays = None,
     budgets: Budgets = None, rate_limits: RateLimits = None, description: Description = None,
+    rotation_days: RotationDays = None, rotation_disable_days: RotationDisableDays = None,
     clear: Annotated[list[str] | None, typer.Option(
-        help="Unset one of: description, dormant-days, budgets, rate-limits (repeatable).")] = None,
+        help="Unset one of: description, dormant-days, budgets, rate-limits, rotation-days, "
+             "rotation-disable-days (repeatable).")] = None,
     as_json: JsonOut = False,
 ) -> None:
     """Change an access profile. --model and --environment replace the whole list; narrowing applies
@@ -135,7 +143,8 @@ def profiles_update(
         usage(f"--clear {unknown[0]!r}: expected one of {', '.join(_CLEARED)}")
     body = _fields(models, environments, budgets, rate_limits, name=name, description=description,
                    default_token_days=default_token_days, max_token_days=max_token_days,
-                   dormant_disable_days=dormant_days)
+                   dormant_disable_days=dormant_days, rotation_days=rotation_days,
+                   rotation_disable_days=rotation_disable_days)
     body |= dict(_CLEARED[c] for c in clear or [])
     if not body:
         usage("nothing to change: give at least one option")

@@ -80,7 +80,8 @@ def projects_update(
 
 @app.command("close")
 def projects_close(project: ProjectRef, team: ProjectTeam = None, as_json: JsonOut = False) -> None:
-    """Close a project: no new token may carry it (its tokens keep working)."""
+    """Close a project: no new token may carry it, and its live tokens are revoked (its usage is kept)."""
     api = connect()
     closed = api.post(f"/projects/{project_id(api, project, team)}/close")
-    done(as_json, closed, f"Closed project {closed['name']}; it takes no new tokens.")
+    done(as_json, closed, f"Closed project {closed['name']}; it takes no new tokens, and "
+                          f"{closed.get('tokens_revoked', 0)} token(s) carrying it were revoked.")

@@ -10,6 +10,7 @@ import typer
 from controlplane.cli.client import Api, connect, payload
 from controlplane.cli.options import AllPages, CursorOpt, Description, JsonOut, PageSize
 from controlplane.cli.output import Columns, at, done, key, show_page, show_record
+from controlplane.cli.register import ClearOpt, PurposeOpt, WorkloadOpt, register_fields
 from controlplane.cli.scopes import project_id
 from controlplane.cli.vocabulary import SERVICE_ACCOUNTS, TEAMS, USERS
 
@@ -64,6 +65,32 @@ def accounts_show(account: AccountRef, as_json: JsonOut = False) -> None:
     """Show one service account."""
     api = connect()
     show_record(api.find(SERVICE_ACCOUNTS, account), as_json, labels=api.labels)
+
+
+OwnerOpt = Annotated[str | None, typer.Option(help="User id or email (an active person).")]
+
+
+@app.command("update")
+def accounts_update(
+    account: AccountRef, purpose: PurposeOpt = None, workload: WorkloadOpt = None,
+    business_owner: OwnerOpt = None, technical_owner: OwnerOpt = None, security_owner: OwnerOpt = None,
+    finance_owner: OwnerOpt = None, description: Description = None, clear: ClearOpt = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Change a service account's owners and register fields (--clear purpose|workload|security-owner|
+    finance-owner|description). New active owners clear a reassignment flag."""
+    api = connect()
+
+    def user(ref: str | None) -> str | None:
+        return api.id_of(USERS, ref) if ref else None
+
+    body = register_fields(clear, {"purpose": "purpose", "workload": "workload", "security-owner": "security_owner_id",
+                                   "finance-owner": "finance_owner_id", "description": "description"},
+                           purpose=purpose, workload=workload, description=description,
+                           business_owner_id=user(business_owner), technical_owner_id=user(technical_owner),
+                           security_owner_id=user(security_owner), finance_owner_id=user(finance_owner))
+    updated = api.patch(f"/service-accounts/{api.id_of(SERVICE_ACCOUNTS, account)}", body)
+    show_record(updated, as_json, labels=api.labels, note=f"Updated service account {updated['name']}.")
 
 
 def _set_status(ref: str, status: str, as_json: bool, message: str) -> None:

@@ -26,6 +26,7 @@ from controlplane.cli.output import (
     usage,
     when,
 )
+from controlplane.cli.register import ClearOpt, LocationOpt, PurposeOpt, WorkloadOpt, register_fields
 from controlplane.cli.scopes import project_id
 from controlplane.cli.vocabulary import SERVICE_ACCOUNTS, TEAMS, USERS, Env
 
@@ -147,6 +148,25 @@ def tokens_rotate(
     if not as_json and not quiet:
         say(f"Old token {rotated['old']['hint']} works until {when(rotated['old']['expires_at'])}.")
     show_secret(rotated["new"], as_json, quiet, _summary(api, "New token", rotated["new"]), document=rotated)
+
+
+@app.command("set")
+def tokens_set(
+    token_id: TokenId, purpose: PurposeOpt = None, workload: WorkloadOpt = None,
+    secret_location: LocationOpt = None,
+    backup_owner: Annotated[str | None, typer.Option(help="A personal token's backup owner: user id or email "
+                                                          "(active, not its owner).")] = None,
+    clear: ClearOpt = None, as_json: JsonOut = False,
+) -> None:
+    """Set a token's register fields: purpose, workload, secret location, backup owner (--clear
+    purpose|workload|secret-location|backup-owner unsets one)."""
+    api = connect()
+    body = register_fields(clear, {"purpose": "purpose", "workload": "workload", "secret-location": "secret_location",
+                                   "backup-owner": "backup_owner_id"},
+                           purpose=purpose, workload=workload, secret_location=secret_location,
+                           backup_owner_id=api.id_of(USERS, backup_owner) if backup_owner else None)
+    token = api.patch(f"/tokens/{token_id}", body)
+    done(as_json, token, f"Updated token {token['name']} ({token['hint']}).")
 
 
 @app.command("narrow")

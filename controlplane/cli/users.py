@@ -3,13 +3,14 @@ revoke every token a person owns. A user is named by id or email."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Annotated, Literal
 
 import typer
 
 from controlplane.cli.client import connect, payload
 from controlplane.cli.options import AllPages, CursorOpt, JsonOut, PageSize, ReasonOpt, UserRef, Yes
-from controlplane.cli.output import Columns, at, confirm, done, key, show_page, show_record
+from controlplane.cli.output import Columns, at, confirm, done, key, show_page, show_record, usage
 from controlplane.cli.vocabulary import USERS
 
 app = typer.Typer(help="People: create, suspend, deprovision, revoke their tokens.", no_args_is_help=True)
@@ -41,6 +42,33 @@ def users_create(
     api = connect()
     user = api.post("/users", payload(email=email, display_name=name, external_id=external_id))
     show_record(user, as_json, labels=api.labels, note=f"Created user {user['email']}.")
+
+
+@app.command("update")
+def users_update(
+    user: UserRef,
+    name: Annotated[str | None, typer.Option("--name", help="Display name.")] = None,
+    employment_type: Annotated[Literal["employee", "contractor", "vendor", "service"] | None, typer.Option()]
+    = None,
+    end_date: Annotated[str | None, typer.Option(help="Last day of access, YYYY-MM-DD: the day after, they are "
+                                                      "deprovisioned.")] = None,
+    clear_end_date: Annotated[bool, typer.Option("--clear-end-date", help="Remove the end date.")] = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Change a user's display name, employment type or end date."""
+    if end_date is not None:
+        try:
+            date.fromisoformat(end_date)
+        except ValueError:
+            usage(f"--end-date {end_date!r}: expected a day, YYYY-MM-DD")
+    body = payload(display_name=name, employment_type=employment_type, end_date=end_date)
+    if clear_end_date:
+        body["end_date"] = None
+    if not body:
+        usage("nothing to change: give at least one option")
+    api = connect()
+    updated = api.patch(f"/users/{api.id_of(USERS, user)}", body)
+    show_record(updated, as_json, labels=api.labels, note=f"Updated user {updated['email']}.")
 
 
 @app.command("show")

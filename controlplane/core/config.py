@@ -74,6 +74,22 @@ class Settings(OidcSettings, BaseSettings):
     notification_max_attempts: int = Field(default=8, ge=1, le=100)
     #: How long one delivery's HTTP request may take.
     notification_timeout_seconds: float = Field(default=5, gt=0, le=60)
+    #: How long a service account or admin credential whose owner departed may wait for a new owner
+    #: before the offboarding duty disables it (its tokens are then refused).
+    reassign_grace_days: float = Field(default=7, ge=0, le=365)
+    #: What an access-review exception's expiry does besides reopening its item and raising an event:
+    #: True (default) also disables the credential it kept (token revoked, service account disabled,
+    #: admin or SCIM credential revoked). An exception is a bounded "keep"; when the bound passes, the
+    #: safe state is "off" until someone decides again.
+    expired_exception_disables: bool = True
+    #: Who reviews an item whose team has no owner (and escalated items): an email or a role name.
+    security_reviewer: str | None = None
+    #: The longest an access-review exception may run, in days.
+    exception_max_days: int = Field(default=365, gt=0, le=3650)
+    #: How often the audit chains are verified incrementally (the rows after the newest verified marker).
+    verify_interval_seconds: float = Field(default=60, gt=0, le=86400)
+    #: How often they are verified in full (every row re-hashed from each chain's start), in hours.
+    full_verify_hours: float = Field(default=24, gt=0, le=24 * 31)
     log_level: str = "info"
 
     #: Signs the short-lived sign-in state cookie and derives CSRF tokens (the runner generates one).

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from controlplane.schemas.common import Input, Name, Output, Role
+from controlplane.schemas.register import Purpose, SecretLocation
 
 
 class CredentialCreate(Input):
@@ -16,6 +17,9 @@ class CredentialCreate(Input):
     role: Role
     team_id: uuid.UUID | None = Field(default=None, description="Required for (and only for) the owner role.")
     expires_in_days: int | None = Field(default=None, gt=0, le=3650)
+    purpose: Purpose | None = None
+    owner_id: uuid.UUID | None = Field(default=None, description="The person answerable for it (an active user).")
+    secret_location: SecretLocation | None = None
 
     @model_validator(mode="after")
     def _owner_team(self) -> CredentialCreate:
@@ -35,6 +39,20 @@ class CredentialPublic(Output):
     expires_at: datetime | None
     last_used_at: datetime | None
     revoked_at: datetime | None
+    purpose: str | None = None
+    owner_id: uuid.UUID | None = None
+    secret_location: str | None = None
+    reassign_by: datetime | None = Field(default=None, description="Its owner departed: reassign it by then, or "
+                                                                   "it is revoked.")
+    flagged_reason: str | None = None
+
+
+class CredentialUpdate(Input):
+    """A credential's register fields; null clears one. A new owner clears a reassignment flag."""
+
+    purpose: Purpose | None = None
+    owner_id: uuid.UUID | None = None
+    secret_location: SecretLocation | None = None
 
 
 class CredentialIssued(CredentialPublic):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Literal
 
 from pydantic import EmailStr, Field, StringConstraints, model_validator
@@ -21,19 +21,25 @@ from controlplane.schemas.common import (
     RevocationStatus,
     UserStatus,
 )
+from controlplane.schemas.register import EmploymentType, Purpose, Workload
 
 
 class UserCreate(Input):
     email: EmailStr
     display_name: Name | None = None
     external_id: Annotated[str, StringConstraints(max_length=200)] | None = None
+    employment_type: EmploymentType = "employee"
+    end_date: date | None = Field(default=None, description="When their access ends (a contractor's last day): "
+                                                            "the day after it, they are deprovisioned.")
 
 
 class UserUpdate(Input):
-    _not_null = ("status",)
+    _not_null = ("status", "employment_type")
 
     display_name: Name | None = None
     status: UserStatus | None = None
+    employment_type: EmploymentType | None = None
+    end_date: date | None = Field(default=None, description="When their access ends; null: no end date.")
 
 
 class UserPublic(Output):
@@ -42,6 +48,8 @@ class UserPublic(Output):
     display_name: str | None
     status: UserStatus
     external_id: str | None
+    employment_type: EmploymentType = "employee"
+    end_date: date | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -66,6 +74,11 @@ class ProfileCreate(Input):
     )
     budget_defaults: BudgetDefaults = Field(default_factory=BudgetDefaults)
     rate_limit_defaults: RateLimitDefaults = Field(default_factory=RateLimitDefaults)
+    rotation_days: int | None = Field(default=None, gt=0, le=3650,
+                                      description="Rotate tokens this often: past it the register flags them.")
+    rotation_disable_days: int | None = Field(
+        default=None, gt=0, le=3650, description="Opt-in, with rotation_days: revoke tokens this many days past "
+                                                 "their rotation due date.")
 
     @model_validator(mode="after")
     def _lifetimes(self) -> ProfileCreate:
@@ -87,6 +100,8 @@ class ProfileUpdate(Input):
     dormant_disable_days: int | None = Field(default=None, gt=0, le=3650)
     budget_defaults: BudgetDefaults | None = None
     rate_limit_defaults: RateLimitDefaults | None = None
+    rotation_days: int | None = Field(default=None, gt=0, le=3650)
+    rotation_disable_days: int | None = Field(default=None, gt=0, le=3650)
 
 
 class ProfilePublic(Output):
@@ -100,6 +115,8 @@ class ProfilePublic(Output):
     dormant_disable_days: int | None
     budget_defaults: dict
     rate_limit_defaults: dict
+    rotation_days: int | None = None
+    rotation_disable_days: int | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -146,6 +163,10 @@ class ServiceAccountCreate(Input):
     technical_owner_id: uuid.UUID
     project_id: uuid.UUID | None = Field(default=None, description="An open project of the team: the default "
                                                                    "project of the account's tokens.")
+    security_owner_id: uuid.UUID | None = None
+    finance_owner_id: uuid.UUID | None = None
+    purpose: Purpose | None = None
+    workload: Workload | None = Field(default=None, description="The service or repository that runs with it.")
 
 
 class ServiceAccountUpdate(Input):
@@ -157,6 +178,10 @@ class ServiceAccountUpdate(Input):
     status: Literal["active", "disabled"] | None = None
     project_id: uuid.UUID | None = Field(default=None, description="The default project of the account's new "
                                                                    "tokens; null: none.")
+    security_owner_id: uuid.UUID | None = None
+    finance_owner_id: uuid.UUID | None = None
+    purpose: Purpose | None = None
+    workload: Workload | None = None
 
 
 class ServiceAccountPublic(Output):
@@ -168,6 +193,13 @@ class ServiceAccountPublic(Output):
     technical_owner_id: uuid.UUID
     project_id: uuid.UUID | None
     status: Literal["active", "disabled"]
+    security_owner_id: uuid.UUID | None = None
+    finance_owner_id: uuid.UUID | None = None
+    purpose: str | None = None
+    workload: str | None = None
+    reassign_by: datetime | None = Field(default=None, description="An owner departed: reassign it by then, or "
+                                                                   "it is disabled.")
+    flagged_reason: str | None = None
     created_at: datetime
     updated_at: datetime
 

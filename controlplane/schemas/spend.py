@@ -23,6 +23,7 @@ from controlplane.schemas.common import (
     Period,
     Posture,
     RateLimitSpec,
+    RevocationStatus,
     ScopeType,
     Threshold,
     Usd,
@@ -70,6 +71,13 @@ class ProjectPublic(Output):
     status: ProjectStatus
     created_at: datetime
     closed_at: datetime | None
+
+
+class ProjectClosed(ProjectPublic):
+    tokens_revoked: int = Field(description="Live tokens carrying the project, revoked by closing it (its usage "
+                                            "records are kept).")
+    revocation: RevocationStatus | None = Field(
+        description="Whether every gateway replica already refuses them; null when none was revoked.")
 
 
 # -- budgets --------------------------------------------------------------------------------------

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, computed_field, model_validator
 
 from controlplane.schemas.common import Environment, Input, ModelPattern, Name, Output, Reason, RevocationStatus
 from controlplane.schemas.identities import UserPublic
+from controlplane.schemas.register import Purpose, SecretLocation, Workload
 
 
 class TokenCreate(Input):
@@ -38,6 +39,11 @@ class TokenCreate(Input):
     expires_in_days: int | None = Field(
         default=None, gt=0, description="Defaults to the profile's default lifetime; at most its maximum."
     )
+    purpose: Purpose | None = None
+    workload: Workload | None = Field(default=None, description="The service or repository the token serves.")
+    secret_location: SecretLocation | None = Field(default=None, description="Where the secret will live.")
+    backup_owner_id: uuid.UUID | None = Field(
+        default=None, description="A personal token's backup owner: an active user other than its owner.")
 
     @model_validator(mode="after")
     def _one_owner(self) -> TokenCreate:
@@ -51,6 +57,17 @@ class TokenNarrow(Input):
 
     models: list[ModelPattern] | None = Field(default=None, min_length=1, max_length=200)
     expires_at: AwareDatetime | None = None
+
+
+class TokenUpdate(TokenNarrow):
+    """Narrow a live token (``models``, ``expires_at``) and/or set its register fields; null clears a
+    register field."""
+
+    purpose: Purpose | None = None
+    workload: Workload | None = None
+    secret_location: SecretLocation | None = None
+    backup_owner_id: uuid.UUID | None = Field(
+        default=None, description="Personal tokens only: an active user other than the owner.")
 
 
 class TokenRotate(Input):
@@ -92,6 +109,25 @@ class TokenPublic(Output):
     revoked_by: str | None
     revoke_reason: str | None
     rotated_from: uuid.UUID | None
+    purpose: str | None = None
+    workload: str | None = None
+    secret_location: str | None = None
+    backup_owner_id: uuid.UUID | None = None
+    effective_status: str | None = Field(
+        default=None, description="What the gateway would do with it now: usable, or its machine code for refusing "
+                                  "it (token_revoked, token_expired, not_a_member, owner_disabled, budget_exceeded, "
+                                  "…), beside the stored state above. In lists and on GET /tokens/{id}.")
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="What the token's own row says: revoked, expired, or active. An active token may still be "
+                    "refused by the gateway: see effective_status.")
+    @property
+    def status(self) -> Literal["active", "revoked", "expired"]:
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= datetime.now(UTC):
+            return "expired"
+        return "active"
 
 
 class TokenIssued(TokenPublic):

@@ -31,7 +31,7 @@ from controlplane.models import Membership, Team
 from controlplane.models import User as UserRow
 from controlplane.scim.errors import ScimError
 from controlplane.scim.filters import CORE_GROUP, CORE_USER, ENTERPRISE, Column, Translator, member_relation
-from controlplane.services import lifecycle
+from controlplane.services import offboarding
 
 USER_SCHEMAS = {CORE_USER}
 GROUP_SCHEMAS = {CORE_GROUP}
@@ -206,11 +206,15 @@ async def _set_active(session: AsyncSession, connection: Connection, user: UserR
         was = user.status
         user.status = "deprovisioned"
         await session.flush()
-        revoked = await lifecycle.revoke_where(session, actor=connection.actor, user_id=user.id,
-                                               reason=f"deprovisioned by SCIM connection {connection.name}")
+        departure = await offboarding.user_departed(session, actor=connection.actor, user_id=user.id,
+                                                    reason=f"deprovisioned by SCIM connection {connection.name}")
+        revoked = departure.tokens_revoked
         if was != "deprovisioned" or revoked:
             await record_event(session, actor=connection.actor, action="scim.deprovision", target_type="user",
-                               target_id=str(user.id), after={"tokens_revoked": revoked, "was": was})
+                               target_id=str(user.id),
+                               after={"tokens_revoked": revoked, "was": was,
+                                      "service_accounts_flagged": departure.service_accounts_flagged,
+                                      "credentials_flagged": departure.credentials_flagged})
     elif user.status == "deprovisioned":
         user.status = "active"  # old tokens stay revoked: reactivation never resurrects them
         await record_event(session, actor=connection.actor, action="scim.reactivate", target_type="user",
@@ -376,8 +380,8 @@ async def replace_group(session: AsyncSession, connection: Connection, team: Tea
 async def delete_group(session: AsyncSession, connection: Connection, team: Team) -> None:
     """The team stays (its tokens and history refer to it), emptied and unlinked from the IdP."""
     await set_members(session, connection, team, [])
-    await lifecycle.revoke_where(session, actor=connection.actor, team_id=team.id,
-                              reason=f"group deleted by SCIM connection {connection.name}")
+    await offboarding.team_deleted(session, actor=connection.actor, team_id=team.id,
+                                   reason=f"group deleted by SCIM connection {connection.name}")
     team.name = f"{team.name}#deleted-{team.id}"  # frees the displayName for a new group
     team.deleted_at = datetime.now(UTC)
     await session.flush()

@@ -6,6 +6,12 @@ active user who belongs to the team, or for an active service account the team o
 is bounded by the profile and its model list can only narrow the profile's catalog. It may carry one
 of the team's open projects (a service account's token, the account's project unless told otherwise),
 which its spend rolls up to. A live token can be narrowed in place; anything wider needs a new token.
+
+Register fields (purpose, workload, declared secret location, and for a personal token a backup owner:
+an active user other than its owner) are set at mint or later, each change an event. A service account
+acts in production when it holds a live ``prod`` token: minting one needs its business and technical
+owners to be different people, unless an approved, unexpired access exception with the condition
+``owners_not_distinct`` covers the account (:func:`require_distinct_owners`).
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from authz.cache import ModelCatalog
 from controlplane import schemas
 from controlplane.audit.events import Actor, record_event
-from controlplane.errors import Code, Conflict, Invalid
-from controlplane.models import AccessProfile, Membership, ServiceAccount, Team, Token, User
+from controlplane.errors import Code, Conflict, Invalid, NotFound
+from controlplane.models import AccessException, AccessProfile, Membership, ServiceAccount, Team, Token, User
 from controlplane.services import credentials, projects
 from controlplane.services.rows import EPOCH, get_or_404, paginate, public, sort_key
 
@@ -36,6 +42,8 @@ async def get_token(session: AsyncSession, *, token_id: uuid.UUID) -> Token:
 
 async def _team_and_profile(session: AsyncSession, team_id: uuid.UUID) -> tuple[Team, AccessProfile]:
     team = await get_or_404(session, Team, team_id, code=Code.TEAM_NOT_FOUND, label="team")
+    if team.deleted_at is not None:
+        raise NotFound(Code.TEAM_NOT_FOUND, f"Team {team.id} was deleted: it takes no new tokens.")
     if team.profile_id is None:
         raise Conflict(Code.TEAM_HAS_NO_PROFILE,
                        f"Team {team.name} has no access profile, so its tokens could do nothing.")
@@ -90,11 +98,60 @@ async def _project(session: AsyncSession, data: schemas.TokenCreate, team_id: uu
     return project_id
 
 
+#: The exception condition that lets a production service account keep one person as both owners.
+OWNERS_NOT_DISTINCT = "owners_not_distinct"
+
+
+async def require_distinct_owners(session: AsyncSession, *, account_id: uuid.UUID, business: uuid.UUID,
+                                  technical: uuid.UUID, name: str) -> None:
+    """A production service account needs a business and a technical owner who are different people,
+    unless an approved exception that has not expired says otherwise (a 422 ``owners_not_distinct``)."""
+    if business != technical:
+        return
+    excepted = await session.scalar(select(AccessException.id).where(
+        AccessException.subject_type == "service_account", AccessException.subject_id == account_id,
+        AccessException.condition == OWNERS_NOT_DISTINCT, AccessException.status == "approved",
+        AccessException.expires_at > func.now()).limit(1))
+    if excepted is None:
+        raise Invalid(Code.OWNERS_NOT_DISTINCT,
+                      f"Service account {name} acts in production: its business and technical owners must be "
+                      f"different people (or an approved access exception '{OWNERS_NOT_DISTINCT}' must cover it).")
+
+
+async def has_prod_tokens(session: AsyncSession, account_id: uuid.UUID) -> bool:
+    return bool(await session.scalar(select(Token.id).where(
+        Token.service_account_id == account_id, Token.environment == "prod", Token.revoked_at.is_(None),
+        or_(Token.expires_at.is_(None), Token.expires_at > func.now())).limit(1)))
+
+
+async def check_backup_owner(session: AsyncSession, *, owner_id: uuid.UUID | None,
+                             backup_owner_id: uuid.UUID | None) -> None:
+    """A backup owner is for a personal token, and is an active user other than its owner (422
+    ``backup_owner_invalid``; an unknown user is a 404)."""
+    if backup_owner_id is None:
+        return
+    if owner_id is None:
+        raise Invalid(Code.BACKUP_OWNER_INVALID, "Only a personal token has a backup owner; a service account's "
+                                                 "tokens answer to its owners.")
+    if backup_owner_id == owner_id:
+        raise Invalid(Code.BACKUP_OWNER_INVALID, "The backup owner must be someone other than the token's owner.")
+    backup = await get_or_404(session, User, backup_owner_id, code=Code.USER_NOT_FOUND, label="user")
+    if backup.status != "active" or backup.deleted_at is not None:
+        raise Invalid(Code.BACKUP_OWNER_INVALID, f"User {backup.email} is {backup.status}; a backup owner must be "
+                                                 "active.")
+
+
 async def mint(
     session: AsyncSession, *, actor: Actor, data: schemas.TokenCreate, team_id: uuid.UUID, hash_key: bytes,
     rotated_from: uuid.UUID | None = None,
 ) -> tuple[Token, str]:
     """Create a token and return it with its secret, which the caller shows once and forgets."""
+    await check_backup_owner(session, owner_id=data.user_id, backup_owner_id=data.backup_owner_id)
+    if data.service_account_id is not None and data.environment == "prod":
+        account = await session.get(ServiceAccount, data.service_account_id)
+        if account is not None:
+            await require_distinct_owners(session, account_id=account.id, business=account.business_owner_id,
+                                          technical=account.technical_owner_id, name=account.name)
     team, profile = await _team_and_profile(session, team_id)
     if data.environment not in profile.environments:
         raise Invalid(Code.ENVIRONMENT_NOT_ALLOWED,
@@ -123,6 +180,10 @@ async def mint(
         created_by=actor.name,
         expires_at=datetime.now(UTC) + timedelta(days=days),
         rotated_from=rotated_from,
+        purpose=data.purpose,
+        workload=data.workload,
+        secret_location=data.secret_location,
+        backup_owner_id=data.backup_owner_id,
     )
     session.add(token)
     await session.flush()
@@ -198,11 +259,12 @@ async def revoke(session: AsyncSession, *, actor: Actor, token_id: uuid.UUID, re
 async def revoke_where(
     session: AsyncSession, *, actor: Actor, reason: str, user_id: uuid.UUID | None = None,
     team_id: uuid.UUID | None = None, service_account_id: uuid.UUID | None = None,
+    project_id: uuid.UUID | None = None,
 ) -> int:
-    """Revoke every live token of a user, a team or a service account, one event per token."""
+    """Revoke every live token of a user, a team, a service account or a project, one event per token."""
     conditions: list[Any] = [Token.revoked_at.is_(None)]
     for column, value in ((Token.user_id, user_id), (Token.team_id, team_id),
-                          (Token.service_account_id, service_account_id)):
+                          (Token.service_account_id, service_account_id), (Token.project_id, project_id)):
         if value is not None:
             conditions.append(column == value)
     assert len(conditions) > 1, "refusing to revoke every token"
@@ -233,7 +295,9 @@ async def rotate(
     request = schemas.TokenCreate(
         user_id=old.user_id, service_account_id=old.service_account_id, team_id=old.team_id,
         name=data.name or old.name, environment=old.environment, models=old.models, scopes=old.scopes,  # type: ignore[arg-type]
-        project_id=old.project_id,
+        project_id=old.project_id, purpose=old.purpose, workload=old.workload,
+        secret_location=old.secret_location,  # type: ignore[arg-type]
+        backup_owner_id=old.backup_owner_id,
     )
     # The successor is a new token: its owner must still be allowed one (active, still in the team).
     await resolve_team(session, request)
@@ -271,6 +335,33 @@ async def narrow(session: AsyncSession, *, actor: Actor, token_id: uuid.UUID, da
         token.expires_at = max(data.expires_at, datetime.now(UTC))
     await session.flush()
     await record_event(session, actor=actor, action="token.narrowed", target_type="token", target_id=str(token.id),
+                       before=before, after=_public(token))
+    return token
+
+
+#: The register fields of a token, as :class:`schemas.TokenUpdate` names them.
+REGISTER_FIELDS = ("purpose", "workload", "secret_location", "backup_owner_id")
+
+
+async def update_token(session: AsyncSession, *, actor: Actor, token_id: uuid.UUID, data: schemas.TokenUpdate) -> Token:
+    """Narrow a live token (``token.narrowed``) and/or change its register fields (``token.updated``)."""
+    given = data.model_fields_set
+    if given & {"models", "expires_at"}:
+        await narrow(session, actor=actor, token_id=token_id,
+                     data=schemas.TokenNarrow(models=data.models, expires_at=data.expires_at))
+    token = await get_token(session, token_id=token_id)
+    changes = {name: getattr(data, name) for name in REGISTER_FIELDS if name in given}
+    if not changes:
+        return token
+    if token.revoked_at is not None:
+        raise Conflict(Code.TOKEN_REVOKED, "A revoked token cannot be changed.")
+    if changes.get("backup_owner_id") is not None:
+        await check_backup_owner(session, owner_id=token.user_id, backup_owner_id=changes["backup_owner_id"])
+    before = _public(token)
+    for name, value in changes.items():
+        setattr(token, name, value)
+    await session.flush()
+    await record_event(session, actor=actor, action="token.updated", target_type="token", target_id=str(token.id),
                        before=before, after=_public(token))
     return token
 

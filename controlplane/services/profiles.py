@@ -1,7 +1,11 @@
 """Access profiles: what a team may use (a model catalog per provider and environment, the token
 environments, token lifetimes) and the default budgets and rate limits of every scope under it. A
 change reaches every token of every team using the profile at once, through the NOTIFY triggers of
-migrations 0003 and 0009: narrowing never needs a re-issue."""
+migrations 0003 and 0009: narrowing never needs a re-issue.
+
+``rotation_days`` is the rotation cadence of the profile's tokens (the register flags a token not
+rotated within it); ``rotation_disable_days``, opt-in and only with a cadence, has the offboarding duty
+revoke a token that many days past its rotation due date."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from controlplane import schemas
 from controlplane.audit.events import Actor, record_event
 from controlplane.errors import Code, Conflict, Invalid
 from controlplane.models import AccessProfile
+from controlplane.services import reviews
 from controlplane.services.rows import flush_unique, get_or_404, insert_recorded, paginate, public, sort_key
 
 
@@ -33,9 +38,16 @@ def _exists(name: str) -> tuple[Code, str]:
     return Code.PROFILE_EXISTS, f"An access profile named {name} exists."
 
 
+def _rotation(rotation_days: int | None, rotation_disable_days: int | None) -> None:
+    if rotation_disable_days is not None and rotation_days is None:
+        raise Invalid(Code.ROTATION_DAYS_REQUIRED,
+                      "rotation_disable_days counts from the rotation due date: set rotation_days too.")
+
+
 async def create_profile(session: AsyncSession, *, actor: Actor, data: schemas.ProfileCreate) -> AccessProfile:
     if await session.scalar(select(AccessProfile.id).where(func.lower(AccessProfile.name) == data.name.lower())):
         raise Conflict(*_exists(data.name))
+    _rotation(data.rotation_days, data.rotation_disable_days)
     fields = data.model_dump(mode="json", exclude_none=False)
     fields["budget_defaults"] = data.budget_defaults.model_dump(mode="json", exclude_none=True)
     fields["rate_limit_defaults"] = data.rate_limit_defaults.model_dump(mode="json", exclude_none=True)
@@ -57,8 +69,10 @@ async def update_profile(session: AsyncSession, *, actor: Actor, profile_id: uui
         setattr(profile, field, value)
     if profile.default_token_days > profile.max_token_days:
         raise Invalid(Code.PROFILE_DAYS, "default_token_days cannot exceed max_token_days.")
+    _rotation(profile.rotation_days, profile.rotation_disable_days)
     await flush_unique(session, *_exists(profile.name))
     await session.refresh(profile)
     await record_event(session, actor=actor, action="policy.changed", target_type="profile",
                        target_id=str(profile.id), before=before, after=public(schemas.ProfilePublic, profile))
+    await reviews.on_profile_change(session, actor=actor, profile=profile, before=before)
     return profile

@@ -2,9 +2,10 @@
 tokens) may carry one of its team's open projects, and spend rolls up token → owner → project → team,
 so a project can have a budget and a rate limit of its own.
 
-A closed project takes no new tokens; its existing tokens are left as they are (what closing does to
-them is a later decision, not a side effect of this one). Names are unique within a team, compared
-case-insensitively, like every other name here.
+A closed project takes no new tokens. Closing one through the API also revokes every live token that
+carries it (an offboarding trigger: the work is over, so are its credentials; see
+:func:`controlplane.services.offboarding.close_project`); its usage and spend records are kept.
+Names are unique within a team, compared case-insensitively, like every other name here.
 """
 
 from __future__ import annotations

@@ -146,3 +146,19 @@ def sort_key(sort: str, columns: dict[str, Any]) -> tuple[Any, bool]:
     """``sort=name`` ascending, ``sort=-name`` descending: the column and the direction."""
     descending = sort.startswith("-")
     return columns[sort.lstrip("-")], descending
+
+
+def offset_cursor(offset: int, kind: str) -> str:
+    """The cursor of a page that starts ``offset`` rows into a report computed whole (``kind`` names
+    the report, so another's cursor is refused)."""
+    return encode_cursor(offset, kind)
+
+
+def offset_of(cursor: str | None, kind: str) -> int:
+    """The offset an :func:`offset_cursor` carries (0 without one); a 422 for any other cursor."""
+    if not cursor:
+        return 0
+    offset, ident = decode_cursor(cursor)
+    if not isinstance(offset, int) or offset <= 0 or ident != kind:
+        raise Invalid(Code.CURSOR_INVALID, "The cursor is not one this API issued.")
+    return offset

@@ -26,7 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from controlplane.errors import Code, Invalid
-from controlplane.services.rows import decode_cursor, encode_cursor
+from controlplane.services.rows import offset_cursor, offset_of
 
 
 @dataclass(frozen=True)
@@ -187,12 +187,7 @@ def _total(row: Any) -> dict[str, Any]:
 
 
 def _offset(cursor: str | None) -> int:
-    if not cursor:
-        return 0
-    offset, ident = decode_cursor(cursor)
-    if not isinstance(offset, int) or offset <= 0 or ident != _CURSOR_ID:
-        raise Invalid(Code.CURSOR_INVALID, "The cursor is not one this API issued.")
-    return offset
+    return offset_of(cursor, _CURSOR_ID)
 
 
 async def report(session: AsyncSession, *, groups: list[str], start: date | None, end: date | None,
@@ -212,7 +207,7 @@ async def report(session: AsyncSession, *, groups: list[str], start: date | None
         total = _total((await session.execute(text(totals), params)).mappings().one())
     items = [{column: row[column] for column in question.columns} for row in rows[:limit]]
     return {"start": first, "end": last, "group_by": groups, "items": items, "total": total,
-            "next_cursor": encode_cursor(offset + limit, _CURSOR_ID) if len(rows) > limit else None}
+            "next_cursor": offset_cursor(offset + limit, _CURSOR_ID) if len(rows) > limit else None}
 
 
 def export(*, groups: list[str], start: date | None, end: date | None,

@@ -13,7 +13,7 @@ from controlplane import schemas
 from controlplane.audit.events import Actor, record_event
 from controlplane.errors import Code, Conflict, NotFound
 from controlplane.models import Membership, Team, User
-from controlplane.services import lifecycle
+from controlplane.services import lifecycle, reviews
 from controlplane.services.profiles import get_profile
 from controlplane.services.rows import flush_unique, get_or_404, insert_recorded, paginate, public, sort_key
 
@@ -56,6 +56,7 @@ async def create_team(session: AsyncSession, *, actor: Actor, data: schemas.Team
 async def update_team(session: AsyncSession, *, actor: Actor, team_id: uuid.UUID, data: schemas.TeamUpdate) -> Team:
     team = await get_team(session, team_id=team_id)
     before = public(schemas.TeamPublic, team)
+    before_profile = team.profile_id
     changes = data.model_dump(exclude_unset=True)
     if changes.get("profile_id") is not None:
         await get_profile(session, profile_id=changes["profile_id"])
@@ -66,6 +67,7 @@ async def update_team(session: AsyncSession, *, actor: Actor, team_id: uuid.UUID
     action = "policy.changed" if "profile_id" in changes else "team.updated"
     await record_event(session, actor=actor, action=action, target_type="team", target_id=str(team.id),
                        before=before, after=public(schemas.TeamPublic, team))
+    await reviews.on_team_profile_change(session, actor=actor, team=team, before_profile_id=before_profile)
     return team
 
 

@@ -1,5 +1,8 @@
 """People: create, list, update. Suspending a user stops their tokens at the gateway (authz hears the
-NOTIFY); deprovisioning also revokes every token they own, in the same transaction."""
+NOTIFY); deprovisioning also revokes every token they own and flags what they own for reassignment
+(:func:`controlplane.services.offboarding.user_departed`), in the same transaction. A person's
+``employment_type`` and ``end_date`` are register fields: the day after ``end_date`` the offboarding
+duty deprovisions them."""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from controlplane import schemas
 from controlplane.audit.events import Actor, record_event
 from controlplane.errors import Code, Conflict
 from controlplane.models import User
-from controlplane.services import lifecycle
+from controlplane.services import lifecycle, offboarding
 from controlplane.services.rows import flush_unique, get_or_404, paginate, public, sort_key
 
 #: The event recorded for a change of status.
@@ -47,7 +50,8 @@ async def create_user(session: AsyncSession, *, actor: Actor, data: schemas.User
     message = f"A user with email {data.email} already exists."
     if exists is not None:
         raise Conflict(Code.USER_EXISTS, message)
-    user = User(id=uuid.uuid4(), email=data.email, display_name=data.display_name, external_id=data.external_id)
+    user = User(id=uuid.uuid4(), email=data.email, display_name=data.display_name, external_id=data.external_id,
+                employment_type=data.employment_type, end_date=data.end_date)
     session.add(user)
     await flush_unique(session, Code.USER_EXISTS, message)
     await session.refresh(user)
@@ -60,13 +64,15 @@ async def update_user(session: AsyncSession, *, actor: Actor, user_id: uuid.UUID
     user = await get_user(session, user_id=user_id)
     before = public(schemas.UserPublic, user)
     changes = data.model_dump(exclude_unset=True, exclude_none=True)
+    if "end_date" in data.model_fields_set:  # null clears it
+        changes["end_date"] = data.end_date
     if not changes:
         return user
     for field, value in changes.items():
         setattr(user, field, value)
     await session.flush()
     if changes.get("status") == "deprovisioned":
-        await lifecycle.revoke_where(session, actor=actor, reason="owner deprovisioned", user_id=user.id)
+        await offboarding.user_departed(session, actor=actor, user_id=user.id, reason="owner deprovisioned")
     await session.refresh(user)
     await record_event(session, actor=actor, action=_STATUS_ACTIONS.get(changes.get("status", ""), "user.updated"),
                        target_type="user", target_id=str(user.id), before=before,

@@ -163,10 +163,11 @@ def test_health_endpoints(gateway: Gateway) -> None:
     assert gateway.stack.authz_serving()
     assert gateway.stack.envoy_ready()
     live = httpx.get(f"{gateway.info.api_url}/livez").json()
-    assert live["duties"] == {"lifecycle": True, "notifications": True, "budgets": True, "revocation-acks": True}
+    duties = ("lifecycle", "offboarding", "notifications", "budgets", "reviews", "break-glass", "verify-audit",
+              "verify-audit-full")
+    assert live["duties"] == {**dict.fromkeys(duties, True), "revocation-acks": True, "token-mirror": True}
     time.sleep(1.2)  # a few rounds of the lifecycle duty (every 0.5 s here)
-    assert httpx.get(f"{gateway.info.api_url}/livez").json()["failed_rounds"] == {"lifecycle": 0, "notifications": 0,
-                                                                              "budgets": 0}
+    assert httpx.get(f"{gateway.info.api_url}/livez").json()["failed_rounds"] == dict.fromkeys(duties, 0)
 
 
 def test_openapi_document_lists_the_admin_api(gateway: Gateway) -> None:

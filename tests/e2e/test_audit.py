@@ -203,12 +203,52 @@ def test_every_mutating_admin_endpoint_records_an_event(gateway: Gateway) -> Non
                                            "input_per_mtok": "1", "output_per_mtok": "2"}))
     did("POST", "/prices", "price", f"openai:{price['model']}", "price.overridden")
 
+    ok(admin.patch(f"/credentials/{credential['id']}", json={"purpose": "the audit export job"}))
+    did("PATCH", "/credentials/{credential_id}", "credential", credential["id"], "credential.updated")
+
+    # Reviews and exceptions; approving and rejecting take a second admin (four eyes).
+    second_admin = ok(admin.post("/credentials", json={"name": f"second-{user['id'][:8]}", "role": "admin"}))
+    approver = httpx.Client(base_url=str(admin.base_url), timeout=10,
+                            headers={"Authorization": f"Bearer {second_admin['token']}"})
+    actors = {}
+    due = (datetime.now(UTC) + timedelta(days=14)).isoformat()
+    review = ok(admin.post("/reviews", json={"name": f"r-{user['id'][:8]}", "due_at": due,
+                                             "scope": {"team_id": team["id"]}}))
+    did("POST", "/reviews", "review", review["id"], "review.opened")
+    account_item = next(item for item in review["items"] if item["subject_type"] == "service_account")
+    ok(admin.post(f"/reviews/{review['id']}/items/{account_item['id']}/decide",
+                  json={"decision": "escalate", "reason": "needs the security team"}))
+    did("POST", "/reviews/{review_id}/items/{item_id}/decide", "review_item", account_item["id"],
+        "review.item_decided")
+    ok(admin.post(f"/reviews/{review['id']}/close"))
+    did("POST", "/reviews/{review_id}/close", "review", review["id"], "review.closed")
+    expires = (datetime.now(UTC) + timedelta(days=30)).isoformat()
+    wanted = {"subject_type": "service_account", "subject_id": account["id"], "condition": "dormant",
+              "reason": "seasonal job", "expires_at": expires}
+    approved, rejected = ok(admin.post("/exceptions", json=wanted)), ok(admin.post("/exceptions", json=wanted))
+    did("POST", "/exceptions", "exception", approved["id"], "exception.requested")
+    ok(approver.post(f"/exceptions/{approved['id']}/approve"))
+    did("POST", "/exceptions/{exception_id}/approve", "exception", approved["id"], "exception.approved")
+    ok(approver.post(f"/exceptions/{rejected['id']}/reject"))
+    did("POST", "/exceptions/{exception_id}/reject", "exception", rejected["id"], "exception.rejected")
+    actors[approved["id"]] = actors[rejected["id"]] = f"credential:{second_admin['name']}"
+    approver.close()
+    ok(admin.post(f"/exceptions/{approved['id']}/withdraw"))
+    did("POST", "/exceptions/{exception_id}/withdraw", "exception", approved["id"], "exception.withdrawn")
+    schedule = ok(admin.post("/review-schedules", json={"name": f"s-{user['id'][:8]}", "cadence": "quarterly",
+                                                         "first_run_at": expires}))
+    did("POST", "/review-schedules", "review_schedule", schedule["id"], "review.schedule_created")
+    ok(admin.patch(f"/review-schedules/{schedule['id']}", json={"enabled": False}))
+    did("PATCH", "/review-schedules/{schedule_id}", "review_schedule", schedule["id"], "review.schedule_updated")
+
     assert mutating == set(exercised), f"mutating endpoints without an event test: {mutating - set(exercised)}"
     for target_type, target_id, action in exercised.values():
         events = admin.get("/audit/events", params={"target_id": target_id, "action": action}).json()["items"]
         assert events, f"no {action} event for {target_type} {target_id}"
         assert events[0]["target_type"] == target_type
-        assert events[0]["actor"] == "admin:bootstrap" and events[0]["mechanism"] == "api"
+        expected_actor = actors.get(target_id, "admin:bootstrap") if action in (
+            "exception.approved", "exception.rejected") else "admin:bootstrap"
+        assert events[0]["actor"] == expected_actor and events[0]["mechanism"] == "api", events[0]
 
 
 def test_nothing_is_lost_when_the_control_plane_is_killed_under_load(gateway: Gateway) -> None:

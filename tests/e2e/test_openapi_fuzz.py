@@ -122,5 +122,5 @@ def test_exports_still_stream(gateway: Gateway) -> None:
         assert reply.text.strip()
         empty = gateway.admin.get("/audit/events", params={"format": fmt, "actor": "nobody-at-all"})
         assert empty.status_code == 200
-        assert empty.text == ("seq,at,actor,mechanism,action,target_type,target_id,before,after\r\n"
+        assert empty.text == ("seq,at,actor,mechanism,action,target_type,target_id,before,after,prev_hash,hash\r\n"
                               if fmt == "csv" else "")

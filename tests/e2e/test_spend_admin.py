@@ -148,15 +148,16 @@ def test_a_token_carries_an_open_project_of_its_own_team(gateway: Gateway) -> No
     plain = made(gateway.admin.post("/tokens", json={"user_id": user["id"], "team_id": mine["id"], "name": "p"}))
     assert plain["project_id"] is None
 
-    # A successor keeps its predecessor's project; closing the project closes that door too.
+    # A successor keeps its predecessor's project; closing the project revokes its tokens (their
+    # records and spend stay with the project).
     rotated = made(gateway.admin.post(f"/tokens/{token['id']}/rotate", json={"grace_hours": 1}))
     assert rotated["new"]["project_id"] == open_project["id"]
-    made(gateway.admin.post(f"/projects/{open_project['id']}/close"), 200)
+    closing = made(gateway.admin.post(f"/projects/{open_project['id']}/close"), 200)
+    assert closing["tokens_revoked"] == 2
     refused_with(gateway.admin.post(f"/tokens/{rotated['new']['id']}/rotate", json={"grace_hours": 1}),
-                 422, "project_closed")
-    # Tokens already carrying a closed project are left as they are.
-    still = made(gateway.admin.get(f"/tokens/{rotated['new']['id']}"), 200)
-    assert still["revoked_at"] is None and still["project_id"] == open_project["id"]
+                 409, "token_not_live")
+    gone = made(gateway.admin.get(f"/tokens/{rotated['new']['id']}"), 200)
+    assert gone["revoked_at"] is not None and gone["project_id"] == open_project["id"]
 
 
 def test_a_service_accounts_project_is_the_default_of_its_tokens(gateway: Gateway) -> None:

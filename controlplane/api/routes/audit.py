@@ -2,7 +2,8 @@
 
 Every list can be exported for an auditor with ``format=csv`` or ``format=jsonl``: the export is
 streamed from a server-side cursor (:mod:`controlplane.audit.exports`), so its size is bounded by the
-window, not by memory.
+window, not by memory. Exports of requests and events carry each row's ``seq``, ``prev_hash`` and
+``hash``, and with ``signed=true`` a signed trailer, so ``keyward audit verify-export`` checks them offline.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
+from authz.config import asyncpg_dsn
 from controlplane import errors, schemas
-from controlplane.api.deps import Auditor, Cursor, IngestCaller, Limit, SessionDep
-from controlplane.audit import exports, queries, signing
+from controlplane.api.deps import Auditor, Cursor, IngestCaller, Limit, SessionDep, SettingsDep
+from controlplane.audit import chain, exports, queries, signing
+from controlplane.audit import verify as verify_module
 from controlplane.audit.ingest import INGEST_REQUEST_BODY, Ingestor, IngestResult, parse_body
 from controlplane.errors import Code, Unreadable
 from controlplane.services import users
@@ -36,9 +39,14 @@ EXPORTS: dict[int | str, dict[str, Any]] = {
 }
 
 
+Signed = Annotated[bool, Query(description="csv / jsonl: end the export with a signed trailer (row count, digest "
+                                            "of the rows' hashes, the chain's signed head) for verify-export.")]
+
+
 async def _export(query: str, params: dict[str, Any], columns: Any, fmt: exports.Format,
-                  name: str) -> StreamingResponse:
-    return StreamingResponse(await exports.stream(query, params, columns, fmt), media_type=exports.MEDIA_TYPES[fmt],
+                  name: str, chained: exports.Chained | None = None) -> StreamingResponse:
+    return StreamingResponse(await exports.stream(query, params, columns, fmt, chained=chained),
+                             media_type=exports.MEDIA_TYPES[fmt],
                              headers={"content-disposition": f'attachment; filename="{name}.{fmt}"'})
 
 
@@ -82,6 +90,7 @@ async def list_requests(
     limit: Limit = 100,
     cursor: Cursor = None,
     format: Format = "json",
+    signed: Signed = False,
 ) -> Any:
     """Every request in a window, oldest first, with its decision and outcome (status, latency, usage)."""
     start, end = queries.window(start, end, default=timedelta(days=1))
@@ -89,8 +98,11 @@ async def list_requests(
                                     token_id=token_id, model=model, decision=decision, status=status,
                                     provider=provider)
     if format != "json":
-        query, params = filters.sql(limit=None)
-        return await _export(query, params, queries.REQUEST_COLUMNS, format, "requests")
+        query, params = filters.sql(limit=None, chained=True)
+        stated = {"start": start, "end": end, "user_id": user_id, "user": user, "team": team, "token_id": token_id,
+                  "model": model, "decision": decision, "status": status, "provider": provider}
+        return await _export(query, params, queries.REQUEST_CHAIN_COLUMNS, format, "requests",
+                             exports.Chained(chain.REQUESTS, signed, stated))
     items, following = await queries.request_page(session, filters, cursor=decode_cursor(cursor) if cursor else None,
                                                    limit=limit)
     return {"items": items, "next_cursor": encode_cursor(*following) if following else None}
@@ -109,13 +121,17 @@ async def list_events(
     limit: Limit = 100,
     cursor: Cursor = None,
     format: Format = "json",
+    signed: Signed = False,
 ) -> Any:
     """Admin, SCIM, OIDC and token actions in chain order, each with actor, mechanism and timestamp."""
     filters = queries.EventFilter(target_type=target_type, target_id=target_id, action=action, actor=actor,
                                   start=start, end=end)
     if format != "json":
         query, params = filters.sql()
-        return await _export(query, params, queries.EVENT_COLUMNS, format, "events")
+        stated = {"target_type": target_type, "target_id": target_id, "action": action, "actor": actor,
+                  "start": start, "end": end}
+        return await _export(query, params, queries.EVENT_CHAIN_COLUMNS, format, "events",
+                             exports.Chained(chain.EVENTS, signed, stated))
     return await queries.event_page(session, filters, cursor=cursor, limit=limit)
 
 
@@ -126,6 +142,24 @@ async def user_activity(user_id: uuid.UUID, session: SessionDep, _caller: Audito
     disabled? For a correctly revoked user the count is zero, and the answer names the evidence."""
     user = await users.get_user(session, user_id=user_id)
     return {"user": user, **await queries.user_activity(session, user_id)}
+
+
+@router.get("/verify", response_model=schemas.AuditVerification, responses=errors.responses(403))
+async def verify(
+    _caller: Auditor,
+    settings: SettingsDep,
+    full: Annotated[bool, Query(description="Re-hash every row of every chain from its start (one pass over "
+                                            "every row) instead of the rows after the newest verified marker.")]
+    = False,
+) -> dict[str, Any]:
+    """Verify every hash chain and check its signatures: by default incrementally, from the newest signed
+    verification marker (the row it ends at must still have its hash; every row after it is re-hashed);
+    ``full=true`` re-hashes every row. The answer says which, from which marker, the rows hashed and the
+    time taken, the first broken record if any, the last full verification, and each chain's last signed
+    head (seq, hash, signature: check it against ``GET /audit/public-key``). One verification at a time
+    per control-plane process."""
+    return await verify_module.verify_store(asyncpg_dsn(settings.database_url), signer=signing.current(),
+                                            full=full)
 
 
 @router.get("/public-key", response_model=schemas.AuditPublicKey, responses=errors.responses(403))

@@ -29,6 +29,16 @@ async def list_credentials(session: SessionDep, _caller: Auditor, limit: Limit =
     return await api_credentials.list_credentials(session, cursor=cursor, limit=limit)
 
 
+@router.patch("/credentials/{credential_id}", response_model=schemas.CredentialPublic,
+              responses=errors.responses(403, 404, 422, body=True))
+async def update_credential(credential_id: uuid.UUID, data: schemas.CredentialUpdate, session: SessionDep,
+                            caller: Admin) -> ApiCredential:
+    """Set a credential's register fields: purpose, owner (an active user; naming one clears a
+    reassignment flag), declared secret location. Null clears a field."""
+    return await api_credentials.update_credential(session, actor=caller.actor, credential_id=credential_id,
+                                                   data=data)
+
+
 @router.post("/credentials/{credential_id}/revoke", response_model=schemas.CredentialPublic,
              responses=errors.responses(403, 404, 422))
 async def revoke_credential(credential_id: uuid.UUID, session: SessionDep, caller: Admin) -> ApiCredential:

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query, status
 from controlplane import errors, schemas
 from controlplane.api.deps import Admin, AnyCaller, Cursor, Limit, Manager, SessionDep
 from controlplane.models import Project
-from controlplane.services import projects
+from controlplane.services import offboarding, projects, revocation
 
 router = APIRouter(prefix="/projects", tags=["projects"], responses=errors.responses(401, 403, 422))
 
@@ -52,8 +52,14 @@ async def update_project(project_id: uuid.UUID, data: schemas.ProjectUpdate, ses
     return await projects.update_project(session, actor=caller.actor, project_id=project_id, data=data)
 
 
-@router.post("/{project_id}/close", response_model=schemas.ProjectPublic, responses=errors.responses(404))
-async def close_project(project_id: uuid.UUID, session: SessionDep, caller: Admin) -> Project:
-    """Close a project: no new token may carry it (its existing tokens keep working). Closing twice is
-    not an error."""
-    return await projects.close_project(session, actor=caller.actor, project_id=project_id)
+@router.post("/{project_id}/close", response_model=schemas.ProjectClosed, responses=errors.responses(404))
+async def close_project(project_id: uuid.UUID, caller: Admin) -> dict:
+    """Close a project: no new token may carry it, and every live token carrying it is revoked (its usage
+    records are kept). Answers once every gateway replica refuses them (``revocation``). Closing twice
+    is not an error."""
+    async with revocation.revoking(actor=caller.actor, target_type="project", target_id=str(project_id)) as revoking:
+        project, revoked = await offboarding.close_project(revoking.session, actor=caller.actor,
+                                                           project_id=project_id)
+        revoking.needed = revoked > 0
+    return {**schemas.ProjectPublic.model_validate(project).model_dump(), "tokens_revoked": revoked,
+            "revocation": revoking.confirmation.document() if revoking.confirmation else None}

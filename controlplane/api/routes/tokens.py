@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Query, status
 from controlplane import errors, schemas
 from controlplane.api.deps import Caller, Cursor, Limit, Manager, Reader, SessionDep, SettingsDep
 from controlplane.models import Token
-from controlplane.services import lifecycle, revocation
+from controlplane.services import access, lifecycle, revocation
 
 router = APIRouter(prefix="/tokens", tags=["tokens"], responses=errors.responses(401, 403, 422))
 
@@ -61,7 +61,9 @@ async def list_tokens(
     query = lifecycle.list_query(within_team=caller.within_team, user_id=user_id, team_id=team_id,
                                  service_account_id=service_account_id, environment=environment, state=state,
                                  name=name)
-    return await lifecycle.page(session, query, sort=sort, cursor=cursor, limit=limit)
+    page = await lifecycle.page(session, query, sort=sort, cursor=cursor, limit=limit)
+    await access.annotate(session, page["items"])
+    return page
 
 
 @router.get("/dormant", response_model=schemas.Page[schemas.TokenPublic])
@@ -76,21 +78,26 @@ async def dormant_tokens(
 ) -> dict:
     """Live tokens unused for ``days`` days, or never used and minted more than ``days`` ago."""
     query = lifecycle.dormant_query(days, within_team=caller.within_team, team_id=team_id)
-    return await lifecycle.page(session, query, sort=sort, cursor=cursor, limit=limit)
+    page = await lifecycle.page(session, query, sort=sort, cursor=cursor, limit=limit)
+    await access.annotate(session, page["items"])
+    return page
 
 
 @router.get("/{token_id}", response_model=schemas.TokenPublic, responses=errors.responses(404))
 async def get_token(token_id: uuid.UUID, session: SessionDep, caller: Reader) -> Token:
     token = await lifecycle.get_token(session, token_id=token_id)
     caller.require_visible(token.team_id)
+    await access.annotate(session, [token])
     return token
 
 
 @router.patch("/{token_id}", response_model=schemas.TokenPublic, responses=errors.responses(404, 409, body=True))
-async def narrow_token(token_id: uuid.UUID, data: schemas.TokenNarrow, session: SessionDep, caller: Manager) -> Token:
-    """Narrow a live token (fewer models, an earlier expiry) without re-issuing it."""
+async def narrow_token(token_id: uuid.UUID, data: schemas.TokenUpdate, session: SessionDep, caller: Manager) -> Token:
+    """Narrow a live token (fewer models, an earlier expiry) without re-issuing it, and/or set its register
+    fields: purpose, workload, secret_location, and for a personal token backup_owner_id (an active user
+    other than its owner). Null clears a register field; each change is an event."""
     await _managed(session, caller, token_id)
-    return await lifecycle.narrow(session, actor=caller.actor, token_id=token_id, data=data)
+    return await lifecycle.update_token(session, actor=caller.actor, token_id=token_id, data=data)
 
 
 @router.post("/{token_id}/revoke", response_model=schemas.TokenRevoked, responses=errors.responses(404, body=True))
