@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -38,6 +39,7 @@ def _question(key: str, title: str, path: str, **params: Any) -> Question:
 
 
 def questions(person: str, account: str | None) -> list[Question]:
+    now = datetime.now(UTC)
     items = [
         _question("reach", "Who can reach Anthropic now (first page, with the summary over every token)",
                   "/access", provider="anthropic", limit=100),
@@ -51,8 +53,10 @@ def questions(person: str, account: str | None) -> list[Question]:
         _question("register-orphaned", "Register: orphaned (owner departed or unknown)", "/register",
                   orphaned="true", limit=100),
         _question("register-csv", "The whole register as CSV", "/register", format="csv"),
-        _question("evidence", "The evidence pack (JSON; the chain verified incrementally)", "/evidence",
-                  format="json"),
+        # The requests window is the last minute: the earlier phases' requests are not the question here.
+        _question("evidence", "The evidence pack (JSON; the chain verified incrementally; requests of the "
+                  "last minute)", "/evidence", format="json",
+                  start=(now - timedelta(minutes=1)).isoformat(), end=now.isoformat()),
     ]
     if account is not None:
         items.insert(4, _question("account", "What one service account can reach",
