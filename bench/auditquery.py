@@ -27,6 +27,9 @@ questions finance asks (:func:`spend_questions`), asked the same way.
 prints the plans). At these dimensions ``spend_daily`` is full from about 3 million requests on (one row
 per day, token and model, and each synthetic person uses three of the six models), so 3 million requests
 give the table 10 million do.
+
+Over 450 lines because it generates the synthetic audit and spend data and states every question
+with its SQL, side by side, so a question and the data it is asked of are read together.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Render the benchmark's results as ``bench/RESULTS.md``: machine, targets, tables, method."""
+"""Render the benchmark's results as ``bench/RESULTS.md``: machine, targets, tables, method.
+
+Over 450 lines because the report is one document: each section's prose, tables and verdicts stay
+beside each other.
+"""
 
 from __future__ import annotations
 

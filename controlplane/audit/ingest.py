@@ -15,6 +15,9 @@ into rows without re-serialising the models, hashed with one shared JSON encoder
 of :mod:`controlplane.audit.chain`, checked against :func:`chain.link` on every batch) and COPYed.
 What is left per batch is one advisory lock, one duplicate probe and one chain-head read per table,
 which is why the shipper sends large batches.
+
+Over 450 lines because storing a batch (sanitising, idempotence, both chains, costing, the spend
+rollup) is one transaction whose steps must be read together.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import typer
 from controlplane.cli.client import connect
 from controlplane.cli.options import AllPages, CursorOpt, JsonOut, PageSize
 from controlplane.cli.output import Columns, key, print_json, render_table, say
-from controlplane.cli.vocabulary import SERVICE_ACCOUNTS, USERS, Env
+from controlplane.cli.vocabulary import SERVICE_ACCOUNTS, USERS, Env, Kind
 
 app = typer.Typer(help="Effective access: what the gateway would let each token do now.", no_args_is_help=True)
 
@@ -61,20 +61,19 @@ def access_reach(
 @app.command("user")
 def access_user(user: Annotated[str, typer.Argument(help="Id or email.")], as_json: JsonOut = False) -> None:
     """What one person can reach now, token by token."""
-    api = connect()
-    found = api.get(f"/access/users/{api.id_of(USERS, user)}")
-    if as_json:
-        print_json(found)
-        return
-    render_table(found["tokens"], TOKENS)
+    _identity(USERS, "users", user, as_json)
 
 
 @app.command("service-account")
 def access_service_account(account: Annotated[str, typer.Argument(help="Id or name.")],
                            as_json: JsonOut = False) -> None:
     """What one service account can reach now, token by token."""
+    _identity(SERVICE_ACCOUNTS, "service-accounts", account, as_json)
+
+
+def _identity(kind: Kind, path: str, ref: str, as_json: bool) -> None:
     api = connect()
-    found = api.get(f"/access/service-accounts/{api.id_of(SERVICE_ACCOUNTS, account)}")
+    found = api.get(f"/access/{path}/{api.id_of(kind, ref)}")
     if as_json:
         print_json(found)
         return

@@ -15,14 +15,7 @@ import typer
 from controlplane.cli.client import connect
 from controlplane.cli.options import AllPages, CursorOpt, JsonOut, PageSize
 from controlplane.cli.output import Columns, Row, note, print_json, render_table, say, usage, when
-from controlplane.cli.vocabulary import TEAMS, USERS, Env
-
-
-class Kind(StrEnum):
-    personal = "personal"
-    service = "service"
-    admin = "admin"
-    scim = "scim"
+from controlplane.cli.vocabulary import TEAMS, USERS, Env, RegisterKind
 
 
 class SecretLocation(StrEnum):
@@ -97,7 +90,8 @@ def register(
     team: Annotated[str | None, typer.Option(help="Team id or name.")] = None,
     environment: Annotated[Env | None, typer.Option()] = None,
     owner: Annotated[str | None, typer.Option(help="User id or email: the rows they answer for.")] = None,
-    kind: Annotated[list[Kind] | None, typer.Option(help="personal, service, admin or scim; repeatable.")] = None,
+    kind: Annotated[list[RegisterKind] | None, typer.Option(help="personal, service, admin or scim; repeatable.")]
+    = None,
     orphaned: Annotated[bool, typer.Option("--orphaned", help="Only rows whose owner departed or is unknown.")]
     = False,
     overdue: Annotated[bool, typer.Option("--overdue", help="Only rows overdue: rotation, never used, dormant.")]

@@ -25,7 +25,7 @@ import typer
 from controlplane.cli.client import connect, payload
 from controlplane.cli.options import AllPages, CursorOpt, JsonOut, PageSize
 from controlplane.cli.output import Columns, at, done, key, print_json, render_table, say, show_page, usage
-from controlplane.cli.vocabulary import TEAMS, USERS, Env
+from controlplane.cli.vocabulary import TEAMS, USERS, Env, RegisterKind
 
 app = typer.Typer(help="Access reviews: decide, per credential, keep / narrow / rotate / reassign / disable / "
                        "delete / escalate.", no_args_is_help=True)
@@ -37,15 +37,6 @@ exception_app = typer.Typer(help="Exceptions: keep a credential despite a failin
 Subjects = Literal["token", "service_account", "api_credential", "scim_credential"]
 Decision = Literal["keep", "narrow", "rotate", "reassign", "disable", "delete", "escalate"]
 Cadence = Literal["weekly", "monthly", "quarterly", "yearly"]
-
-
-class Kind(StrEnum):
-    """The register's kinds of credential."""
-
-    personal = "personal"
-    service = "service"
-    admin = "admin"
-    scim = "scim"
 
 
 class Employment(StrEnum):
@@ -103,7 +94,7 @@ EXCEPTIONS: Columns = [("ID", key("id")), ("KIND", key("subject_type")), ("SUBJE
 def review_open(
     name: Annotated[str, typer.Argument()],
     due: Annotated[str, typer.Option(help="Due date, YYYY-MM-DD or an ISO timestamp.")],
-    kind: Annotated[list[Kind] | None, typer.Option(
+    kind: Annotated[list[RegisterKind] | None, typer.Option(
         help="Register kinds: personal, service, admin, scim (repeatable; all by default).")] = None,
     team: Annotated[str | None, typer.Option(help="Team id or name.")] = None,
     environment: Annotated[Env | None, typer.Option()] = None,
@@ -214,7 +205,7 @@ def schedule_add(
     due_days: Annotated[int, typer.Option(min=1, max=365, help="Each review is due this many days after it opens.")]
     = 14,
     first_run: Annotated[str | None, typer.Option(help="When the first review opens (default: now).")] = None,
-    kind: Annotated[list[Kind] | None, typer.Option(help="Register kinds (repeatable).")] = None,
+    kind: Annotated[list[RegisterKind] | None, typer.Option(help="Register kinds (repeatable).")] = None,
     team: Annotated[str | None, typer.Option(help="Team id or name.")] = None,
     environment: Annotated[Env | None, typer.Option()] = None,
     employment: Annotated[list[Employment] | None, typer.Option()] = None,

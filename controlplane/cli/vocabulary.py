@@ -114,6 +114,15 @@ def rate_limit_spec(scope: str, limit: dict[str, Any]) -> str:
     return f"{scope}=" + ",".join(f"{limit[unit]}{unit}" for unit in ("rpm", "tpm") if limit.get(unit))
 
 
+class RegisterKind(StrEnum):
+    """The credential register's kinds of row."""
+
+    personal = "personal"
+    service = "service"
+    admin = "admin"
+    scim = "scim"
+
+
 @dataclass(frozen=True)
 class Kind:
     """A resource the CLI names: its path and the field a human names it by."""

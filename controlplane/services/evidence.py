@@ -23,6 +23,9 @@ answers it (grouped: a few queries for everyone), the chain of
 :func:`controlplane.audit.verify.verify_store` (incremental from each chain's newest signed marker unless
 ``verify=full``, with the last full verification), the register of
 :func:`controlplane.services.register.register_rows`. Times are UTC, ISO 8601.
+
+Over 450 lines because the pack's sections answer one auditor's questions from one consistent moment
+and are written out together (JSON, CSV, the HTML summary, the manifest).
 """
 
 from __future__ import annotations

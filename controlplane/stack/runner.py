@@ -19,6 +19,9 @@ plane, the mock provider, Postgres.
 
 Envoy's admin interface is a Unix socket (``<data_dir>/run/envoy-admin.sock``, mode 0600) unless
 ``KEYWARD_ENVOY_ADMIN_PORT`` opts into 127.0.0.1:<port>.
+
+Over 450 lines because it starts, orders and stops every process of the local stack; supervision and
+Envoy's configuration live in their own modules.
 """
 
 from __future__ import annotations

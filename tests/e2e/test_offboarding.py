@@ -19,24 +19,12 @@ import pytest
 from tests.e2e.conftest import Gateway
 from tests.e2e.test_denials import sql
 from tests.e2e.test_scim import GROUP, PATCH, USER, connection
+from tests.e2e.test_spend_admin import _unique, events, made
 
 pytestmark = pytest.mark.e2e
 
 #: The duty's interval is 0.5 s on the test stack: a few rounds, and a margin.
 DUTY_WAIT = 5
-
-
-def _unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def made(reply: Any, status: int = 201) -> dict:
-    assert reply.status_code == status, reply.text
-    return reply.json()
-
-
-def events(gateway: Gateway, **filters: str) -> list[dict]:
-    return made(gateway.admin.get("/audit/events", params={**filters, "limit": 500}), 200)["items"]
 
 
 def account(gateway: Gateway, team: dict, business: dict, technical: dict) -> dict:

@@ -21,27 +21,9 @@ from controlplane.services.register import COLUMNS
 from tests.e2e.conftest import Gateway
 from tests.e2e.test_cli import keyward, ok
 from tests.e2e.test_denials import sql
+from tests.e2e.test_spend_admin import _unique, events, made, refused_with
 
 pytestmark = pytest.mark.e2e
-
-
-def _unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def made(reply: Any, status: int = 201) -> dict:
-    assert reply.status_code == status, reply.text
-    return reply.json()
-
-
-def refused_with(reply: Any, status: int, code: str) -> dict:
-    assert reply.status_code == status, reply.text
-    assert reply.json()["code"] == code, reply.text
-    return reply.json()
-
-
-def events(gateway: Gateway, **filters: str) -> list[dict]:
-    return made(gateway.admin.get("/audit/events", params={**filters, "limit": 500}), 200)["items"]
 
 
 def profile(gateway: Gateway, **fields: Any) -> dict:

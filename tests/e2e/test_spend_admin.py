@@ -35,9 +35,10 @@ def made(reply: Any, status: int = 201) -> dict:
     return reply.json()
 
 
-def refused_with(reply: Any, status: int, code: str) -> None:
+def refused_with(reply: Any, status: int, code: str) -> dict:
     assert reply.status_code == status, reply.text
     assert reply.json()["code"] == code, reply.text
+    return reply.json()
 
 
 def events(gateway: Gateway, **filters: str) -> list[dict]:
