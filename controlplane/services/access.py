@@ -121,9 +121,11 @@ def _request(provider: str, model: str) -> GatewayRequest:
                           body_truncated=False)
 
 
-@dataclass
+@dataclass(slots=True)
 class Verdict:
-    """The gateway's answer for one token: usable at all, and if so which models of which provider."""
+    """The gateway's answer for one token: usable at all, and if so which models of which provider.
+
+    Tokens of one group share their ``models`` mapping (and its lists): read it, never change it."""
 
     record: TokenRecord
     #: Why the gateway refuses the token whatever it asks (its machine code), or None.
@@ -132,10 +134,7 @@ class Verdict:
     models: dict[str, list[str]] = field(default_factory=dict)
     #: Provider -> why every model is refused, where one reason covers them all (e.g. a spent budget).
     blocked: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def usable(self) -> bool:
-        return self.refusal is None and any(self.models.values())
+    usable: bool = False
 
 
 def _group(record: TokenRecord) -> tuple[int, int, str]:
@@ -155,6 +154,8 @@ class Judge:
                           for provider, names in models.items() for model in names}
         #: Each budget scope's answer, shared by the tokens of one team, project or owner.
         self._budgets: dict[Any, Hit | None] = {}
+        #: Each group's models per provider, shared by its tokens' verdicts.
+        self._by_group: dict[tuple[int, int, str], dict[str, list[str]]] = {}
 
     def _group_models(self, record: TokenRecord, provider: str) -> list[str]:
         key = (_group(record), provider)
@@ -165,23 +166,21 @@ class Judge:
                 if judge(record, self._requests[(provider, model)], self._now).allowed]
         return found
 
-    def verdict(self, record: TokenRecord, providers: Iterable[str] = PROVIDERS) -> Verdict:
-        verdict = Verdict(record)
+    def verdict(self, record: TokenRecord) -> Verdict:
         refused = token_refusal(record, self._now)  # the first step of judge(): the token itself
         if refused is not None:
-            verdict.refusal = refused.value
-            return verdict
-        spent: Hit | bool | None = False  # asked once, and only if some model is allowed
-        for provider in providers:
-            models = self._group_models(record, provider)
-            if models:
-                if spent is False:
-                    spent = self._limits.exhausted(record, self._now, self._budgets)
-                if spent is not None:
-                    verdict.blocked[provider] = Outcome.BUDGET_EXCEEDED.value
-                    models = []
-            verdict.models[provider] = models
-        return verdict
+            return Verdict(record, refused.value)
+        group = _group(record)
+        models = self._by_group.get(group)
+        if models is None:
+            models = self._by_group[group] = {provider: self._group_models(record, provider)
+                                              for provider in PROVIDERS}
+        if not any(models.values()):
+            return Verdict(record, None, models)
+        if self._limits.exhausted(record, self._now, self._budgets) is not None:
+            return Verdict(record, None, {provider: [] for provider in models},
+                           {provider: Outcome.BUDGET_EXCEEDED.value for provider, names in models.items() if names})
+        return Verdict(record, None, models, usable=True)
 
 
 def reason(code: str) -> str:
