@@ -16,7 +16,6 @@ from controlplane.cli.output import (
     Row,
     at,
     cell,
-    done,
     key,
     print_json,
     render_table,
@@ -25,7 +24,16 @@ from controlplane.cli.output import (
     show_record,
     usage,
 )
-from controlplane.cli.scopes import SCOPE_HELP, ProjectTeam, ScopeArg, ScopeTypeArg, label, scope_id, scope_type
+from controlplane.cli.scopes import (
+    SCOPE_HELP,
+    ProjectTeam,
+    ScopeArg,
+    ScopeTypeArg,
+    label,
+    remove_own,
+    scope_id,
+    scope_type,
+)
 from controlplane.cli.vocabulary import TEAMS
 
 app = typer.Typer(help="Budgets: what a scope may spend per period, and how much of it is spent.",
@@ -140,9 +148,4 @@ def budgets_show(kind: ScopeTypeArg, scope: ScopeArg, team: ProjectTeam = None, 
 @app.command("remove")
 def budgets_remove(kind: ScopeTypeArg, scope: ScopeArg, team: ProjectTeam = None, as_json: JsonOut = False) -> None:
     """Remove a scope's own budget: its profile's default, if any, applies again."""
-    api = connect()
-    spelled = scope_type(kind)
-    ident = scope_id(api, spelled, scope, team)
-    api.delete(f"/budgets/{spelled}/{ident}")
-    done(as_json, {"scope_type": spelled, "scope_id": ident, "removed": True},
-         f"Removed the budget of {label(api, spelled, ident)}; its profile's default applies again.")
+    remove_own(connect(), "/budgets", "budget", kind, scope, team, as_json)

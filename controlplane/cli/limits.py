@@ -9,8 +9,17 @@ import typer
 
 from controlplane.cli.client import Api, connect, payload
 from controlplane.cli.options import AllPages, CursorOpt, JsonOut, PageSize
-from controlplane.cli.output import Columns, at, done, key, print_json, render_table, say, show_page, show_record, usage
-from controlplane.cli.scopes import SCOPE_HELP, ProjectTeam, ScopeArg, ScopeTypeArg, label, scope_id, scope_type
+from controlplane.cli.output import Columns, at, key, print_json, render_table, say, show_page, show_record, usage
+from controlplane.cli.scopes import (
+    SCOPE_HELP,
+    ProjectTeam,
+    ScopeArg,
+    ScopeTypeArg,
+    label,
+    remove_own,
+    scope_id,
+    scope_type,
+)
 from controlplane.cli.vocabulary import TEAMS
 
 app = typer.Typer(help="Rate limits: requests and tokens per minute for a scope.", no_args_is_help=True)
@@ -87,9 +96,4 @@ def limits_show(kind: ScopeTypeArg, scope: ScopeArg, team: ProjectTeam = None, a
 @app.command("remove")
 def limits_remove(kind: ScopeTypeArg, scope: ScopeArg, team: ProjectTeam = None, as_json: JsonOut = False) -> None:
     """Remove a scope's own rate limit: its profile's default, if any, applies again."""
-    api = connect()
-    spelled = scope_type(kind)
-    ident = scope_id(api, spelled, scope, team)
-    api.delete(f"/rate-limits/{spelled}/{ident}")
-    done(as_json, {"scope_type": spelled, "scope_id": ident, "removed": True},
-         f"Removed the rate limit of {label(api, spelled, ident)}; its profile's default applies again.")
+    remove_own(connect(), "/rate-limits", "rate limit", kind, scope, team, as_json)

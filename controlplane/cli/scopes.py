@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from controlplane.cli.client import Api, is_id
-from controlplane.cli.output import fail, usage
+from controlplane.cli.output import done, fail, usage
 from controlplane.cli.vocabulary import PROJECTS, SCOPES, SERVICE_ACCOUNTS, TEAMS, USERS, Kind
 
 TOKENS = Kind("token", "/tokens", "name")
@@ -60,3 +60,12 @@ def scope_id(api: Api, kind: str, ref: str, team: str | None = None) -> str:
 def label(api: Api, kind: str, ident: str) -> str:
     """``team research`` for a table cell (the id when it cannot be looked up)."""
     return f"{kind} {api.label(KINDS[kind], ident)}" if kind in KINDS else f"{kind} {ident}"
+
+
+def remove_own(api: Api, path: str, noun: str, kind: str, scope: str, team: str | None, as_json: bool) -> None:
+    """Remove a scope's own budget or rate limit (``path``: /budgets or /rate-limits)."""
+    spelled = scope_type(kind)
+    ident = scope_id(api, spelled, scope, team)
+    api.delete(f"{path}/{spelled}/{ident}")
+    done(as_json, {"scope_type": spelled, "scope_id": ident, "removed": True},
+         f"Removed the {noun} of {label(api, spelled, ident)}; its profile's default applies again.")

@@ -30,7 +30,7 @@ from controlplane.audit.events import Actor, record_event
 from controlplane.errors import Code, NotFound
 from controlplane.models import Budget, BudgetAlert, UsageCounter
 from controlplane.services import notifications, scopes
-from controlplane.services.rows import paginate, public, sort_key
+from controlplane.services.rows import public
 from controlplane.services.scopes import Effective, Scope
 
 SYSTEM = Actor(name="system:budgets", mechanism="system")
@@ -109,16 +109,8 @@ async def list_budgets(
     sort: str, cursor: str | None, limit: int,
 ) -> dict[str, Any]:
     """The scopes' own budgets (not the profile defaults: see the profiles, or a scope's utilisation)."""
-    query = select(Budget)
-    if scope_type is not None:
-        query = query.where(Budget.scope_type == scope_type)
-    if scope_id is not None:
-        query = query.where(Budget.scope_id == scope_id)
-    if within_team is not None:
-        query = query.where(scopes.visible_to(within_team, Budget.scope_type, Budget.scope_id))
-    column, descending = sort_key(sort, {"created_at": Budget.created_at, "updated_at": Budget.updated_at})
-    return await paginate(session, query, sort=column, id_col=Budget.id, cursor=cursor, limit=limit,
-                          descending=descending)
+    return await scopes.list_own(session, Budget, within_team=within_team, scope_type=scope_type,
+                                 scope_id=scope_id, sort=sort, cursor=cursor, limit=limit)
 
 
 async def set_budget(session: AsyncSession, *, actor: Actor, scope_type: str, scope_id: uuid.UUID,

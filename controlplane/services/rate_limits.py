@@ -19,7 +19,7 @@ from controlplane.audit.events import Actor, record_event
 from controlplane.errors import Code, NotFound
 from controlplane.models import RateLimit
 from controlplane.services import scopes
-from controlplane.services.rows import paginate, public, sort_key
+from controlplane.services.rows import public
 
 
 def _of(scope_type: str, scope_id: uuid.UUID) -> Any:
@@ -43,16 +43,8 @@ async def list_rate_limits(
     sort: str, cursor: str | None, limit: int,
 ) -> dict[str, Any]:
     """The scopes' own rate limits (not the profile defaults)."""
-    query = select(RateLimit)
-    if scope_type is not None:
-        query = query.where(RateLimit.scope_type == scope_type)
-    if scope_id is not None:
-        query = query.where(RateLimit.scope_id == scope_id)
-    if within_team is not None:
-        query = query.where(scopes.visible_to(within_team, RateLimit.scope_type, RateLimit.scope_id))
-    column, descending = sort_key(sort, {"created_at": RateLimit.created_at, "updated_at": RateLimit.updated_at})
-    return await paginate(session, query, sort=column, id_col=RateLimit.id, cursor=cursor, limit=limit,
-                          descending=descending)
+    return await scopes.list_own(session, RateLimit, within_team=within_team, scope_type=scope_type,
+                                 scope_id=scope_id, sort=sort, cursor=cursor, limit=limit)
 
 
 async def set_rate_limit(session: AsyncSession, *, actor: Actor, scope_type: str, scope_id: uuid.UUID,

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from controlplane import schemas
 from controlplane.errors import Code, NotFound
 from controlplane.models import AccessProfile, Membership, Project, ServiceAccount, Team, Token, User
+from controlplane.services.rows import paginate, sort_key
 
 T = TypeVar("T")
 
@@ -165,3 +166,21 @@ def within(entries: list[Effective[T]], team_id: uuid.UUID | None) -> list[Effec
     if team_id is None:
         return entries
     return [Effective(e.source, [team_id], e.spec, e.profile_id) for e in entries if team_id in e.team_ids]
+
+
+async def list_own(
+    session: AsyncSession, policy: Any, *, within_team: uuid.UUID | None, scope_type: str | None,
+    scope_id: uuid.UUID | None, sort: str, cursor: str | None, limit: int,
+) -> dict[str, Any]:
+    """The scopes' own budgets or rate limits (``policy``: the model, with ``scope_type``, ``scope_id``
+    and timestamps), not the profile defaults; a team owner's only over the scopes it sees."""
+    query = select(policy)
+    if scope_type is not None:
+        query = query.where(policy.scope_type == scope_type)
+    if scope_id is not None:
+        query = query.where(policy.scope_id == scope_id)
+    if within_team is not None:
+        query = query.where(visible_to(within_team, policy.scope_type, policy.scope_id))
+    column, descending = sort_key(sort, {"created_at": policy.created_at, "updated_at": policy.updated_at})
+    return await paginate(session, query, sort=column, id_col=policy.id, cursor=cursor, limit=limit,
+                          descending=descending)
