@@ -88,6 +88,7 @@ class EmbeddedPostgres:
             entry = _system_user()
             self.user, self.group = entry.pw_uid, entry.pw_gid
             _open_path_to(self.data_dir)
+            _open_path_to(Path(_bin("initdb")))  # the wheel's binaries, wherever the checkout lives
             os.chown(self.data_dir, self.user, self.group)
         if len(str(self.data_dir)) > _MAX_SOCKET_DIR:
             # Too long a path for a socket: a fresh private directory in the temporary directory.
@@ -207,7 +208,7 @@ def _system_user() -> pwd.struct_passwd:
 
 
 def _open_path_to(path: Path) -> None:
-    """Let the Postgres user traverse every directory above its data directory (o+x only)."""
+    """Let the Postgres user traverse every directory above ``path`` (o+x only: no listing)."""
     for parent in path.parents:
         mode = parent.stat().st_mode
         if not mode & stat.S_IXOTH:
