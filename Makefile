@@ -5,7 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: up test bench lint clean install
+.PHONY: up test bench lint clean install browser
+
+# The console's browser tests drive Debian's Chromium and ChromeDriver; install them when they are missing
+# (apt-get as root, or through sudo). Without them, the browser tests fail and say why.
+BROWSER_PACKAGES := chromium chromium-driver
 
 install: $(STAMP)
 
@@ -21,8 +25,16 @@ $(STAMP): pyproject.toml | $(BIN)/python
 up: $(STAMP)
 	$(BIN)/keyward up
 
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; elif command -v sudo >/dev/null; then SUDO="sudo -n"; else \
+	    echo "Chromium is missing and cannot be installed without root: apt-get install $(BROWSER_PACKAGES)"; exit 0; fi; \
+	  echo "Installing $(BROWSER_PACKAGES) for the console's browser tests"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null; \
+	fi
+
 # pytest exits 5 when it collected nothing; make treats any non-zero exit as failure.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

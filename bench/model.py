@@ -167,6 +167,9 @@ class Results:
     governance: list[Question] = field(default_factory=list)
     governance_people: int = 0
     governance_tokens: int = 0
+    #: The console's pages at the bulk tokens' scale, and at the synthetic records' scale.
+    console_tokens: list[Question] = field(default_factory=list)
+    console_records: list[Question] = field(default_factory=list)
     finished: dt.datetime | None = None
     load_average_end: str = ""
 

@@ -80,6 +80,7 @@ from typing import TYPE_CHECKING
 import auditbench
 import auditquery
 import authzbench
+import consolebench
 import envoys
 import governancebench
 import httpx
@@ -296,6 +297,10 @@ def governance_phase(results: Results, stack: Stack, owner_dsn: str) -> None:
         results.governance, results.governance_people, results.governance_tokens = governancebench.ask(api, owner_dsn)
     for q in results.governance:
         log(f"  {q.key}: API p50 {q.p50:.0f} ms, max {q.worst:.0f} ms ({q.answer})")
+    log("console: its pages over every live token")
+    results.console_tokens = consolebench.ask(stack.info.api_url, stack.info.admin_token, consolebench.TOKEN_PAGES)
+    for q in results.console_tokens:
+        log(f"  {q.key}: p50 {q.p50:.0f} ms, max {q.worst:.0f} ms ({q.answer})")
 
 
 def audit_ingest_phase(results: Results, stack: Stack, pids: dict[str, int]) -> None:
@@ -417,6 +422,11 @@ def spend_query_phase(results: Results, stack: Stack, admin: httpx.Client, gener
                                                  items=auditquery.spend_questions(generated))
         for q in results.spend_questions:
             log(f"  {q.key}: API p50 {q.p50:.0f} ms, max {q.worst:.0f} ms ({q.answer})")
+        log(f"console: the audit log and spend pages over {generated.rows:,} request records")
+        results.console_records = consolebench.ask(stack.info.api_url, stack.info.admin_token,
+                                                   consolebench.RECORD_PAGES)
+        for q in results.console_records:
+            log(f"  {q.key}: p50 {q.p50:.0f} ms, max {q.worst:.0f} ms ({q.answer})")
     finally:
         asyncio.run(auditquery.drop_spend(stack.info.owner_database_url, spend))
 

@@ -33,7 +33,7 @@ from typing import Any
 
 import asyncpg
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, InterfaceError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -239,8 +239,8 @@ RETRY_AFTER_SECONDS = 1
 _UNAVAILABLE_STATES = ("08", "57P01", "57P02", "57P03", "53300")
 
 
-#: Replies for a 503 on paths whose protocol has its own error shape (SCIM), by path prefix.
-Shape = Callable[[int, str], JSONResponse]
+#: Replies for a 503 on paths with their own error shape (SCIM, the console's pages), by path prefix.
+Shape = Callable[[int, str], Response]
 
 
 def _reply(exc: KeywardError) -> JSONResponse:
@@ -264,7 +264,7 @@ def install(app: FastAPI, *, shapes: dict[str, Shape] | None = None) -> None:
     """Answer every typed error, and every database failure, as a JSON body with a stable code; on a
     path with its own protocol (``shapes``), a database outage is answered in that protocol's shape."""
 
-    def unavailable(request: Request) -> JSONResponse:
+    def unavailable(request: Request) -> Response:
         error = _database_away()
         for prefix, shape in (shapes or {}).items():
             if request.url.path.startswith(prefix):
@@ -273,7 +273,7 @@ def install(app: FastAPI, *, shapes: dict[str, Shape] | None = None) -> None:
                 return reply
         return _reply(error)
 
-    async def data_error(request: Request, exc: Exception) -> JSONResponse:
+    async def data_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, DBAPIError)
         state = str(getattr(exc.orig, "sqlstate", None) or "")
         if state.startswith("22"):
@@ -283,7 +283,7 @@ def install(app: FastAPI, *, shapes: dict[str, Shape] | None = None) -> None:
             return unavailable(request)
         raise exc
 
-    async def unreachable(request: Request, _exc: Exception) -> JSONResponse:
+    async def unreachable(request: Request, _exc: Exception) -> Response:
         """No connection at all: refused, timed out, or none free in the pool within its timeout."""
         return unavailable(request)
 

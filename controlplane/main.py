@@ -18,6 +18,7 @@ from controlplane.api.routes import (
     access,
     audit,
     budgets,
+    console,
     credentials,
     evidence,
     health,
@@ -46,7 +47,7 @@ from controlplane.core.db import get_engine, get_sessionmaker
 from controlplane.scim import errors as scim_errors
 from controlplane.scim import routes as scim_routes
 from controlplane.scim.errors import ScimError
-from controlplane.services import delivery, lifecycle, offboarding, revocation
+from controlplane.services import delivery, lifecycle, offboarding, overview, revocation
 from controlplane.services import exceptions as review_exceptions
 from controlplane.services import reviews as review_service
 from controlplane.services.budgets import evaluate_thresholds
@@ -159,6 +160,12 @@ async def _reviews_round() -> None:
                                                                   reviews_opened=opened)
 
 
+async def _overview_round() -> None:
+    """Judge every live token again for the console's overview (:mod:`controlplane.services.overview`)."""
+    async with get_sessionmaker()() as session, session.begin():
+        await overview.reach_summary(session, within_team=None, fresh=True)
+
+
 async def _break_glass_round() -> None:
     """One ``admin.break_glass_reads`` event per finished hour of bootstrap-token reads (see
     :mod:`controlplane.audit.break_glass`); rows are locked, so replicas never summarise one twice."""
@@ -206,6 +213,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
               Duty("budgets", get_settings().budget_alert_interval_seconds, _budget_round),
               Duty("reviews", get_settings().lifecycle_interval_seconds, _reviews_round),
               Duty("break-glass", get_settings().lifecycle_interval_seconds, _break_glass_round),
+              Duty("overview", overview.REACH_REFRESH_SECONDS, _overview_round),
               Duty("verify-audit", get_settings().verify_interval_seconds, _incremental_verify_round),
               Duty("verify-audit-full", min(3600.0, get_settings().full_verify_hours * 3600), _full_verify_round)]
     acks = revocation.listener()
@@ -235,11 +243,12 @@ def create_app() -> FastAPI:
         description="Identities, personal access tokens and audit events for the Keyward AI gateway.",
         lifespan=_lifespan,
     )
-    errors.install(app, shapes={"/scim/": scim_errors.shape})
+    errors.install(app, shapes={"/scim/": scim_errors.shape, "/console": console.outage_page})
     app.add_exception_handler(ScimError, scim_errors.handle)
     app.include_router(scim_routes.router)
     app.include_router(health.router)
     app.include_router(web.router)
+    console.install(app)
     app.include_router(me.router, prefix="/api/v1")
     for module in (users, teams, profiles, service_accounts, tokens, credentials, usage, audit, scim_connections,
                    notifications, spend, projects, budgets, rate_limits, prices, access, reviews, register,

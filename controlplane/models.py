@@ -245,13 +245,14 @@ class ScimCredential(Base):
 
 class SignIn(Base):
     """A browser session (``web``) or a ``keyward login`` credential (``cli``) of a user signed in with
-    OpenID Connect, in the role their IdP groups gave them; only its keyed hash is stored."""
+    OpenID Connect, in the role their IdP groups gave them; or a one-time console sign-in link (``link``)
+    and the session it opened, which belong to the bootstrap admin (no user). Only keyed hashes are stored."""
 
     __tablename__ = "sign_ins"
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
     kind: Mapped[str] = mapped_column(String(8))
-    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    user_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
     role: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     nonce_hash: Mapped[str | None] = mapped_column(String(64), unique=True)

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from controlplane.audit import chain
 from controlplane.errors import Code, Invalid
 
 REQUEST_COLUMNS = (
@@ -80,6 +81,9 @@ class RequestFilter:
     provider: str | None = None
     after: tuple[datetime, int] | None = None
     extra: list[str] = field(default_factory=list)
+    #: Every decision but this one: ``"allowed"`` keeps each request the client was refused, by authz
+    #: or by Envoy (the decision as :data:`DECISION` states it).
+    decision_other_than: str | None = None
 
     def sql(self, *, limit: int | None, chained: bool = False) -> tuple[str, dict[str, Any]]:
         """``chained``: with the columns of :data:`REQUEST_CHAIN_COLUMNS`."""
@@ -95,6 +99,9 @@ class RequestFilter:
         if self.decision is not None:
             clauses.append(f"{DECISION} = :decision")
             params["decision"] = self.decision
+        if self.decision_other_than is not None:
+            clauses.append(f"{DECISION} <> :decision_other_than")
+            params["decision_other_than"] = self.decision_other_than
         if self.user_email is not None:
             clauses.append("lower(r.user_email) = lower(:user_email)")
             params["user_email"] = self.user_email
@@ -153,6 +160,87 @@ async def request_page(session: AsyncSession, filters: RequestFilter, *, cursor:
     rows = [dict(row) for row in (await session.execute(text(query), params)).mappings().all()]
     following = (rows[limit - 1]["at"], rows[limit - 1]["seq"]) if len(rows) > limit else None
     return rows[:limit], following
+
+
+_REFUSED = text("""
+SELECT (SELECT count(*) FROM request_records r
+        WHERE r.stored_at >= :stored AND r.at >= :since AND r.decision <> 'allowed'
+          AND (CAST(:team AS text) IS NULL OR r.team = :team))
+     + (SELECT count(DISTINCT r.request_id) FROM request_outcomes o JOIN request_records r
+          ON r.request_id = o.request_id AND r.at BETWEEN o.at - interval '1 minute' AND o.at + interval '1 minute'
+         AND r.stored_at >= :records_stored
+        WHERE o.stored_at >= :stored AND o.at >= :since AND o.decided IS FALSE AND r.source = 'authz'
+          AND r.decision = 'allowed' AND (CAST(:team AS text) IS NULL OR r.team = :team))
+""")
+
+
+async def refused_count(session: AsyncSession, *, since: datetime, team: str | None = None) -> int:
+    """How many requests since ``since`` got no answer from the provider: what ``decision=denied`` lists
+    (:data:`DECISION` is not 'allowed'), counted without joining every record to its outcome. Two parts:
+    records whose own decision refused; and authz-allowed records Envoy answered itself (their outcome
+    says the decision was not acted on), which are few."""
+    # Rows are partitioned by when they were stored, a little after the request: bound both.
+    found = await session.execute(_REFUSED, {"since": since, "stored": since - timedelta(hours=1),
+                                              "records_stored": since - timedelta(days=1), "team": team})
+    return int(found.scalar_one())
+
+
+async def requests_with_id(session: AsyncSession, request_id: str, *, limit: int = 10) -> list[dict[str, Any]]:
+    """The records carrying a request id (normally one), each with its outcome and its chain fields
+    (:data:`REQUEST_CHAIN_COLUMNS`), in chain order. The ``request_id`` index answers per partition."""
+    query = _SELECT_REQUESTS_CHAINED + " WHERE r.request_id = :request_id ORDER BY r.seq LIMIT :limit"
+    rows = (await session.execute(text(query), {"request_id": request_id, "limit": limit})).mappings().all()
+    return [dict(row) for row in rows]
+
+
+async def event_at(session: AsyncSession, seq: int) -> dict[str, Any] | None:
+    """The event at ``seq`` in its chain, with its chain fields."""
+    row = (await session.execute(text("SELECT * FROM events WHERE seq = :seq"), {"seq": seq})).mappings().first()
+    return dict(row) if row else None
+
+
+#: The tables of the chains a record's link can be checked in (fixed names, interpolated into SQL).
+_CHAIN_TABLES = {chain.EVENTS: "events", chain.REQUESTS: "request_records"}
+
+
+async def chain_link(session: AsyncSession, chain_name: str, seq: int) -> dict[str, Any] | None:
+    """Where the record at ``seq`` stands in its hash chain, as ``keyward audit verify`` would judge
+    that one link: whether its ``prev_hash`` is the hash of the record before it (for the first record
+    of the chain, the genesis value; after retention, the hash its ``retention`` checkpoint pins), and
+    whether its ``hash`` is that of its own contents. None: no record at ``seq``.
+
+    Answers ``seq``, ``prev_hash`` and ``hash`` (hex), ``copies`` (rows with this seq: 1 unless the
+    store was tampered with), ``previous`` (``kind``: record, genesis, retention or missing, its
+    ``seq``, ``hash`` and, for a request, ``request_id``), ``links`` and ``intact`` (booleans)."""
+    table = _CHAIN_TABLES[chain_name]
+    columns = ", ".join([*chain.FIELDS[chain_name], *chain.EXTENSIONS[chain_name], "prev_hash", "hash"])
+    rows = (await session.execute(
+        text(f"SELECT {columns} FROM {table} WHERE seq IN (:seq, :before) ORDER BY seq"),  # noqa: S608
+        {"seq": seq, "before": seq - 1})).mappings().all()
+    own = [row for row in rows if row["seq"] == seq]
+    if not own:
+        return None
+    record = dict(own[0])
+    before = [row for row in rows if row["seq"] == seq - 1]
+    previous: dict[str, Any] = {"kind": "missing", "seq": seq - 1, "hash": None, "request_id": None}
+    if before:
+        previous |= {"kind": "record", "hash": bytes(before[0]["hash"]),
+                     "request_id": before[0].get("request_id") if chain_name == chain.REQUESTS else None}
+    elif seq == 1:
+        previous |= {"kind": "genesis", "hash": chain.GENESIS}
+    else:
+        anchor = (await session.execute(text(
+            "SELECT hash FROM audit_checkpoints WHERE chain = :chain AND kind = 'retention' AND seq = :before "
+            "ORDER BY id DESC LIMIT 1"), {"chain": chain_name, "before": seq - 1})).first()
+        if anchor is not None:
+            previous |= {"kind": "retention", "hash": bytes(anchor[0])}
+    prev_hash, own_hash = bytes(record["prev_hash"]), bytes(record["hash"])
+    return {
+        "seq": seq, "prev_hash": prev_hash.hex(), "hash": own_hash.hex(), "copies": len(own),
+        "previous": previous | {"hash": previous["hash"].hex() if previous["hash"] is not None else None},
+        "links": previous["hash"] is not None and previous["hash"] == prev_hash,
+        "intact": chain.link(chain_name, prev_hash, record) == own_hash,
+    }
 
 
 EVENT_COLUMNS = ("seq", "at", "actor", "mechanism", "action", "target_type", "target_id", "before", "after")

@@ -32,6 +32,7 @@ from controlplane.cli import (
     access,
     audit,
     budgets,
+    console,
     credentials,
     evidence,
     limits,
@@ -76,5 +77,6 @@ app.command("register")(register.register)
 app.add_typer(reviews.app, name="review")
 app.add_typer(reviews.exception_app, name="exception")
 app.command("evidence")(evidence.evidence)
+app.add_typer(console.app, name="console")
 for command in (session.whoami, session.configure, session.login, session.me, session.logout):
     app.command()(command)

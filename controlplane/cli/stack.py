@@ -15,7 +15,21 @@ if TYPE_CHECKING:
     from controlplane.stack.runner import StackInfo, StackSettings
 
 
-def _banner(info: StackInfo, settings: StackSettings) -> str:
+def console_link(info: StackInfo) -> str:
+    """A one-time console sign-in link for the bootstrap admin, or why there is none."""
+    import httpx
+
+    try:
+        reply = httpx.post(f"{info.api_url}/api/v1/console/links", timeout=10,
+                           headers={"Authorization": f"Bearer {info.admin_token}", "Keyward-Client": "cli"})
+    except httpx.HTTPError as exc:
+        return f"(no sign-in link: {exc})"
+    if reply.status_code != 201:
+        return f"(no sign-in link: the control plane answered {reply.status_code})"
+    return f"{info.api_url}{reply.json()['path']}  (works once, within minutes; more: keyward console link)"
+
+
+def _banner(info: StackInfo, settings: StackSettings, link: str) -> str:
     token_line = (
         f"{info.admin_token}  (shown once; also in {settings.data_dir / 'secrets/admin_token'})"
         if info.admin_token_is_new
@@ -31,6 +45,7 @@ def _banner(info: StackInfo, settings: StackSettings) -> str:
   Gateway      {info.gateway_url}
                  OpenAI SDK:    base_url="{info.gateway_url}/openai/v1"
                  Anthropic SDK: base_url="{info.gateway_url}/anthropic"
+  Console      {link}
   Admin API    {api}/api/v1   (OpenAPI docs: {api}/docs)
   Admin token  {token_line}
   Providers    {providers}
@@ -84,7 +99,7 @@ def up() -> None:
         with out.status("Starting Postgres, control plane, authz and Envoy…"):
             info = stack.start()
         # Plain text, never wrapped: the commands in it are meant to be copied.
-        out.print(_banner(info, settings), markup=False, highlight=False, soft_wrap=True)
+        out.print(_banner(info, settings, console_link(info)), markup=False, highlight=False, soft_wrap=True)
         while True:
             signal.pause()
     except _Stop as stop:

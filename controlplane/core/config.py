@@ -43,6 +43,10 @@ class OidcSettings(BaseModel):
     #: Lifetime of a browser session and of a ``keyward login`` credential.
     oidc_session_minutes: int = Field(default=60, gt=0, le=24 * 60)
     oidc_cli_credential_hours: int = Field(default=12, gt=0, le=24 * 30)
+    #: A one-time console sign-in link works once, within this many minutes; the console session it
+    #: opens lasts ``console_link_session_minutes``.
+    console_link_minutes: int = Field(default=10, gt=0, le=60)
+    console_link_session_minutes: int = Field(default=60, gt=0, le=12 * 60)
 
 
 class Settings(OidcSettings, BaseSettings):

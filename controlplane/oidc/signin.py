@@ -184,6 +184,8 @@ async def lookup(secret: str, kind: Kind, settings: Settings) -> SignedIn | None
                                                  table=SignIn, where=(SignIn.kind == kind, SignIn.user_id.in_(active)))
         if sign_in is None:
             return None
+        # The query admits only sign-ins of an active user (never the bootstrap admin's console session).
+        assert sign_in.user_id is not None
         user = await session.get(User, sign_in.user_id)
         assert user is not None
         return SignedIn(id=sign_in.id, kind=sign_in.kind, user_id=sign_in.user_id, email=user.email,

@@ -59,6 +59,7 @@ SCIM = Kind("SCIM credential", "kw_scim_")
 WEB_SESSION = Kind("browser session", "kw_sess_")
 CLI_SIGN_IN = Kind("keyward login credential", "kw_cli_")
 BOOTSTRAP = Kind("bootstrap admin token", "kw_admin_")
+CONSOLE_LINK = Kind("one-time console sign-in link", "kw_link_")
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,3 +118,12 @@ async def revoke_tokens(session: AsyncSession, *, actor: Actor, team_id: uuid.UU
     await get_team(session, team_id=team_id)
     return await lifecycle.revoke_where(session, actor=actor, team_id=team_id,
                                         reason=reason or "all of the team's tokens")
+
+
+async def member_counts(session: AsyncSession, *, team_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """How many members each of ``team_ids`` has (one grouped count)."""
+    if not team_ids:
+        return {}
+    rows = await session.execute(select(Membership.team_id, func.count())
+                                 .where(Membership.team_id.in_(team_ids)).group_by(Membership.team_id))
+    return {team_id: int(count) for team_id, count in rows.all()}

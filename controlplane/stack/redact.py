@@ -8,7 +8,7 @@ child's log file with these replaced by ``[REDACTED]``:
 * every value the runner knows to be secret (provider keys, the ingest token, the admin token, the
   token hash key, the session and audit signing secrets, a database password);
 * every Keyward credential (``kw_pat_…``, ``kw_api_…``, ``kw_scim_…``, ``kw_sess_…``, ``kw_cli_…``,
-  ``kw_admin_…``), whoever sent it;
+  ``kw_admin_…``, ``kw_link_…``), whoever sent it;
 * what clients send that only looks like a credential: a bearer token, an ``sk-…`` provider key, and
   the value of any credential header (``authorization``, ``x-api-key``, ``cookie``…) as Envoy prints
   headers (``'x-api-key', '…'``) or as HTTP and JSON write them (``x-api-key: …``, ``"cookie": "…"``).
@@ -38,7 +38,7 @@ _CHUNK = 1 << 16
 
 #: Keyward's own credential kinds (controlplane/services/credentials.py). Generated tokens are base62;
 #: a bootstrap admin token can be any URL-safe text, hence ``_`` and ``-``.
-KEYWARD_CREDENTIAL = re.compile(rb"kw_(?:pat|api|scim|sess|cli|admin)_[A-Za-z0-9_\-]+")
+KEYWARD_CREDENTIAL = re.compile(rb"kw_(?:pat|api|scim|sess|cli|admin|link)_[A-Za-z0-9_\-]+")
 _CREDENTIAL_HEADERS = rb"authorization|proxy-authorization|x-api-key|api-key|x-goog-api-key|cookie|set-cookie"
 #: ``'x-api-key', 'value'`` (Envoy's header dumps), ``x-api-key: value``, ``"x-api-key": "value"``.
 _HEADER_VALUE = re.compile(

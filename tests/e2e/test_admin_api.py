@@ -163,8 +163,8 @@ def test_health_endpoints(gateway: Gateway) -> None:
     assert gateway.stack.authz_serving()
     assert gateway.stack.envoy_ready()
     live = httpx.get(f"{gateway.info.api_url}/livez").json()
-    duties = ("lifecycle", "offboarding", "notifications", "budgets", "reviews", "break-glass", "verify-audit",
-              "verify-audit-full")
+    duties = ("lifecycle", "offboarding", "notifications", "budgets", "reviews", "break-glass", "overview",
+              "verify-audit", "verify-audit-full")
     assert live["duties"] == {**dict.fromkeys(duties, True), "revocation-acks": True, "token-mirror": True}
     time.sleep(1.2)  # a few rounds of the lifecycle duty (every 0.5 s here)
     assert httpx.get(f"{gateway.info.api_url}/livez").json()["failed_rounds"] == dict.fromkeys(duties, 0)

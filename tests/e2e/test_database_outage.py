@@ -37,7 +37,8 @@ def control_plane(database_url: str, hash_key: str) -> Iterator[httpx.Client]:
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("KEYWARD_", "DATABASE_URL"))}
     env |= {"DATABASE_URL": database_url, "KEYWARD_ADMIN_TOKEN": ADMIN_TOKEN, "KEYWARD_TOKEN_HASH_KEY": hash_key,
-            "KEYWARD_AUDIT_SIGNING_KEY": signing.new_private_key(), "KEYWARD_LIFECYCLE_INTERVAL_SECONDS": "0.2"}
+            "KEYWARD_AUDIT_SIGNING_KEY": signing.new_private_key(), "KEYWARD_LIFECYCLE_INTERVAL_SECONDS": "0.2",
+            "KEYWARD_SESSION_SECRET": secrets.token_urlsafe(32)}
     process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", "controlplane.main:create_app",
                                 "--host", "127.0.0.1", "--port", str(port)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -104,6 +105,19 @@ def test_scim_answers_503_in_scims_shape_and_the_process_stays_alive(hash_key: s
         duties = live.json()["duties"]
         assert all(duties.values()) and {"lifecycle", "budgets", "notifications", "offboarding", "reviews",
                                          "revocation-acks", "token-mirror"} <= set(duties), duties
+
+
+def test_the_console_answers_503_with_a_page_and_signs_nobody_in(hash_key: str) -> None:
+    with control_plane(f"postgresql://keyward@127.0.0.1:{_closed_port()}/keyward", hash_key) as client:
+        link = generate_token(credentials.CONSOLE_LINK.prefix)
+        session = generate_token(credentials.WEB_SESSION.prefix)
+        entered = client.get(f"/console/enter?code={link}")
+        client.cookies.set("keyward_session", session)
+        for reply in (entered, client.get("/console")):
+            assert reply.status_code == 503, reply.text
+            assert reply.headers["content-type"].startswith("text/html")
+            assert "cannot reach its database" in reply.text and int(reply.headers["retry-after"]) > 0
+            assert "set-cookie" not in reply.headers
 
 
 def test_the_same_process_serves_once_the_database_answers(gateway: Gateway, hash_key: str) -> None:

@@ -154,6 +154,17 @@ def test_removing_a_member_narrows_their_tokens_at_once(gateway: Gateway) -> Non
     gateway.wait_until(lambda: gateway.status_of(minted.secret) == 200, timeout=1, what="membership restored")
 
 
+def test_a_members_role_changes_and_their_token_keeps_working(gateway: Gateway) -> None:
+    team = _team(gateway, _profile(gateway))
+    minted = gateway.mint(team=team)
+    for role in ("owner", "member"):
+        reply = gateway.admin.put(f"/teams/{team['id']}/members/{minted.user['id']}", json={"role": role})
+        assert reply.status_code == 200 and reply.json()["role"] == role, reply.text
+    members = gateway.admin.get(f"/teams/{team['id']}/members", params={"role": "member"}).json()["items"]
+    assert [m["user_id"] for m in members] == [minted.user["id"]]
+    assert gateway.status_of(minted.secret) == 200
+
+
 def test_narrowing_applies_without_reissue_and_widening_is_refused(gateway: Gateway) -> None:
     profile = _profile(gateway)
     team = _team(gateway, profile)

@@ -67,9 +67,9 @@ def _secure(settings: Settings) -> bool:
 _LOCAL_PATH = re.compile(r"^/(?![/\\])[A-Za-z0-9/_.~%?=&+-]{0,400}$")
 
 
-def _local_path(value: str | None) -> str:
+def local_path(value: str | None, default: str = "/me") -> str:
     """Where to go after sign-in: a path on this site only (no open redirect)."""
-    return value if value and _LOCAL_PATH.match(value) else "/me"
+    return value if value and _LOCAL_PATH.match(value) else default
 
 
 async def render_me(settings: Settings, signed: SignedIn, *, issued: tuple[Token, str] | None = None,
@@ -97,7 +97,7 @@ async def login(settings: SettingsDep, next: str | None = None) -> Response:
         return pages.problem(502, "Sign-in is unavailable", exc.message)
     response = RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
     pending = {"state": attempt.state, "nonce": attempt.nonce, "verifier": attempt.code_verifier,
-               "next": _local_path(next)}
+               "next": local_path(next)}
     response.set_cookie(LOGIN_COOKIE, _serializer(settings).dumps(pending), max_age=LOGIN_MAX_AGE, path="/auth",
                         httponly=True, samesite="lax", secure=_secure(settings))
     return response
@@ -143,7 +143,7 @@ async def callback(request: Request, settings: SettingsDep, code: str | None = N
     except Refused as refusal:
         await record_refusal(claims, refusal, via="web")
         return _clear(pages.problem(403, "You cannot sign in to Keyward", refusal.message, again=False))
-    response = RedirectResponse(_local_path(pending.get("next")), status_code=303,
+    response = RedirectResponse(local_path(pending.get("next")), status_code=303,
                                 headers={"Cache-Control": "no-store"})
     response.set_cookie(SESSION_COOKIE, secret, max_age=settings.oidc_session_minutes * 60, path="/", httponly=True,
                         samesite="lax", secure=_secure(settings))

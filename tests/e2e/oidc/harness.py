@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 CLI_CLIENT_ID = "keyward-cli"
 ADMIN_GROUP = "keyward-admins"
 AUDITOR_GROUP = "keyward-auditors"
+FINANCE_GROUP = "keyward-finance"
 SCOPES = "openid email profile groups"
 MIN_NODE = (20, 19)
 
@@ -55,6 +56,11 @@ ACCOUNTS = {
     "hedy": _account("hedy", "Hedy Lamarr"),
     "una": _account("una", "Una Verified", verified=False),
     "rosalind": _account("rosalind", "Rosalind Franklin"),
+    # The console's roles (tests/e2e/console): an auditor, a finance analyst, and a team owner (no IdP
+    # role; owner of a team in Keyward).
+    "audrey": _account("audrey", "Audrey Auditor", ("engineering", AUDITOR_GROUP)),
+    "fiona": _account("fiona", "Fiona Finance", ("finance", FINANCE_GROUP)),
+    "otto": _account("otto", "Otto Owner"),
 }
 
 
@@ -159,7 +165,8 @@ class OidcProvider:
         client_id, client_secret = self.register_web_client(redirect_base)
         return {"oidc_issuer": self.issuer, "oidc_client_id": client_id, "oidc_client_secret": client_secret,
                 "oidc_cli_client_id": CLI_CLIENT_ID, "oidc_redirect_base": redirect_base, "oidc_scopes": SCOPES,
-                "oidc_admin_groups": ADMIN_GROUP, "oidc_auditor_groups": AUDITOR_GROUP}
+                "oidc_admin_groups": ADMIN_GROUP, "oidc_auditor_groups": AUDITOR_GROUP,
+                "oidc_finance_groups": FINANCE_GROUP}
 
     def jwks(self) -> dict:
         return self.http.get("/jwks").json()
