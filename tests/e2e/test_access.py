@@ -284,7 +284,7 @@ def test_keyward_access_cli(gateway: Gateway, population: Population) -> None:
     assert result.returncode == 0, result.stderr
     assert {row["token"]["token_id"] for row in document(result)["items"]} == {
         row["token"]["token_id"] for row in refused}
-    result = keyward(gateway, "access", "reach", "--provider", "anthropic", "--json")
+    result = keyward(gateway, "access", "reach", "--provider", "anthropic", "--all", "--json")
     assert result.returncode == 0, result.stderr
     assert {row["token_id"] for row in document(result)["items"]} == reach_of(gateway, "anthropic", "*")
 

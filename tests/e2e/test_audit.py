@@ -158,6 +158,9 @@ def test_every_mutating_admin_endpoint_records_an_event(gateway: Gateway) -> Non
     ok(admin.post(f"/credentials/{credential['id']}/revoke"))
     did("POST", "/credentials/{credential_id}/revoke", "credential", credential["id"], "credential.revoked")
 
+    link = ok(admin.post("/console/links"))
+    did("POST", "/console/links", "sign_in", link["id"], "console.link_created")
+
     scim = ok(admin.post("/scim-connections", json={"name": f"scim-{user['id'][:8]}", "idp": "okta"}))
     conn_id = scim["connection"]["id"]
     did("POST", "/scim-connections", "scim_connection", conn_id, "scim.connection_created")

@@ -88,6 +88,7 @@ MATRIX: dict[str, frozenset[str]] = {
     "POST /api/v1/tokens/{token_id}/revoke": MANAGE_TEAM,
     "POST /api/v1/tokens/{token_id}/rotate": MANAGE_TEAM,
     "POST /api/v1/credentials": ADMIN_ONLY,
+    "POST /api/v1/console/links": ADMIN_ONLY,
     "GET /api/v1/credentials": AUDIT,
     "POST /api/v1/credentials/{credential_id}/revoke": ADMIN_ONLY,
     "PATCH /api/v1/credentials/{credential_id}": ADMIN_ONLY,
@@ -372,6 +373,7 @@ REQUESTS: dict[str, Recipe] = {
         "POST", f"/tokens/{w.fresh_token(s)['id']}/revoke", json={"reason": "role matrix"}),
     "POST /api/v1/tokens/{token_id}/rotate": lambda w, s: Call(
         "POST", f"/tokens/{w.fresh_token(s)['id']}/rotate", json={"grace_hours": 0}),
+    "POST /api/v1/console/links": lambda w, s: Call("POST", "/console/links"),
     "POST /api/v1/credentials": lambda w, s: Call("POST", "/credentials",
                                                   json={"name": _unique("roles"), "role": "finance"}),
     "GET /api/v1/credentials": lambda w, s: Call("GET", "/credentials", params={"limit": 5}),

@@ -193,8 +193,8 @@ class Console:
 
     def as_role(self, role: str, path: str = "/console", team: dict | None = None) -> Browser:
         """A browser signed in through OIDC as the test IdP's auditor (``audrey``), finance analyst
-        (``fiona``), admin (``grace``) or, for ``owner``, ``otto`` made owner of ``team``."""
-        handle = {"auditor": "audrey", "finance": "fiona", "admin": "grace", "owner": "otto"}[role]
+        (``fiona``), admin (``adele``) or, for ``owner``, ``otto`` made owner of ``team``."""
+        handle = {"auditor": "audrey", "finance": "fiona", "admin": "adele", "owner": "otto"}[role]
         account = ACCOUNTS[handle]
         person = self.person(account)
         if role == "owner":

@@ -19,7 +19,7 @@ from tests.e2e.test_spend_admin import events, made
 
 pytestmark = pytest.mark.e2e
 
-GRACE = f"oidc:{ACCOUNTS['grace'].email}"
+ADELE = f"oidc:{ACCOUNTS['adele'].email}"
 BOOTSTRAP = "admin:bootstrap"
 
 
@@ -125,13 +125,13 @@ def test_complete_a_small_access_review_with_an_exception(gateway: Gateway, cons
     admin.open("/console/exceptions?status=pending")
     row = f"tr[data-exception='{exception_id}']"
     assert "awaiting someone else" in admin.find(row).text and not admin.all(f"{row} a[href$='/approve']")
-    grace = console.as_role("admin", "/console/exceptions?status=pending")
-    accessible(grace)
-    grace.submit_and_wait(f"{row} a[href$='/approve']")
-    grace.fill("input[name=note]", "checked with the data team")
-    grace.submit_and_wait(f"form[action='/console/exceptions/{exception_id}/approve'] button[type=submit]")
-    assert "is approved" in grace.text
-    assert made(gateway.admin.get(f"/exceptions/{exception_id}"), 200)["approved_by"] == GRACE
+    adele = console.as_role("admin", "/console/exceptions?status=pending")
+    accessible(adele)
+    adele.submit_and_wait(f"{row} a[href$='/approve']")
+    adele.fill("input[name=note]", "checked with the data team")
+    adele.submit_and_wait(f"form[action='/console/exceptions/{exception_id}/approve'] button[type=submit]")
+    assert "is approved" in adele.text
+    assert made(gateway.admin.get(f"/exceptions/{exception_id}"), 200)["approved_by"] == ADELE
 
     # Every item decided: close the review, after a confirmation.
     admin.open(f"/console/reviews/{review_id}")
@@ -158,7 +158,7 @@ def test_complete_a_small_access_review_with_an_exception(gateway: Gateway, cons
     assert all(row["decided_by"] == BOOTSTRAP and row["state"] == "decided" for row in decided.values())
     assert decided[account]["exception_id"] == exception_id
     (exception,) = report["exceptions"]
-    assert exception["status"] == "approved" and exception["approved_by"] == GRACE
+    assert exception["status"] == "approved" and exception["approved_by"] == ADELE
 
     # Every change is on record, by the console.
     item_ids = [row["item_id"] for row in report["items"]]
@@ -169,8 +169,8 @@ def test_complete_a_small_access_review_with_an_exception(gateway: Gateway, cons
                 *(e for item in item_ids for e in events(gateway, action="review.item_decided", target_id=item))]
     assert len(recorded) == 7
     assert {e["mechanism"] for e in recorded} == {"console"}
-    assert {e["actor"] for e in recorded} == {BOOTSTRAP, GRACE}
-    assert [e["actor"] for e in recorded if e["action"] == "exception.approved"] == [GRACE]
+    assert {e["actor"] for e in recorded} == {BOOTSTRAP, ADELE}
+    assert [e["actor"] for e in recorded if e["action"] == "exception.approved"] == [ADELE]
 
 
 def test_an_auditor_sees_no_actions_and_a_forged_post_is_refused(gateway: Gateway, console: Console) -> None:

@@ -84,17 +84,15 @@ def test_a_forged_post_is_refused(gateway: Gateway, console: Console) -> None:
 
 
 def test_oidc_admin_signs_in_and_a_person_without_a_role_is_sent_to_me(gateway: Gateway, console: Console) -> None:
-    grace = ACCOUNTS["grace"]
-    if not gateway.admin.get("/users", params={"email": grace.email}).json()["items"]:
-        gateway.user(email=grace.email)
-    browser = console.through_oidc(grace)
+    adele = ACCOUNTS["adele"]
+    console.person(adele)
+    browser = console.through_oidc(adele)
     browser.wait_for(lambda b: b.path == "/console", what="the overview")
-    assert grace.email in browser.text and "admin" in browser.find("[data-role]").text
+    assert adele.email in browser.text and "admin" in browser.find("[data-role]").text
 
-    rosalind = ACCOUNTS["rosalind"]
-    if not gateway.admin.get("/users", params={"email": rosalind.email}).json()["items"]:
-        gateway.user(email=rosalind.email)
-    other = console.through_oidc(rosalind)
+    nora = ACCOUNTS["nora"]
+    console.person(nora)
+    other = console.through_oidc(nora)
     assert "/me" in other.text and "no console role" in other.text
 
 

@@ -56,11 +56,14 @@ ACCOUNTS = {
     "hedy": _account("hedy", "Hedy Lamarr"),
     "una": _account("una", "Una Verified", verified=False),
     "rosalind": _account("rosalind", "Rosalind Franklin"),
-    # The console's roles (tests/e2e/console): an auditor, a finance analyst, and a team owner (no IdP
-    # role; owner of a team in Keyward).
+    # The console's people (tests/e2e/console), apart from the others so their Keyward users differ: an
+    # admin, an auditor, a finance analyst, a team owner (no IdP role; owner of a team in Keyward) and
+    # someone with neither.
+    "adele": _account("adele", "Adele Admin", ("engineering", ADMIN_GROUP)),
     "audrey": _account("audrey", "Audrey Auditor", ("engineering", AUDITOR_GROUP)),
     "fiona": _account("fiona", "Fiona Finance", ("finance", FINANCE_GROUP)),
     "otto": _account("otto", "Otto Owner"),
+    "nora": _account("nora", "Nora Nobody"),
 }
 
 

@@ -7,6 +7,7 @@ session. People with an IdP sign in through ``/auth/login?next=/console`` (:mod:
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Annotated
 
@@ -29,10 +30,11 @@ from controlplane.services import console_sessions
 from controlplane.web.console import render
 
 router = APIRouter(include_in_schema=False)
-api = APIRouter(prefix="/console", tags=["console"])
+api = APIRouter(prefix="/console", tags=["console"], responses=responses(401))
 
 
 class ConsoleLink(BaseModel):
+    id: uuid.UUID
     path: str
     expires_at: datetime
 
@@ -44,7 +46,7 @@ async def mint_link(session: SessionDep, caller: Admin, settings: SettingsDep) -
     The code in ``path`` is shown only in this answer; append ``path`` to the control plane's URL."""
     require_secret(settings)
     row, code = await console_sessions.mint_link(session, actor=caller.actor, settings=settings)
-    return ConsoleLink(path=f"/console/enter?code={code}", expires_at=row.expires_at)
+    return ConsoleLink(id=row.id, path=f"/console/enter?code={code}", expires_at=row.expires_at)
 
 
 @router.get("/console/sign-in")
