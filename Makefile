@@ -33,8 +33,16 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null; \
 	fi
 
+# checkov scans the Helm chart's rendered manifests in tests/unit/test_helm_manifests.py. It lives in a venv of
+# its own: it pins packages the project's venv needs newer.
+CHECKOV_VENV := .venv-checkov
+CHECKOV      := $(CHECKOV_VENV)/bin/checkov
+$(CHECKOV):
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip --disable-pip-version-check -q install 'checkov>=3.2,<4'
+
 # pytest exits 5 when it collected nothing; make treats any non-zero exit as failure.
-test: $(STAMP) browser
+test: $(STAMP) browser $(CHECKOV)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
@@ -44,5 +52,23 @@ lint: $(STAMP)
 	$(BIN)/ruff check authz controlplane tests bench
 	$(BIN)/mypy authz controlplane
 
+# The chart's image (k8s/Dockerfile), with Docker or Podman, from a context holding only what the wheel is built
+# from (build/image). Name it for your registry: make image IMAGE=registry.example.com/keyward IMAGE_TAG=0.1.0.
+IMAGE     ?= keyward
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+.PHONY: image
+image:
+	@if command -v docker >/dev/null 2>&1; then engine=docker; \
+	elif command -v podman >/dev/null 2>&1; then engine=podman; \
+	else echo "make image: neither docker nor podman is installed: install one (see k8s/README.md), or build k8s/Dockerfile with another OCI builder" >&2; exit 2; fi; \
+	if ! $$engine info >/dev/null 2>&1; then \
+	  echo "make image: $$engine is installed but cannot reach its daemon ('$$engine info' fails): start it, or use the other engine" >&2; exit 2; fi; \
+	rm -rf build/image && mkdir -p build/image && \
+	tar -c --exclude=__pycache__ --exclude='*.pyc' pyproject.toml README.md authz controlplane | tar -x -C build/image && \
+	cp k8s/Dockerfile build/image/Dockerfile && \
+	echo "$$engine build -t $(IMAGE):$(IMAGE_TAG) build/image" && \
+	$$engine build -t $(IMAGE):$(IMAGE_TAG) build/image && \
+	echo "built $(IMAGE):$(IMAGE_TAG); install the chart with --set image.repository=$(IMAGE) --set image.tag=$(IMAGE_TAG)"
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(CHECKOV_VENV) build *.egg-info

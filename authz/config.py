@@ -9,6 +9,8 @@ variables in the environment are not looked at.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -40,6 +42,29 @@ def sqlalchemy_url(url: str) -> str:
         if url.startswith(prefix):
             return _SQLALCHEMY_SCHEME + url[len(prefix) :]
     return url
+
+
+def check_otlp_endpoint(value: str | None) -> str | None:
+    """An OTLP/gRPC endpoint, ``http(s)://host:port`` (empty or unset: tracing off).
+
+    >>> check_otlp_endpoint("http://127.0.0.1:4317")
+    'http://127.0.0.1:4317'
+    >>> check_otlp_endpoint("") is None
+    True
+    """
+    if value is None or not value.strip():
+        return None
+    parts = urlsplit(value.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if (parts.scheme not in ("http", "https") or not parts.hostname or port is None or parts.path not in ("", "/")
+            or parts.username is not None or parts.query):
+        # Not the value: a URL with credentials in it would put them in the error.
+        raise ValueError("KEYWARD_OTLP_ENDPOINT must be http(s)://host:port (OTLP over gRPC, no credentials, "
+                         "no path)")
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 class AuthzSettings(BaseSettings):
@@ -95,6 +120,12 @@ class AuthzSettings(BaseSettings):
     loop_stall_seconds: float = Field(default=10.0, gt=0, le=3600)
     #: Port for Prometheus metrics on 127.0.0.1; 0 turns the endpoint off.
     authz_metrics_port: int = Field(default=0, ge=0, le=65535)
+    #: OpenTelemetry traces (:mod:`authz.tracing`): the OTLP/gRPC collector, ``http(s)://host:port``;
+    #: unset or empty: tracing off (no exporter loaded, nothing done per Check).
+    otlp_endpoint: str | None = None
+    #: Share of the traces authz starts itself that are sampled; a sampled parent (Envoy's span,
+    #: continuing a client's ``traceparent``) is always followed.
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
     log_level: str = "info"
 
     @model_validator(mode="after")
@@ -107,6 +138,11 @@ class AuthzSettings(BaseSettings):
     @classmethod
     def _key_is_strong(cls, value: str) -> str:
         return check_hash_key(value)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_endpoint(cls, value: str | None) -> str | None:
+        return check_otlp_endpoint(value)
 
     @field_validator("database_url")
     @classmethod

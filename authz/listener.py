@@ -99,6 +99,9 @@ class ChangeListener:
         #: Set once the first snapshot is in the cache; authz refuses Checks until then.
         self.ready = asyncio.Event()
         self._beat = 0.0
+        self._created = time.monotonic()
+        #: True while the LISTEN connection is up and its notifications are being applied (metrics).
+        self.connected = False
 
     async def run(self) -> None:
         backoff = 0.05
@@ -129,8 +132,10 @@ class ChangeListener:
             await self._apply_queued(connection)
             await self._heartbeat(connection)
             self.ready.set()
+            self.connected = True
             await self._apply_forever(connection)
         finally:
+            self.connected = False
             if not connection.is_closed():
                 connection.terminate()
 
@@ -168,6 +173,10 @@ class ChangeListener:
                                    timeout=self._keepalive)
         self._beat = sent
         self._cache.fresh_until = sent + self._max_staleness
+
+    def silence(self) -> float:
+        """Seconds since the listener last heard from Postgres (since it was made, if it never has)."""
+        return time.monotonic() - (self._beat or self._created)
 
     async def _apply_queued(self, connection: asyncpg.Connection) -> None:
         payloads = []

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from authz.cache import NO_PROFILE, TokenCache, TokenRecord
 from authz.limits import Policy
 from authz.meter import DEFAULT_OUTPUT_RESERVE, Hit, Meter
+from authz.metrics import count_refusal
 from authz.outcomes import Outcome
 from authz.request import GatewayRequest
 from authz.routes import Api, Endpoint, ModelSource, api_of, match
@@ -100,6 +101,8 @@ class Limits:
             return decision
         decision.outcome = Outcome.BUDGET_EXCEEDED if hit.kind == "budget" else Outcome.RATE_LIMITED
         decision.hit = hit
+        if not dry:  # a Check's refusal, not a what-if question
+            count_refusal(hit.kind, hit.scope[0])
         decision.detail = _hit_detail(hit, record)
         return decision
 

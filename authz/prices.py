@@ -27,6 +27,8 @@ import genai_prices
 
 LIBRARY_VERSION = f"genai-prices {genai_prices.__version__}"
 UNPRICED = "unpriced"
+#: Model names :meth:`PriceTable.model_name` remembers before it starts again (clients choose the names).
+NAMES_KEPT = 4096
 _MILLION = Decimal(1_000_000)
 _ZERO = Decimal(0)
 
@@ -120,6 +122,8 @@ class PriceTable:
         self._starts = {key: [o.effective_from for o in found] for key, found in self._overrides.items()}
         #: (provider, model) -> the bundled table's current rates, or None: unknown there.
         self._library: dict[tuple[str, str], Rates | None] = {}
+        #: (provider, model) -> the name a table knows the model by (:meth:`model_name`), on the loop thread.
+        self._names: dict[tuple[str, str], str | None] = {}
 
     def _override(self, provider: str, model: str, at: float) -> Override | None:
         starts = self._starts.get((provider, model))
@@ -178,6 +182,24 @@ class PriceTable:
         cached = min(cached, calculated.input_price)
         return Cost(calculated.input_price - cached, cached, calculated.output_price, calculated.total_price,
                     LIBRARY_VERSION)
+
+    def model_name(self, provider: str, model: str) -> str | None:
+        """The name a table prices ``model`` under: the model itself for an override, the bundled table's
+        model id (``gpt-4o-mini-2024-07-18`` is ``gpt-4o-mini``), None for a model neither knows. The
+        metrics label a request's model with it, so the label's values are bounded by the tables,
+        whatever names clients send (at most :data:`NAMES_KEPT` looked-up names are remembered)."""
+        key = (provider, model)
+        if key in self._overrides:
+            return model
+        if key not in self._names:
+            if len(self._names) >= NAMES_KEPT:
+                self._names.clear()
+            try:
+                _, found = genai_prices.data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
+                self._names[key] = str(found.id)
+            except LookupError:
+                self._names[key] = None
+        return self._names[key]
 
     def warm(self) -> None:
         """Load the bundled table now (about 0.4 s), not in the first request that needs it."""

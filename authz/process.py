@@ -58,10 +58,13 @@ from authz.logs import configure as configure_logging
 from authz.loop import LoopThread
 from authz.meter import Meter
 from authz.meter_sync import MeterSync
+from authz.metrics import STATE
 from authz.pipeline import Limits, Pipeline
 from authz.prices import PriceTable
 from authz.servicer import SERVICE_NAME, AuthorizationServicer
 from authz.supervisor import BACKGROUND_SERVICE, BackgroundHealth, LoopWatch, Supervisor
+from authz.tracing import Tracing
+from authz.tracing import build as build_tracing
 from authz.usage import LastUsedTracker
 
 log = structlog.get_logger("authz")
@@ -77,11 +80,11 @@ HEALTH_TICK_SECONDS = 0.5
 
 
 def build_server(pipeline: Pipeline, ready: asyncio.Event, audit: AuditEmitter, in_flight: InFlight,
-                 check_threads: int) -> tuple[grpc.Server, health.HealthServicer]:
+                 check_threads: int, tracing: Tracing | None = None) -> tuple[grpc.Server, health.HealthServicer]:
     streams = futures.ThreadPoolExecutor(max_workers=STREAM_THREADS, thread_name_prefix="authz-stream")
     checks = futures.ThreadPoolExecutor(max_workers=check_threads, thread_name_prefix="authz-check")
     server = grpc.server(streams, options=[("grpc.so_reuseport", 0)])
-    AuthorizationServicer(pipeline, ready, audit, in_flight).add_to(server, checks)
+    AuthorizationServicer(pipeline, ready, audit, in_flight, tracing).add_to(server, checks)
     health_servicer = health.HealthServicer(experimental_non_blocking=True, experimental_thread_pool=streams)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     return server, health_servicer
@@ -134,7 +137,7 @@ async def _both(first: asyncio.Event, second: asyncio.Event, then: asyncio.Event
 
 async def _start_background(settings: AuthzSettings, listener: ChangeListener, tracker: LastUsedTracker,
                             spool: Spool, in_flight: InFlight, costing: Costing,
-                            ready: asyncio.Event) -> _Background:
+                            ready: asyncio.Event, tracing: Tracing | None = None) -> _Background:
     pool = await asyncpg.create_pool(
         settings.database_url,
         min_size=1,
@@ -147,7 +150,7 @@ async def _start_background(settings: AuthzSettings, listener: ChangeListener, t
                       batch_bytes=settings.audit_batch_bytes)
     outcomes = OutcomeLog(Path(settings.envoy_audit_log), spool, in_flight=in_flight, source=listener.replica or "",
                           reopen=_envoy_reopener(settings.envoy_control),
-                          rotate_bytes=settings.envoy_audit_log_rotate_bytes, costing=costing)
+                          rotate_bytes=settings.envoy_audit_log_rotate_bytes, costing=costing, tracing=tracing)
     meter_sync = MeterSync(costing.limits.meter, pool, interval=settings.meter_sync_seconds,
                            earliest=costing.limits.earliest_window)
     supervisor = Supervisor({
@@ -219,6 +222,18 @@ def serve(settings: AuthzSettings, stop: threading.Event) -> None:
         os.close(claim)
 
 
+def _state(cache: TokenCache, listener: ChangeListener, shipper: Shipper) -> Callable[[], dict[str, float]]:
+    """The state gauges (:data:`authz.metrics.STATE_GAUGES`), read when Prometheus scrapes, not kept on
+    the request path."""
+    def read() -> dict[str, float]:
+        backlog, oldest = shipper.backlog()
+        return {"keyward_authz_cache_tokens": len(cache), "keyward_authz_snapshot_age_seconds": listener.silence(),
+                "keyward_authz_listener_connected": float(listener.connected),
+                "keyward_authz_spool_backlog_bytes": backlog, "keyward_authz_spool_oldest_unshipped_seconds": oldest}
+
+    return read
+
+
 def _adopt(limits: Limits) -> Callable[[Policy], None]:
     def adopt(policy: Policy) -> None:
         limits.policy = policy
@@ -246,8 +261,11 @@ def _serve(settings: AuthzSettings, stop: threading.Event, spool: Spool, replica
     ready = asyncio.Event()
 
     in_flight = InFlight(settings.envoy_authz_timeout_seconds)
+    tracing = build_tracing(settings, cache.by_id)
+    log.info("authz.tracing", enabled=tracing is not None, endpoint=settings.otlp_endpoint,
+             sample_ratio=settings.trace_sample_ratio)
     server, health_servicer = build_server(pipeline, ready, AuditEmitter(spool, late=in_flight.moot),
-                                           in_flight, settings.authz_check_threads)
+                                           in_flight, settings.authz_check_threads, tracing)
     _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING, ("", SERVICE_NAME, BACKGROUND_SERVICE))
     server.add_insecure_port(settings.authz_address)
     server.start()
@@ -259,7 +277,8 @@ def _serve(settings: AuthzSettings, stop: threading.Event, spool: Spool, replica
         log.info("authz.listening", address=settings.authz_address)
         background.start()
         started = background.call(_start_background(settings, listener, tracker, spool, in_flight,
-                                                    Costing(cache, limits), ready))
+                                                    Costing(cache, limits), ready, tracing))
+        STATE.watch("authz", _state(cache, listener, started.shipper))
         liveness = BackgroundHealth(started.supervisor, LoopWatch(background.loop),
                                     grace=settings.background_grace_seconds,
                                     stall_seconds=settings.loop_stall_seconds)
@@ -293,6 +312,8 @@ def _serve(settings: AuthzSettings, stop: threading.Event, spool: Spool, replica
         finally:
             background.stop()
             spool.close()
+            if tracing is not None:
+                tracing.shutdown()
     log.info("authz.stopped")
 
 

@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from controlplane.metrics import DUTY_FAILURES
+
 log = structlog.get_logger("controlplane.background")
 
 
@@ -29,6 +31,7 @@ class Duty:
         #: When the duty last began a round (monotonic seconds), whatever the round's outcome.
         self.last_tick: float = clock()
         self.failures = 0
+        self._failed = DUTY_FAILURES.labels(name)  # the series exists (at 0) before the first failure
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=self.name)
@@ -46,6 +49,7 @@ class Duty:
                 await self._round()
             except Exception as exc:
                 self.failures += 1
+                self._failed.inc()
                 log.warning("duty.round_failed", duty=self.name, error=f"{type(exc).__name__}: {exc}")
 
     def alive(self, *, grace: float = 30.0) -> bool:

@@ -1,7 +1,9 @@
-"""The control plane's ASGI app: admin API under ``/api/v1``, health at ``/healthz`` and ``/readyz``."""
+"""The control plane's ASGI app: admin API under ``/api/v1``, health at ``/healthz`` and ``/readyz``,
+Prometheus metrics at ``/metrics`` (:mod:`controlplane.metrics`)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -12,8 +14,7 @@ from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authz.config import asyncpg_dsn
-from authz.logs import configure as configure_logging
-from controlplane import errors
+from controlplane import errors, metrics, tracing
 from controlplane.api.routes import (
     access,
     audit,
@@ -44,13 +45,15 @@ from controlplane.audit import verify as audit_verify
 from controlplane.background import Duty
 from controlplane.core.config import get_settings
 from controlplane.core.db import get_engine, get_sessionmaker
+from controlplane.logging import RequestId
+from controlplane.logging import configure as configure_logging
 from controlplane.scim import errors as scim_errors
 from controlplane.scim import routes as scim_routes
 from controlplane.scim.errors import ScimError
 from controlplane.services import delivery, lifecycle, offboarding, overview, revocation
 from controlplane.services import exceptions as review_exceptions
 from controlplane.services import reviews as review_service
-from controlplane.services.budgets import evaluate_thresholds
+from controlplane.services.budgets import evaluate_thresholds, utilisation_ratios
 from controlplane.services.mirror import mirror
 
 
@@ -139,12 +142,16 @@ async def _notification_round() -> None:
 
 async def _budget_round() -> None:
     """Announce the budget thresholds reached since the last round. One replica at a time does the
-    work (a transaction-scoped advisory lock), so a threshold is announced once."""
+    work (a transaction-scoped advisory lock), so a threshold is announced once. Then refresh this
+    replica's ``keyward_budget_utilisation_ratio`` gauges."""
     async with get_sessionmaker()() as session, session.begin():
         if await session.scalar(text("SELECT pg_try_advisory_xact_lock(4924010)")):
             reached = await evaluate_thresholds(session)
             if reached:
                 structlog.get_logger("controlplane.budgets").info("budgets.thresholds_reached", reached=reached)
+    # Every replica keeps its budget gauges current (a few reads), so any replica's /metrics has them.
+    async with get_sessionmaker()() as session:
+        metrics.set_budget_utilisation(await utilisation_ratios(session))
 
 
 async def _reviews_round() -> None:
@@ -189,6 +196,8 @@ async def _verify_round(*, full: bool) -> None:
         full_every=timedelta(hours=settings.full_verify_hours) if full else None)
     log = structlog.get_logger("controlplane.audit")
     for report in reports:
+        metrics.chain_verified(report.chain, intact=not report.findings,
+                               at=report.marker.verified_at.timestamp() if report.marker else time.time())
         if report.findings:
             log.warning("audit.chain_broken", chain=report.chain, kind=report.kind,
                         finding=str(report.findings[0]), marker=report.marker.id if report.marker else None)
@@ -220,6 +229,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     tokens = mirror()
     app.state.duties = duties
     app.state.long_running = {"revocation-acks": acks, "token-mirror": tokens}
+    metrics.watch_duties(lambda: {duty.name: duty.alive() for duty in duties}
+                         | {name: task.alive() for name, task in app.state.long_running.items()})
     acks.start()
     tokens.start()
     for duty in duties:
@@ -234,7 +245,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 def create_app() -> FastAPI:
     settings = get_settings()
-    # The same logging as authz: one JSON line per event, and a log write that fails never raises.
+    # The same logging as authz: one JSON line per event, and a log write that fails never raises; uvicorn's
+    # own lines too (controlplane.logging).
     configure_logging(settings.log_level)
     signing.install(signing.Signer(settings.audit_signing_key))
     app = FastAPI(
@@ -255,4 +267,10 @@ def create_app() -> FastAPI:
                    evidence):
         app.include_router(module.router, prefix="/api/v1")
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Prometheus: unauthenticated, outside the OpenAPI document, nothing secret (see controlplane.metrics).
+    app.add_route("/metrics", metrics.endpoint, include_in_schema=False)
+    app.add_middleware(metrics.HttpMetrics)  # outside BodyLimit: counts what it refuses too
+    app.add_middleware(RequestId)  # each request's id on its log lines and in X-Request-Id
+    # OpenTelemetry, outermost, when KEYWARD_OTLP_ENDPOINT is set: each request's span is current inside.
+    tracing.install(app, settings)
     return app

@@ -21,6 +21,7 @@ from typing import Any
 
 from authz.audit.records import seconds_of, storable
 from authz.cache import TokenCache
+from authz.metrics import gen_ai_labels, observe_gen_ai
 from authz.pipeline import Limits
 from authz.prices import UNPRICED, usage_of
 from authz.routes import match
@@ -101,3 +102,17 @@ class Costing:
         tokens = spend.get("input_tokens", 0) + spend.get("output_tokens", 0)
         self.limits.meter.settle(line["request_id"], tuple(keys), spend.get("cost_usd", 0.0), tokens,
                                   seconds_of(line["at"]))
+        self._observe(line, spend)
+
+    def _observe(self, line: dict[str, Any], spend: dict[str, Any]) -> None:
+        """The GenAI metrics of a request let through (:mod:`authz.metrics`): its duration, and the tokens
+        the provider reported (not an estimate, not a free endpoint's zero). Once per spooled outcome."""
+        provider, model = spend.get("provider"), spend.get("model")
+        known = self.limits.policy.prices.model_name(provider, model) if provider and model else None
+        record = self._cache.by_id(spend["token_id"])
+        labels = gen_ai_labels(provider, known, record.team if record is not None else None)
+        duration = line.get("duration_ms")
+        reported = spend.get("estimated") is False
+        observe_gen_ai(labels, seconds=duration / 1000 if duration is not None else None,
+                       input_tokens=spend.get("input_tokens") if reported else None,
+                       output_tokens=spend.get("output_tokens") if reported else None)

@@ -39,6 +39,7 @@ import structlog
 from authz.audit.costing import Costing
 from authz.audit.records import outcome_line, seconds_of
 from authz.metrics import AUDIT_OUTCOME_LINES_READ, AUDIT_OUTCOME_LINES_UNREADABLE
+from authz.tracing import Tracing
 
 log = structlog.get_logger("authz.audit.outcome_log")
 
@@ -103,7 +104,8 @@ class OutcomeLog:
     def __init__(self, path: Path, spool: OutcomeSpool, *, in_flight: InFlight, source: str,
                  reopen: Callable[[], Awaitable[None]] | None = None, rotate_bytes: int = 64 << 20,
                  poll_seconds: float = 0.05, settle_seconds: float = 1.0,
-                 clock: Callable[[], float] = time.time, costing: Costing | None = None) -> None:
+                 clock: Callable[[], float] = time.time, costing: Costing | None = None,
+                 tracing: Tracing | None = None) -> None:
         self.path = path
         self.rotated = path.with_name(path.name + ".1")
         self._spool = spool
@@ -122,6 +124,8 @@ class OutcomeLog:
         self._rotation: _Rotation | None = None
         #: Prices each outcome and counts it against budgets and rate limits (:mod:`authz.audit.costing`).
         self._costing = costing
+        #: Emits each outcome's GenAI span (:mod:`authz.tracing`); ``None``: tracing off.
+        self._tracing = tracing
 
     # -- position ---------------------------------------------------------------------------------
 
@@ -210,6 +214,8 @@ class OutcomeLog:
                 break  # its decision is being written: this outcome must follow it
             if not final and not line["decided"] and now <= self._in_flight.closed_after(seconds_of(line["at"])):
                 break  # a Check for it could still be recorded: wait until none can
+            if self._tracing is not None:
+                self._tracing.outcome(line, document)
             lines.append(line)
             consumed += len(raw)
         return lines, consumed

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,8 +41,9 @@ from datetime import UTC, datetime
 import httpx
 import structlog
 
+from authz.audit.records import seconds_of
 from authz.audit.spool import Spool
-from authz.metrics import AUDIT_LINES_QUARANTINED, AUDIT_LINES_SHIPPED, AUDIT_SHIP_FAILURES
+from authz.metrics import AUDIT_LINES_QUARANTINED, AUDIT_LINES_SHIPPED, AUDIT_SHIP_FAILURES, SHIPPER_UP
 
 log = structlog.get_logger("authz.audit.shipper")
 
@@ -59,6 +61,8 @@ MAX_RETRY_AFTER_SECONDS = 60.0
 REASON_CHARS = 2000
 
 Sleep = Callable[[float], Awaitable[None]]
+#: Where a spooled line's time is: ``at`` is the second key of both kinds of line (``{"kind":…,"at":"…"``).
+_AT = re.compile(rb'"at":"([^"]{1,64})"')
 
 
 @dataclass(slots=True)
@@ -123,6 +127,28 @@ class Shipper:
         with os.fdopen(fd, "w") as handle:
             handle.write(f"{name} {offset}\n")
         os.replace(staging, self._position_file)
+
+    def backlog(self) -> tuple[int, float]:
+        """Bytes spooled past the shipped position, and the age in seconds of the first of those lines
+        (0 when none waits). Read from the files only, so any thread may ask (the metrics scrape does)."""
+        name, offset = self.position()
+        waiting, oldest = 0, 0.0
+        for segment in self._spool.segments():
+            if segment.name < name:
+                continue
+            start = offset if segment.name == name else 0
+            try:
+                size = segment.stat().st_size
+                if size > start and not waiting:
+                    with segment.open("rb") as handle:
+                        handle.seek(start)
+                        found = _AT.search(handle.read(512))
+                    if found:
+                        oldest = max(0.0, self._clock() - seconds_of(found.group(1).decode("ascii", "replace")))
+            except FileNotFoundError:  # shipped and released meanwhile
+                continue
+            waiting += max(0, size - start)
+        return waiting, oldest
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -264,22 +290,29 @@ class Shipper:
 
     async def run(self) -> None:
         """Ship forever. The store being unreachable or busy is waited out here; anything else (a
-        failing disk) propagates to the supervisor, which restarts this from the saved position."""
+        failing disk) propagates to the supervisor, which restarts this from the saved position.
+        ``keyward_authz_shipper_up`` is 1 while this runs and its last attempt did not fail."""
         backoff = self._idle
-        while True:
-            try:
-                shipped = await self.ship_once()
-            except httpx.HTTPError as exc:
-                response = exc.response if isinstance(exc, httpx.HTTPStatusError) else None
-                wait = _retry_after(response) or backoff
-                AUDIT_SHIP_FAILURES.inc()
-                log.warning("audit.ship_failed", error=f"{type(exc).__name__}: {exc}", retry_in=wait)
-                await self._sleep(wait)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-                continue
-            backoff = self._idle
-            if shipped < self._batch_lines:
-                await self._sleep(self._idle)
+        SHIPPER_UP.set(1)
+        try:
+            while True:
+                try:
+                    shipped = await self.ship_once()
+                except httpx.HTTPError as exc:
+                    response = exc.response if isinstance(exc, httpx.HTTPStatusError) else None
+                    wait = _retry_after(response) or backoff
+                    AUDIT_SHIP_FAILURES.inc()
+                    SHIPPER_UP.set(0)
+                    log.warning("audit.ship_failed", error=f"{type(exc).__name__}: {exc}", retry_in=wait)
+                    await self._sleep(wait)
+                    backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                    continue
+                backoff = self._idle
+                SHIPPER_UP.set(1)
+                if shipped < self._batch_lines:
+                    await self._sleep(self._idle)
+        finally:
+            SHIPPER_UP.set(0)  # failed (the supervisor starts it again) or stopped
 
 
 async def sync_forever(spool: Spool, interval: float, sleep: Sleep = asyncio.sleep) -> None:

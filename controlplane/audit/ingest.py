@@ -34,6 +34,7 @@ import structlog
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from controlplane.audit import chain, signing
+from controlplane.metrics import INGEST_RECORDS
 
 log = structlog.get_logger("controlplane.audit.ingest")
 
@@ -377,6 +378,7 @@ class Ingestor:
         async with connection.transaction():
             for table, rows in ((chain.REQUESTS, records), (chain.OUTCOMES, outcomes)):
                 stored += await self._append(connection, table, rows)
+        INGEST_RECORDS.inc(stored)  # committed
         return IngestResult(accepted=stored, duplicates=len(records) + len(outcomes) - stored)
 
     async def _ensure_partitions(self, connection: Any, stamps: Iterable[datetime]) -> None:

@@ -29,6 +29,19 @@ def console_link(info: StackInfo) -> str:
     return f"{info.api_url}{reply.json()['path']}  (works once, within minutes; more: keyward console link)"
 
 
+def envoy_stats(admin: str) -> str:
+    """How to read Envoy's Prometheus stats through its admin interface (``unix:<path>`` or ``host:port``).
+
+    >>> envoy_stats("unix:/data/run/envoy-admin.sock")
+    'curl --unix-socket /data/run/envoy-admin.sock http://envoy/stats/prometheus'
+    >>> envoy_stats("127.0.0.1:9901")
+    'http://127.0.0.1:9901/stats/prometheus'
+    """
+    if admin.startswith("unix:"):
+        return f"curl --unix-socket {admin.removeprefix('unix:')} http://envoy/stats/prometheus"
+    return f"http://{admin}/stats/prometheus"
+
+
 def _banner(info: StackInfo, settings: StackSettings, link: str) -> str:
     token_line = (
         f"{info.admin_token}  (shown once; also in {settings.data_dir / 'secrets/admin_token'})"
@@ -50,6 +63,9 @@ def _banner(info: StackInfo, settings: StackSettings, link: str) -> str:
   Admin token  {token_line}
   Providers    {providers}
   Logs         {info.logs_dir}  (access log: {info.access_log})
+  Metrics      control plane: {api}/metrics
+               authz:         {info.authz_metrics_url or "(off)"}
+               Envoy:         {envoy_stats(info.envoy_admin)}
 
 Mint a first token (in another terminal, from this directory):
   export KEYWARD_API_URL={api} KEYWARD_ADMIN_TOKEN=$(cat {settings.data_dir / "secrets/admin_token"})

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Shared with authz, which must not import control-plane code: one definition of each rule.
-from authz.config import sqlalchemy_url
+from authz.config import check_otlp_endpoint, sqlalchemy_url
 from authz.tokens import check_hash_key
 from controlplane.core.keys import check_private_key
 
@@ -95,6 +95,10 @@ class Settings(OidcSettings, BaseSettings):
     #: How often they are verified in full (every row re-hashed from each chain's start), in hours.
     full_verify_hours: float = Field(default=24, gt=0, le=24 * 31)
     log_level: str = "info"
+    #: OpenTelemetry traces of the API and its database calls (:mod:`controlplane.tracing`): the OTLP/gRPC
+    #: collector, ``http(s)://host:port``; unset or empty: off. Sampling as authz's.
+    otlp_endpoint: str | None = None
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
 
     #: Signs the short-lived sign-in state cookie and derives CSRF tokens (the runner generates one).
     session_secret: str | None = Field(default=None, min_length=32)
@@ -105,6 +109,11 @@ class Settings(OidcSettings, BaseSettings):
     @classmethod
     def _driver(cls, value: str) -> str:
         return sqlalchemy_url(value)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_endpoint(cls, value: str | None) -> str | None:
+        return check_otlp_endpoint(value)
 
     @field_validator("token_hash_key")
     @classmethod

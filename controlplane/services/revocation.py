@@ -34,6 +34,7 @@ from authz.config import asyncpg_dsn
 from controlplane.audit.events import Actor, record_event
 from controlplane.core.config import get_settings
 from controlplane.core.db import get_sessionmaker
+from controlplane.metrics import REVOCATION_CONFIRM
 from controlplane.models import AuthzReplica
 
 log = structlog.get_logger("controlplane.revocation")
@@ -247,10 +248,12 @@ async def revoking(*, actor: Actor, target_type: str, target_id: str) -> AsyncIt
                                       {"channel": CHANGES_CHANNEL, "payload": f"ack:{ack_id}"})
         if not state.needed:
             return
+        committed = time.monotonic()
         async with get_sessionmaker()() as session:
             replicas, committed_at = await live_replicas(session)
         state.confirmation = await acks.wait(ack_id, replicas, get_settings().revocation_wait_seconds,
                                              _recheck(committed_at))
+        REVOCATION_CONFIRM.observe(time.monotonic() - committed)
     finally:
         acks.forget(ack_id)
     async with get_sessionmaker()() as session, session.begin():

@@ -13,6 +13,17 @@ role cannot become the owner just by asking, and no other local user gets in. Th
 passwords with its other secrets. A cluster created by an earlier version (``trust``) is moved to
 passwords at its next start (:meth:`require_passwords`).
 
+Its log is in Keyward's schema (:mod:`authz.logs`, ``"process": "postgres"``): Postgres 16 writes
+``jsonlog`` (``log_destination = 'jsonlog'``), which needs its logging collector, and the collector
+writes files itself, past the runner's redactor. So the collector's two files in ``<pgdata>/log``
+(``postgres.json``, and ``postgres.log`` for output that is not a log message) are FIFOs the runner
+reads (:meth:`EmbeddedPostgres.pump_logs`) into ``<logs>/postgres.log`` through the redactor, each
+jsonlog object reshaped into the schema (:func:`log_line`: ``time``, ``level``, ``event`` = its message,
+and its ``pid``, ``backend_type``, ``state_code``, ``detail``, ``hint``, ``statement``…). The postmaster's
+own stderr, the lines it writes before the collector takes over, are reshaped too. Rotation is off
+(the file is the runner's). The runner holds each FIFO open for writing as well, so a Postgres restart
+is no end of file, and closes it in :meth:`EmbeddedPostgres.cleanup`.
+
 A postmaster of this data directory that is *not* the runner's child (left by an earlier version of
 the runner, or restarted by hand with ``pg_ctl``) is stopped before ours starts (:meth:`clear_foreign`),
 and again when the stack stops: it is recognised by ``postmaster.pid`` and by ``/proc``: the process's
@@ -23,18 +34,24 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import stat
 import subprocess
 import tempfile
+import threading
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import asyncpg
 
+from authz.logs import json_line
+from controlplane.stack.redact import LogFile
 from controlplane.stack.supervisor import cmdline, pid_alive, terminate
 
 DATABASE = "keyward"
@@ -44,6 +61,17 @@ _SYSTEM_USER = "pgserver"
 _SUPERUSER = "postgres"
 #: sun_path is 108 bytes; keep room for "/.s.PGSQL.5432".
 _MAX_SOCKET_DIR = 90
+#: The logging collector's files (in <pgdata>/log): jsonlog takes log_filename's name with ".json".
+_LOG_NAMES = ("postgres.log", "postgres.json")
+_SEVERITY = {"DEBUG1": "debug", "DEBUG2": "debug", "DEBUG3": "debug", "DEBUG4": "debug", "DEBUG5": "debug",
+             "LOG": "info", "INFO": "info", "NOTICE": "info", "WARNING": "warning", "ERROR": "error",
+             "FATAL": "critical", "PANIC": "critical", "DETAIL": "info", "HINT": "info", "STATEMENT": "info",
+             "CONTEXT": "info"}
+#: jsonlog fields carried over, besides the message, its severity and its time.
+_FIELDS = ("pid", "backend_type", "state_code", "user", "dbname", "application_name", "detail", "hint",
+           "context", "statement", "internal_query")
+#: A line of the postmaster's stderr before the collector starts: '%m [%p] ' then "SEVERITY:  message".
+_STDERR_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?) (\S+) \[(\d+)\] ([A-Z0-9]+):\s+(.*)$")
 
 
 def _bin(name: str) -> str:
@@ -78,6 +106,8 @@ class EmbeddedPostgres:
         self.group: int | None = None
         self.socket_dir = self.data_dir
         self._temporary_socket_dir = False
+        self._log_writers: list[int] = []
+        self._log_pumps: list[threading.Thread] = []
 
     # -- preparation (once, before the first start) ---------------------------------------------------
 
@@ -120,7 +150,34 @@ class EmbeddedPostgres:
     def argv(self) -> list[str]:
         # No TCP listener at all ("-h ''"): only the Unix socket in socket_dir.
         return [_bin("postgres"), "-D", str(self.data_dir), "-k", str(self.socket_dir), "-h", "",
-                "-c", "logging_collector=off"]
+                "-c", "logging_collector=on", "-c", "log_destination=jsonlog",
+                "-c", f"log_directory={self.log_dir}", "-c", f"log_filename={_LOG_NAMES[0]}",
+                "-c", "log_rotation_age=0", "-c", "log_rotation_size=0", "-c", "log_truncate_on_rotation=off",
+                "-c", "log_timezone=UTC"]
+
+    @property
+    def log_dir(self) -> Path:
+        return self.data_dir / "log"
+
+    def pump_logs(self, log: LogFile) -> None:
+        """Copy Postgres's log into ``log`` in the schema: the collector's FIFOs (made here, each read by a
+        thread) and the postmaster's stderr (``log``'s shape). Call once, before the first start."""
+        log.shape = log_line
+        self.log_dir.mkdir(mode=0o700, exist_ok=True)
+        if self.user is not None:
+            os.chown(self.log_dir, self.user, self.group or -1)
+        for name in _LOG_NAMES:
+            path = self.log_dir / name
+            if path.is_symlink() or (path.exists() and not stat.S_ISFIFO(path.stat().st_mode)):
+                path.unlink()
+            if not path.exists():
+                os.mkfifo(path, 0o600)
+                if self.user is not None:
+                    os.chown(path, self.user, self.group or -1)
+            reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            self._log_writers.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))  # no EOF between restarts
+            os.set_blocking(reader, True)
+            self._log_pumps.append(log.pump(os.fdopen(reader, "rb"), f"postgres-{name}"))
 
     def url(self, database: str = DATABASE) -> str:
         return f"postgresql://{_SUPERUSER}:{quote(self.password, safe='')}@/{database}?host={self.socket_dir}"
@@ -167,9 +224,16 @@ class EmbeddedPostgres:
         return pid
 
     def cleanup(self) -> None:
-        """Remove the temporary socket directory, if one was made (the server must be stopped)."""
+        """Remove the temporary socket directory, if one was made, and end the log pumps once they have
+        copied what the collector wrote (the server must be stopped)."""
         if self._temporary_socket_dir:
             shutil.rmtree(self.socket_dir, ignore_errors=True)
+        for fd in self._log_writers:
+            os.close(fd)
+        self._log_writers.clear()
+        for pump in self._log_pumps:
+            pump.join(2)
+        self._log_pumps.clear()
 
     def clear_foreign(self, own: int | None = None, timeout: float = 20) -> int | None:
         """Stop a postmaster of this data directory that is not ours (fast shutdown); its pid, if any."""
@@ -243,3 +307,45 @@ async def _ensure_database(admin_url: str) -> None:
             await connection.execute(f'CREATE DATABASE "{DATABASE}"')
     finally:
         await connection.close()
+
+
+def log_line(raw: bytes) -> bytes:
+    """One line of Postgres's log (a jsonlog object, or a line of its stderr) as a line of the schema.
+    Never raises: what it cannot read becomes the ``event`` of an ``info`` line; a blank line is dropped."""
+    text = raw.decode("utf-8", "replace").rstrip("\r\n")
+    if not text.strip():
+        return b""
+    try:
+        line = _shaped(text)
+    except Exception:  # a shape must not raise: the line is kept as text
+        line = None
+    return (line or json_line("postgres", text)).encode() + b"\n"
+
+
+def _shaped(text: str) -> str | None:
+    entry = json.loads(text) if text.startswith("{") else None
+    if isinstance(entry, dict) and "error_severity" in entry:
+        severity = str(entry.get("error_severity"))
+        fields = {key: entry[key] for key in _FIELDS if entry.get(key) not in (None, "", "00000")}
+        return json_line("postgres", str(entry.get("message", "")), level=_SEVERITY.get(severity, "info"),
+                         time=_rfc3339(str(entry.get("timestamp", ""))), severity=severity, **fields)
+    found = _STDERR_LINE.match(text)
+    if found:
+        stamp, zone, pid, severity, message = found.groups()
+        return json_line("postgres", message, level=_SEVERITY.get(severity, "info"),
+                         time=_rfc3339(f"{stamp} {zone}"), severity=severity, pid=int(pid))
+    return None
+
+
+def _rfc3339(stamp: str) -> str | None:
+    """Postgres's ``2025-06-01 12:00:00.123 UTC`` (log_timezone is UTC) in RFC 3339; None if unreadable."""
+    moment, _, zone = stamp.rpartition(" ")
+    if zone not in ("UTC", "GMT"):
+        return None
+    for pattern in ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S"):
+        try:
+            parsed = datetime.strptime(moment, pattern).replace(tzinfo=UTC)
+        except ValueError:
+            continue
+        return parsed.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return None

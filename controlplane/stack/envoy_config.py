@@ -151,6 +151,9 @@ _USAGE_PATHS = [
     (("usage", "cache_creation_input_tokens"), "cache_write_tokens"),
     (("message", "usage", "cache_creation_input_tokens"), "cache_write_tokens"),
 ]
+#: The model that answered (JSON bodies, OpenAI's stream chunks, Anthropic's message_start), for the
+#: GenAI span's ``gen_ai.response.model`` (:mod:`authz.tracing`).
+_RESPONSE_MODEL_PATHS = [(("model",), "response_model"), (("message", "model"), "response_model")]
 
 
 #: Envoy's Lua filter: asks the provider for a stream's usage when authz says the client did not.
@@ -205,14 +208,20 @@ def audit_log_format() -> dict:
         "token_id": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:token_id)%",
         "provider": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:provider)%",
         "model": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:model)%",
+        # For the request's GenAI span (authz.tracing), not stored: the model the provider says answered,
+        # and the trace context of Envoy's upstream span (its router writes it into the request's
+        # headers), which that span joins.
+        "response_model": f"%DYNAMIC_METADATA({USAGE_NAMESPACE}:response_model)%",
+        "traceparent": "%REQ(TRACEPARENT)%",
     }}
 
 
 def usage_rules() -> list[dict]:
     return [
         {"selectors": [{"key": part} for part in path],
-         "on_present": {"metadata_namespace": USAGE_NAMESPACE, "key": key, "type": "NUMBER"}}
-        for path, key in _USAGE_PATHS
+         "on_present": {"metadata_namespace": USAGE_NAMESPACE, "key": key, "type": kind}}
+        for paths, kind in ((_USAGE_PATHS, "NUMBER"), (_RESPONSE_MODEL_PATHS, "STRING"))
+        for path, key in paths
     ]
 
 
@@ -307,20 +316,94 @@ def provider_cluster(name: str, upstream: Upstream, *, secret_file: Path, header
         },
     }
     if upstream.scheme == "https":
-        cluster["transport_socket"] = {
-            "name": "envoy.transport_sockets.tls",
+        cluster["transport_socket"] = upstream_tls(upstream.host)
+    return cluster
+
+
+#: Envoy's cluster for the OTLP/gRPC collector, and the service name its spans carry.
+OTLP_CLUSTER = "opentelemetry"
+ENVOY_SERVICE_NAME = "keyward-gateway"
+
+
+def tracing(sample_ratio: float) -> dict:
+    """The gateway listener's OpenTelemetry tracer: W3C ``traceparent`` in and out (to authz's Check,
+    whose gRPC metadata carries the ext_authz span, and to the provider), a span per request and one per
+    upstream call, sent over OTLP/gRPC.
+
+    Sampling is the tracer's own parent-based sampler, not the connection manager's random sampling
+    (which overrides a client's sampled flag): a client's ``traceparent`` decides (sampled: continued,
+    whatever the ratio; not sampled: not recorded); a request without one starts a trace sampled at
+    ``sample_ratio``, decided from its trace id."""
+    return {
+        "spawn_upstream_span": True,
+        "provider": {
+            "name": "envoy.tracers.opentelemetry",
             "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": upstream.host,
-                "common_tls_context": {
-                    "validation_context": {
-                        "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"},
-                        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": upstream.host}}],
-                    }
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_CLUSTER}, "timeout": "2s"},
+                "service_name": ENVOY_SERVICE_NAME,
+                "sampler": {
+                    "name": "envoy.tracers.opentelemetry.samplers.parent_based",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.tracers.opentelemetry.samplers.v3"
+                                 ".ParentBasedSamplerConfig",
+                        "wrapped_sampler": {
+                            "name": "envoy.tracers.opentelemetry.samplers.trace_id_ratio_based",
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.tracers.opentelemetry.samplers.v3"
+                                         ".TraceIdRatioBasedSamplerConfig",
+                                "sampling_percentage": {"numerator": int(sample_ratio * 1_000_000),
+                                                        "denominator": "MILLION"},
+                            },
+                        },
+                    },
                 },
             },
-        }
+        },
+    }
+
+
+def otlp_cluster(endpoint: str) -> dict:
+    """The OTLP/gRPC collector at ``endpoint`` (``http(s)://host:port``): HTTP/2, TLS for https."""
+    upstream = Upstream.parse(endpoint)
+    cluster: dict = {
+        "name": OTLP_CLUSTER,
+        "type": "STRICT_DNS" if not _is_ip(upstream.host) else "STATIC",
+        "dns_lookup_family": "V4_PREFERRED",
+        "connect_timeout": "2s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": OTLP_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {
+                "address": {"socket_address": {"address": upstream.host, "port_value": upstream.port}}}}]}],
+        },
+    }
+    if upstream.scheme == "https":
+        cluster["transport_socket"] = upstream_tls(upstream.host, alpn=["h2"])
     return cluster
+
+
+def upstream_tls(host: str, *, alpn: list[str] | None = None) -> dict:
+    """TLS to an upstream: SNI and a certificate for ``host`` from the system's CAs (``alpn``: h2 for gRPC)."""
+    context: dict = {"validation_context": {
+        "trusted_ca": {"filename": "/etc/ssl/certs/ca-certificates.crt"},
+        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}],
+    }}
+    if alpn:
+        context = {"alpn_protocols": alpn, **context}
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": host,
+            "common_tls_context": context,
+        },
+    }
 
 
 def _is_ip(host: str) -> bool:
@@ -366,6 +449,9 @@ class GatewayLayout:
     #: Sent to OpenAI as openai-organization / openai-project when set; clients cannot choose them.
     openai_organization: str | None = None
     openai_project: str | None = None
+    #: OpenTelemetry traces to this OTLP/gRPC collector (``http(s)://host:port``); ``None``: no tracer.
+    otlp_endpoint: str | None = None
+    trace_sample_ratio: float = 1.0
 
 
 def render(layout: GatewayLayout) -> dict:
@@ -400,6 +486,11 @@ def render(layout: GatewayLayout) -> dict:
                     if route.get("route", {}).get("cluster") == "openai":
                         route["request_headers_to_add"] = added
     clusters = config["static_resources"]["clusters"]
+    if layout.otlp_endpoint:
+        (gateway,) = [listener["filter_chains"][0]["filters"][0]["typed_config"]
+                      for listener in config["static_resources"]["listeners"] if listener["name"] == "gateway"]
+        gateway["tracing"] = tracing(layout.trace_sample_ratio)
+        clusters.append(otlp_cluster(layout.otlp_endpoint))
     clusters.append(
         provider_cluster(
             "openai", layout.openai, secret_file=layout.secrets_dir / "openai.json", header="Authorization"

@@ -9,6 +9,9 @@ did not reach the provider.
 
 Requests carrying an ``anthropic-version`` header are answered in Anthropic's shapes, others in
 OpenAI's, because both APIs share paths such as ``/v1/models``.
+
+It logs in Keyward's schema as ``mock-provider`` (:mod:`controlplane.logging`): uvicorn's lines, and
+never a request's headers, so never the provider key Envoy injected.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from controlplane.logging import configure as configure_logging
 
 MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "claude-haiku-4-5", "claude-opus-4-6"]
 _WORDS = ["Hello", " from", " the", " mock", " provider", "."]
@@ -68,6 +73,7 @@ class MockSettings(BaseSettings):
     openai_key: str = Field(default="", description="Empty: every OpenAI request is refused.")
     anthropic_key: str = Field(default="", description="Empty: every Anthropic request is refused.")
     stream_interval: float = Field(default=0.1, ge=0)
+    log_level: str = "info"
 
 
 def _key_error(request: Request, settings: MockSettings) -> Response | None:
@@ -108,6 +114,7 @@ def _sse(events: list[tuple[str | None, dict | str]], interval: float) -> AsyncI
 def create_app() -> Starlette:
     recorder = Recorder()
     settings = MockSettings()
+    configure_logging(settings.log_level, process="mock-provider")
     interval = settings.stream_interval
 
     async def chat_completions(request: Request) -> Response:

@@ -16,16 +16,24 @@ child's log file with these replaced by ``[REDACTED]``:
 Over-redacting a harmless word is the accepted cost. A line longer than :data:`MAX_LINE` is dropped,
 not split: a split could cut a secret in two halves that no pattern recognises.
 
+A JSON line (every child logs in Keyward's schema, :mod:`authz.logs`; Envoy through ``--log-format``)
+stays valid JSON: it is parsed, each string in it (keys too) is redacted as the text it decodes to
+(Envoy's multi-line dumps are one JSON string, so a header name and its value on two lines are still
+seen together), and the object is written again, only when something was replaced. A line that is not
+JSON, or does not parse, is redacted as text. A child whose output is not in the schema can be given a
+``shape`` (:class:`LogFile`) that rewrites each of its lines first (the stack's Postgres).
+
 Log files are created 0600 in a 0700 directory (:func:`private_dir`); a file left by an older run
 with wider permissions is narrowed when it is opened again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -52,6 +60,9 @@ _PROTO_VALUE = re.compile(rb'^(\s*(?:raw_)?value: ).*?(\s*)$')
 _BEARER = re.compile(rb"(?i)(\bbearer[ \t]+)(?!\[REDACTED\])[^\s'\",;]+")
 #: OpenAI (``sk-``, ``sk-proj-``) and Anthropic (``sk-ant-``) key shapes.
 _PROVIDER_KEY = re.compile(rb"(?<![\w-])sk-[A-Za-z0-9_\-]{8,}")
+#: What any rule above needs to find in a line (JSON escapes leave these ASCII words as they are): a line
+#: with none of them, and no known secret, is left as it is without being parsed.
+_TRIGGER = re.compile(rb"(?i)kw_|bearer|sk-|" + _CREDENTIAL_HEADERS)
 
 
 class Redactor:
@@ -62,10 +73,19 @@ class Redactor:
     """
 
     def __init__(self, secrets: Iterable[str | None] = ()) -> None:
-        values = sorted({s.encode() for s in secrets if s}, key=len, reverse=True)
+        # Each value as is and as a JSON string writes it (a password with a quote or a backslash).
+        known = {form for s in secrets if s for form in (s, json.dumps(s)[1:-1])}
+        values = sorted({s.encode() for s in known}, key=len, reverse=True)
         self._secrets = re.compile(b"|".join(re.escape(v) for v in values)) if values else None
 
     def __call__(self, data: bytes) -> bytes:
+        if data.lstrip()[:1] == b"{":
+            redacted = self._json(data)
+            if redacted is not None:
+                return redacted
+        return self._text(data)
+
+    def _text(self, data: bytes) -> bytes:
         if self._secrets is not None:
             data = self._secrets.sub(REDACTED, data)
         data = KEYWARD_CREDENTIAL.sub(REDACTED, data)
@@ -81,10 +101,58 @@ class Redactor:
         """Redact a stream of lines, including values whose header name is on the line before."""
         credential_key = False
         for line in lines:
+            if not credential_key and line.lstrip()[:1] == b"{" and (redacted := self._json(line)) is not None:
+                yield redacted
+                continue
             if credential_key:
                 line = _PROTO_VALUE.sub(rb'\1"' + REDACTED + rb'"\2', line)
             credential_key = bool(_PROTO_KEY.match(line))
-            yield self(line)
+            yield self._text(line)
+
+    def _json(self, line: bytes) -> bytes | None:
+        """A JSON object line with each string in it redacted; None when ``line`` is not one."""
+        if not _TRIGGER.search(line) and (self._secrets is None or not self._secrets.search(line)):
+            return line if line.rstrip()[-1:] == b"}" else None
+        try:
+            parsed = json.loads(line.decode("utf-8", "replace"))
+        except ValueError:
+            return None
+        if not isinstance(parsed, dict):
+            return None
+        changed = False
+
+        def walk(value: object) -> object:
+            nonlocal changed
+            if isinstance(value, str):
+                clean = self._string(value)
+                changed = changed or clean != value
+                return clean
+            if isinstance(value, dict):
+                return {walk(k): walk(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [walk(v) for v in value]
+            return value
+
+        clean = walk(parsed)
+        if not changed:
+            return line
+        ending = line[len(line.rstrip(b"\r\n")) :]
+        try:
+            return json.dumps(clean, ensure_ascii=False).encode() + ending
+        except UnicodeEncodeError:  # a lone surrogate (a \ud800 escape)
+            return json.dumps(clean).encode() + ending
+
+    def _string(self, value: str) -> str:
+        """One string of a JSON line, redacted as the lines of text it holds."""
+        raw = value.encode("utf-8", "surrogatepass")
+        credential_key = False
+        parts = []
+        for line in raw.splitlines(keepends=True):
+            if credential_key:
+                line = _PROTO_VALUE.sub(rb'\1"' + REDACTED + rb'"\2', line)
+            credential_key = bool(_PROTO_KEY.match(line))
+            parts.append(self._text(line))
+        return b"".join(parts).decode("utf-8", "surrogatepass")
 
 
 def private_dir(path: Path) -> Path:
@@ -95,11 +163,13 @@ def private_dir(path: Path) -> Path:
 
 
 class LogFile:
-    """One log file (0600), appended to in whole redacted lines by any number of threads."""
+    """One log file (0600), appended to in whole redacted lines by any number of threads. ``shape``
+    rewrites each line a child writes (:meth:`pump`) before it is redacted; it must not raise."""
 
-    def __init__(self, path: Path, redactor: Redactor) -> None:
+    def __init__(self, path: Path, redactor: Redactor, shape: Callable[[bytes], bytes] | None = None) -> None:
         self.path = path
         self._redact = redactor
+        self.shape = shape
         self._lock = threading.Lock()
         self._fd: int | None = None
 
@@ -129,7 +199,8 @@ class LogFile:
 
         def run() -> None:
             with stream:
-                for line in self._redact.lines(_lines(stream)):
+                lines = _lines(stream) if self.shape is None else map(self.shape, _lines(stream))
+                for line in self._redact.lines(lines):
                     self._append(line)
 
         thread = threading.Thread(target=run, name=f"log-{name}", daemon=True)

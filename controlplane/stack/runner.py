@@ -18,7 +18,9 @@ them down in order: Envoy drained first, then authz (which ships what Envoy logg
 plane, the mock provider, Postgres.
 
 Envoy's admin interface is a Unix socket (``<data_dir>/run/envoy-admin.sock``, mode 0600) unless
-``KEYWARD_ENVOY_ADMIN_PORT`` opts into 127.0.0.1:<port>.
+``KEYWARD_ENVOY_ADMIN_PORT`` opts into 127.0.0.1:<port>; its Prometheus stats are ``/stats/prometheus``
+there. authz serves its metrics on 127.0.0.1 (``KEYWARD_AUTHZ_METRICS_PORT``, else a free port:
+``StackInfo.authz_metrics_url``), the control plane at ``/metrics`` on its own port.
 
 Over 450 lines because it starts, orders and stops every process of the local stack; supervision and
 Envoy's configuration live in their own modules.
@@ -43,11 +45,13 @@ import grpc
 import httpx
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from authz.config import check_otlp_endpoint
 from controlplane.audit import signing
 from controlplane.core.config import OidcSettings
+from controlplane.logging import ENVOY_LOG_FORMAT, json_line
 from controlplane.migrate import upgrade
 from controlplane.stack.embedded_pg import EmbeddedPostgres
 from controlplane.stack.envoy_config import GatewayLayout, Upstream, render, write_provider_secrets
@@ -80,6 +84,8 @@ class StackSettings(OidcSettings, BaseSettings):
     #: Unset: Envoy's admin interface is a Unix socket in <data_dir>/run (mode 0600). A port opts into
     #: 127.0.0.1:<port>, where any local process can change the log level or stop the gateway.
     envoy_admin_port: int | None = Field(default=None, ge=1, le=65535)
+    #: Port of authz's Prometheus metrics on 127.0.0.1 (``/metrics``); unset: a free one, in the banner.
+    authz_metrics_port: int | None = Field(default=None, ge=1, le=65535)
     #: Envoy's own log level. Debug and trace print every request header; the runner's redactor removes
     #: credentials from them before they reach envoy.log.
     envoy_log_level: EnvoyLogLevel = "warn"
@@ -117,6 +123,17 @@ class StackSettings(OidcSettings, BaseSettings):
     notification_max_attempts: int = Field(default=8, ge=1, le=100)
     #: How often budget thresholds are checked and announced (the control plane's setting).
     budget_alert_interval_seconds: float = Field(default=10, gt=0, le=3600)
+    #: OpenTelemetry traces from Envoy, authz and the control plane to this OTLP/gRPC collector
+    #: (``http(s)://host:port``); unset: tracing off everywhere. The share of new traces sampled (a
+    #: client's sampled ``traceparent`` is always continued).
+    otlp_endpoint: str | None = None
+    trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_endpoint(cls, value: str | None) -> str | None:
+        return check_otlp_endpoint(value)
+
     # Sign-in with OpenID Connect: the OidcSettings fields, passed to the control plane as KEYWARD_OIDC_*
     # (the redirect base defaults to http://127.0.0.1:<api_port>).
 
@@ -137,6 +154,8 @@ class StackInfo:
     run_dir: Path
     #: ``unix:<path>`` or ``127.0.0.1:<port>``.
     envoy_admin: str
+    #: authz's Prometheus metrics (``http://127.0.0.1:<port>/metrics``).
+    authz_metrics_url: str | None = None
 
 
 class StackError(RuntimeError):
@@ -154,6 +173,8 @@ class GatewayPair:
     control_address: str
     audit_log: Path
     access_log: Path
+    #: authz's Prometheus metrics.
+    authz_metrics_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -306,13 +327,15 @@ class Stack:
         wanted = [s.gateway_port, s.api_port]
         if s.envoy_admin_port:
             wanted.append(s.envoy_admin_port)
+        if s.authz_metrics_port:
+            wanted.append(s.authz_metrics_port)
         if keys.mock:
             wanted.append(s.mock_port)
         taken = [port for port in wanted if not _port_free(port)]
         if taken:
             raise StackError(
                 f"port(s) {taken} already in use; set KEYWARD_GATEWAY_PORT / KEYWARD_API_PORT / "
-                "KEYWARD_MOCK_PORT (and KEYWARD_ENVOY_ADMIN_PORT if set) to free ones"
+                "KEYWARD_MOCK_PORT (and KEYWARD_ENVOY_ADMIN_PORT, KEYWARD_AUTHZ_METRICS_PORT if set) to free ones"
             )
         try:
             return self._start(keys, time.monotonic() + timeout)
@@ -359,6 +382,7 @@ class Stack:
             postgres.prepare()
             self._add("postgres", postgres.argv, base_env, stop_signal=signal.SIGINT, death_signal=signal.SIGINT,
                       stop_timeout=20, user=postgres.user, group=postgres.group, before_start=self._clear_postmaster)
+            postgres.pump_logs(self.services["postgres"].log)  # its log in the schema, through the redactor
             self.services["postgres"].start()
             self._wait("postgres", deadline)
             postgres.require_passwords(self._pid("postgres") or 0)
@@ -382,7 +406,7 @@ class Stack:
             )
 
         common = {**base_env, "DATABASE_URL": database_url, "KEYWARD_TOKEN_HASH_KEY": keys.hash_key,
-                  "KEYWARD_INGEST_TOKEN": keys.ingest_token}
+                  "KEYWARD_INGEST_TOKEN": keys.ingest_token, **self._tracing_env()}
         self._add(
             "controlplane",
             [python, "-m", "uvicorn", "--factory", "controlplane.main:create_app",
@@ -406,7 +430,7 @@ class Stack:
         self._pairs = _PairContext(
             authz_env={**common, "KEYWARD_INGEST_URL": f"http://127.0.0.1:{s.api_port}/api/v1/audit/ingest",
                        "KEYWARD_ENVOY_AUTHZ_TIMEOUT_SECONDS": str(s.authz_timeout_seconds)},
-            envoy_env=base_env,
+            envoy_env={**base_env, "TZ": "UTC"},  # Envoy's log times (ENVOY_LOG_FORMAT) in UTC
             openai=Upstream.parse(mock_url) if "openai" in mocked else _upstream(s.openai_upstream),
             anthropic=Upstream.parse(mock_url) if "anthropic" in mocked else _upstream(s.anthropic_upstream),
             secrets_dir=envoy_dir / "secrets",
@@ -430,6 +454,7 @@ class Stack:
             logs_dir=logs,
             run_dir=self.run_dir,
             envoy_admin=self.envoy_admin_address,
+            authz_metrics_url=self.pairs[""].authz_metrics_url,
         )
         self.wait_ready(max(deadline - time.monotonic(), 1))
         self._supervisor = Supervisor([self.services[n] for n in _ORDER if n in self.services], self._event)
@@ -445,17 +470,20 @@ class Stack:
         s, ctx = self.settings, self._pairs
         assert ctx is not None
         tag = f"-{suffix}" if suffix else ""
+        metrics_port = (s.authz_metrics_port if not suffix else None) or _free_port()
         pair = GatewayPair(authz=f"authz{tag}", envoy=f"envoy{tag}", gateway_url=f"http://127.0.0.1:{gateway_port}",
                            admin_address=admin_address,
                            control_address=f"unix:{self.run_dir / f'envoy-control{tag}.sock'}",
                            audit_log=self.data_dir / f"outcomes{tag}" / "envoy-audit.jsonl",
-                           access_log=self.logs_dir / f"access{tag}.log")
+                           access_log=self.logs_dir / f"access{tag}.log",
+                           authz_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
         self._add(pair.authz, [sys.executable, "-m", "authz"], {
             **ctx.authz_env,
             "KEYWARD_AUTHZ_ADDRESS": authz_address,
             "KEYWARD_AUDIT_SPOOL_DIR": str(self.data_dir / f"spool{tag}"),
             "KEYWARD_ENVOY_AUDIT_LOG": str(pair.audit_log),
             "KEYWARD_ENVOY_CONTROL": pair.control_address,
+            "KEYWARD_AUTHZ_METRICS_PORT": str(metrics_port),
             **(authz_env or {}),
         })
         layout = GatewayLayout(
@@ -473,6 +501,8 @@ class Stack:
             openai_organization=s.openai_organization,
             openai_project=s.openai_project,
             node_id=f"keyward-gateway{tag or '-0'}",
+            otlp_endpoint=s.otlp_endpoint,
+            trace_sample_ratio=s.trace_sample_ratio,
         )
         config_path = self.data_dir / f"envoy{tag}" / "envoy.yaml"
         config_path.parent.mkdir(parents=True, exist_ok=True)
@@ -482,6 +512,7 @@ class Stack:
             "-c", str(config_path),
             "--disable-hot-restart",
             "--log-level", s.envoy_log_level,
+            "--log-format", ENVOY_LOG_FORMAT,  # its own log as JSON lines in Keyward's schema
             "--drain-time-s", str(max(1, round(s.envoy_drain_seconds))),
             # Each log line is handed to Envoy's file writer as soon as it is logged (min size 0), not
             # every 10 s: the audit log is the record of what each request became, and a killed Envoy
@@ -527,6 +558,12 @@ class Stack:
             before_start=before_start,
         )
 
+    def _tracing_env(self) -> dict[str, str]:
+        """Tracing for authz and the control plane: the stack's setting, whatever the runner inherited
+        (an empty endpoint is "off")."""
+        s = self.settings
+        return {"KEYWARD_OTLP_ENDPOINT": s.otlp_endpoint or "", "KEYWARD_TRACE_SAMPLE_RATIO": str(s.trace_sample_ratio)}
+
     def _oidc_env(self) -> dict[str, str]:
         s = self.settings
         if not s.oidc_issuer:
@@ -569,7 +606,7 @@ class Stack:
     def _note(self, message: str) -> None:
         """A line in <logs>/stack.log."""
         if self._log is not None:
-            self._log.line(f"{time.strftime('%Y-%m-%dT%H:%M:%S%z')} {message}")
+            self._log.line(json_line("stack", message))
 
     def _event(self, message: str) -> None:
         """A line in <logs>/stack.log that is also reported (the console, for ``keyward up``)."""

@@ -480,8 +480,8 @@ def test_a_start_after_a_killed_runner_stops_its_leftovers_then_a_sigterm_stops_
     assert second.signal(signal.SIGTERM) == 0, second.text()
     assert not _survivors(set(children.values()))
     assert list((runner_dir / "run").glob("*.pid")) == []
-    stack_log = (runner_dir / "logs" / "stack.log").read_text().splitlines()
-    order = [line.split()[1] for line in stack_log if line.split()[2:3] in (["stopped"], ["draining"])]
+    stack_log = [json.loads(line)["event"] for line in (runner_dir / "logs" / "stack.log").read_text().splitlines()]
+    order = [event.split()[0] for event in stack_log if event.split()[1:2] in (["stopped"], ["draining"])]
     assert order[-6:] == ["envoy", "envoy", "authz", "controlplane", "mock-provider", "postgres"], stack_log[-8:]
 
 

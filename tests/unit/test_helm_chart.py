@@ -345,12 +345,15 @@ def test_notes_tell_the_admin_token_and_gateway_url() -> None:
 
 
 def test_dockerfile() -> None:
+    """The image the chart runs: Python 3.11 (the project's), non-root, the virtualenv where the chart looks.
+    Its stages are checked in test_helm_manifests.py."""
     dockerfile = (K8S / "Dockerfile").read_text()
     froms = re.findall(r"^FROM (\S+)", dockerfile, re.M)
-    assert froms and all(image == "python:3.11-slim" for image in froms)
+    assert froms and all(image == "${PYTHON_IMAGE}" for image in froms)
+    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", dockerfile, re.M)
     user = re.findall(r"^USER (\S+)", dockerfile, re.M)
     assert user and user[-1].split(":")[0].isdigit() and user[-1].split(":")[0] != "0"
-    assert "pip install ." in dockerfile
+    assert "pip install /wheels/keyward-*.whl" in dockerfile
     venv = re.search(r'define "keyward.venv" -\}\}(.*?)\{\{', _templates()["_helpers.tpl"])
     assert venv and f"python -m venv {venv.group(1)}" in dockerfile
 
@@ -538,12 +541,14 @@ class _Renderer:
         helpers = _templates()["_helpers.tpl"]
         self.constants = dict(re.findall(r'\{\{- define "([\w.]+)" -\}\}([^{}\n]+)\{\{- end \}\}', helpers))
         header = _templates()["gateway-configmap.yaml"]
+        # The providers' URLs, and otel.endpoint when it is set (tracing).
         self.upstreams = {
-            name: Upstream.parse(_lookup(values, tuple(path.split("."))))
+            name: Upstream.parse(url)
             for name, path in re.findall(
-                r'\$(\w+) := include "keyward.upstream" \.Values\.([\w.]+) \| fromYaml', header)
+                r'\$(\w+) :?= include "keyward.upstream" \.Values\.([\w.]+) \| fromYaml', header)
+            if (url := _lookup(values, tuple(path.split("."))))
         }
-        assert set(self.upstreams) == {"openai", "anthropic"}
+        assert {"openai", "anthropic"} <= set(self.upstreams)
 
     def value(self, expression: str) -> str:
         if match := re.fullmatch(r"\.Values\.([\w.]+)( \| int64| \| toJson)?", expression):
@@ -553,6 +558,8 @@ class _Renderer:
             return str(int(value)) if match[2] else str(value)
         if match := re.fullmatch(r'include "([\w.]+)" \.', expression):
             return self.constants[match[1]]
+        if match := re.fullmatch(r"mulf \.Values\.([\w.]+) (\d+) \| int64", expression):
+            return str(int(float(_lookup(self.values, tuple(match[1].split(".")))) * int(match[2])))
         if match := re.fullmatch(r'\.Files\.Get "([\w./-]+)" \| trim', expression):
             return (CHART / match[1]).read_text().strip()
         if match := re.fullmatch(r"\$(\w+)\.(\w+)", expression):
@@ -588,7 +595,8 @@ class _Renderer:
             position, trim_next = match.end(), bool(match[3])
             expression = match[2]
             if expression.startswith("if "):
-                emitting.append(self.condition(expression[3:]))
+                # A condition inside a branch not taken is not evaluated (it may read what is unset there).
+                emitting.append(all(emitting) and self.condition(expression[3:]))
             elif expression == "else":
                 emitting[-1] = not emitting[-1]
             elif expression == "end":
@@ -633,6 +641,8 @@ def _local_envoy_config(values: dict[str, Any]) -> dict:
         authz_timeout=gateway["authzTimeout"],
         openai_organization=openai["organization"] or None,
         openai_project=openai["project"] or None,
+        otlp_endpoint=values["otel"]["endpoint"] or None,
+        trace_sample_ratio=values["otel"]["sampleRatio"],
     )
     return render(layout)
 
@@ -650,8 +660,16 @@ def _with_organization(organization: str, project: str) -> dict[str, Any]:
     return values
 
 
+def _with_tracing(endpoint: str, ratio: float) -> dict[str, Any]:
+    values = json.loads(json.dumps(VALUES))
+    values["otel"].update(endpoint=endpoint, sampleRatio=ratio)
+    return values
+
+
 _UPSTREAMS = {
     "defaults": _with_upstreams(VALUES["providers"]["openai"]["url"], VALUES["providers"]["anthropic"]["url"]),
+    "tracing": _with_tracing("http://10.0.0.9:4317", 0.25),
+    "tracing-tls": _with_tracing("https://otel-collector.monitoring:4317", 1.0),
     "custom": _with_upstreams("https://llm-proxy.example.com:8443/openai/", "http://10.0.0.7:8080"),
     "organization": _with_organization("org-Example1", "proj_Example2"),
 }
@@ -682,7 +700,8 @@ def test_envoy_config_has_the_local_shape(values: dict[str, Any]) -> None:
     chart_clusters = {cluster["name"]: cluster for cluster in chart["static_resources"]["clusters"]}
     for cluster in local["static_resources"]["clusters"]:
         assert chart_clusters[cluster["name"]] == cluster, cluster["name"]
-    assert set(chart_clusters) == {"keyward_authz", "openai", "anthropic", "envoy_admin", "authz_metrics"}
+    tracing = {"opentelemetry"} if values["otel"]["endpoint"] else set()
+    assert set(chart_clusters) == {"keyward_authz", "openai", "anthropic", "envoy_admin", "authz_metrics"} | tracing
 
 
 def test_ops_listener_exposes_only_readiness_and_metrics() -> None:

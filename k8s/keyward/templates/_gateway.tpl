@@ -43,6 +43,9 @@ it except these, which they share through that group:
     - {{ .Values.gateway.envoy.concurrency | int64 | quote }}
     - --log-level
     - {{ .Values.gateway.envoy.logLevel | quote }}
+    # Envoy's own log as JSON lines in Keyward's log schema (controlplane/logging.py ENVOY_LOG_FORMAT).
+    - --log-format
+    - '{"time":"%Y-%m-%dT%H:%M:%S.%f%z","level":"%l","process":"envoy","event":"%j","logger":"%n","thread":%t}'
     - --drain-time-s
     - {{ .Values.gateway.drainSeconds | int64 | quote }}
     - --drain-strategy
@@ -161,6 +164,7 @@ it except these, which they share through that group:
     - name: KEYWARD_AUTHZ_METRICS_PORT
       value: {{ .Values.metrics.authzPort | int64 | quote }}
     {{- end }}
+    {{- include "keyward.otelEnv" . | nindent 4 }}
     - name: KEYWARD_LOG_LEVEL
       value: {{ .Values.keyward.logLevel | quote }}
   # Started: the gRPC server answers (NOT_SERVING while it loads its token snapshot is an answer).
@@ -215,4 +219,17 @@ it except these, which they share through that group:
     {{- if .Values.database.caSecret }}
     {{- include "keyward.postgresCaMount" . | nindent 4 }}
     {{- end }}
+{{- end }}
+
+{{/*
+OpenTelemetry for authz and the control plane (otel.endpoint empty: nothing, tracing off). Envoy's own
+tracer and its "opentelemetry" cluster are in gateway-configmap.yaml.
+*/}}
+{{- define "keyward.otelEnv" -}}
+{{- if .Values.otel.endpoint }}
+- name: KEYWARD_OTLP_ENDPOINT
+  value: {{ .Values.otel.endpoint | quote }}
+- name: KEYWARD_TRACE_SAMPLE_RATIO
+  value: {{ .Values.otel.sampleRatio | quote }}
+{{- end }}
 {{- end }}

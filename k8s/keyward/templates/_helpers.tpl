@@ -37,8 +37,36 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: keyward
 {{- end }}
 
+{{/* The image: repository@digest when image.digest is set (pinned), repository:tag otherwise. */}}
 {{- define "keyward.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+A component's topologySpreadConstraints: each entry as given, with the component's pod labels as its
+labelSelector unless it has one. Called with (dict "root" $ "component" "gateway" "constraints" LIST).
+*/}}
+{{- define "keyward.topologySpread" -}}
+{{- $root := .root }}
+{{- $component := .component }}
+{{- range .constraints }}
+{{- $constraint := deepCopy . }}
+{{- if not (hasKey $constraint "labelSelector") }}
+{{- $labels := include "keyward.selectorLabels" $root | fromYaml }}
+{{- $_ := set $labels "app.kubernetes.io/component" $component }}
+{{- $_ := set $constraint "labelSelector" (dict "matchLabels" $labels) }}
+{{- end }}
+- {{ toYaml $constraint | nindent 2 | trim }}
+{{- end }}
+{{- end }}
+
+{{/* The metadata.namespace line of every resource: the release's namespace. */}}
+{{- define "keyward.namespace" -}}
+namespace: {{ .Release.Namespace | quote }}
 {{- end }}
 
 {{- define "keyward.serviceAccountName" -}}
@@ -169,6 +197,66 @@ so TLS is set with libpq's environment variables, which asyncpg reads in both.
       key: {{ .Values.keyward.auditSigningKeyKey }}
 {{- end }}
 
+{{/*
+The control plane's browser-session secret (KEYWARD_SESSION_SECRET): signs sign-in state and console
+sessions, derives CSRF tokens. The chart's own Secret always has it; in keyward.existingSecret it is
+optional while OIDC is off (without it the console is off) and required with OIDC.
+*/}}
+{{- define "keyward.sessionSecretEnv" -}}
+- name: KEYWARD_SESSION_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "keyward.appSecretName" . }}
+      key: {{ .Values.keyward.sessionSecretKey }}
+      {{- if not .Values.oidc.issuer }}
+      optional: true
+      {{- end }}
+{{- end }}
+
+{{/* Where OIDC sends browsers back to: oidc.redirectBase, or the control plane's external URL. */}}
+{{- define "keyward.oidcRedirectBase" -}}
+{{- trimSuffix "/" (default .Values.controlplane.externalUrl .Values.oidc.redirectBase) }}
+{{- end }}
+
+{{/* Sign-in with OpenID Connect (the control plane's KEYWARD_OIDC_* settings); nothing while oidc.issuer is empty. */}}
+{{- define "keyward.oidcEnv" -}}
+{{- if .Values.oidc.issuer }}
+- name: KEYWARD_OIDC_ISSUER
+  value: {{ .Values.oidc.issuer | quote }}
+- name: KEYWARD_OIDC_CLIENT_ID
+  value: {{ .Values.oidc.clientId | quote }}
+{{- with .Values.oidc.cliClientId }}
+- name: KEYWARD_OIDC_CLI_CLIENT_ID
+  value: {{ . | quote }}
+{{- end }}
+{{- if .Values.oidc.clientSecret.existingSecret }}
+- name: KEYWARD_OIDC_CLIENT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.oidc.clientSecret.existingSecret }}
+      key: {{ .Values.oidc.clientSecret.key }}
+{{- end }}
+- name: KEYWARD_OIDC_REDIRECT_BASE
+  value: {{ include "keyward.oidcRedirectBase" . | quote }}
+- name: KEYWARD_OIDC_SCOPES
+  value: {{ .Values.oidc.scopes | quote }}
+- name: KEYWARD_OIDC_JIT_PROVISIONING
+  value: {{ .Values.oidc.jitProvisioning | quote }}
+- name: KEYWARD_OIDC_GROUPS_CLAIM
+  value: {{ .Values.oidc.groupsClaim | quote }}
+- name: KEYWARD_OIDC_ADMIN_GROUPS
+  value: {{ join "," .Values.oidc.adminGroups | quote }}
+- name: KEYWARD_OIDC_AUDITOR_GROUPS
+  value: {{ join "," .Values.oidc.auditorGroups | quote }}
+- name: KEYWARD_OIDC_FINANCE_GROUPS
+  value: {{ join "," .Values.oidc.financeGroups | quote }}
+- name: KEYWARD_OIDC_SESSION_MINUTES
+  value: {{ .Values.oidc.sessionMinutes | int64 | quote }}
+- name: KEYWARD_OIDC_CLI_CREDENTIAL_HOURS
+  value: {{ .Values.oidc.cliCredentialHours | int64 | quote }}
+{{- end }}
+{{- end }}
+
 {{- define "keyward.tokenHashKeyEnv" -}}
 - name: KEYWARD_TOKEN_HASH_KEY
   valueFrom:
@@ -275,5 +363,41 @@ so one value serves both and they cannot disagree.
 {{- if and $value (not (regexMatch "^[!-~]+$" $value)) }}
 {{- fail (printf "providers.openai.%s must be printable ASCII without spaces (it is sent as an HTTP header)" $name) }}
 {{- end }}
+{{- end }}
+{{- include "keyward.validateExposure" . }}
+{{- end }}
+
+{{/* Checks of OIDC, the external URL and how the chart is exposed and scraped (part of keyward.validate). */}}
+{{- define "keyward.validateExposure" -}}
+{{- with .Values.controlplane.externalUrl }}
+{{- if not (regexMatch "^https?://[^/?#]+(/[^?#]*[^/?#])?$" .) }}
+{{- fail (printf "controlplane.externalUrl must be http(s)://host[:port][/path] without a trailing slash, got %q" .) }}
+{{- end }}
+{{- end }}
+{{- if .Values.oidc.issuer }}
+{{- if not (hasPrefix "https://" .Values.oidc.issuer) }}
+{{- fail (printf "oidc.issuer must be an https:// URL, got %q" .Values.oidc.issuer) }}
+{{- end }}
+{{- if not .Values.oidc.clientId }}
+{{- fail "oidc.issuer is set, so oidc.clientId must be set too" }}
+{{- end }}
+{{- if not (include "keyward.oidcRedirectBase" .) }}
+{{- fail "oidc.issuer is set: set controlplane.externalUrl (or oidc.redirectBase), the URL browsers come back to" }}
+{{- end }}
+{{- end }}
+{{- range $name := list "gateway" "controlplane" }}
+{{- $component := index $.Values $name }}
+{{- if and $component.ingress.enabled $component.httpRoute.enabled }}
+{{- fail (printf "%s: enable ingress or httpRoute, not both" $name) }}
+{{- end }}
+{{- if and $component.ingress.enabled (not $component.ingress.hosts) }}
+{{- fail (printf "%s.ingress.enabled needs at least one host in %s.ingress.hosts" $name $name) }}
+{{- end }}
+{{- if and $component.httpRoute.enabled (not $component.httpRoute.parentRefs) }}
+{{- fail (printf "%s.httpRoute.enabled needs the Gateway to attach to in %s.httpRoute.parentRefs" $name $name) }}
+{{- end }}
+{{- end }}
+{{- if and .Values.metrics.serviceMonitor.enabled .Values.metrics.podMonitor.enabled }}
+{{- fail "enable metrics.serviceMonitor or metrics.podMonitor, not both: every target would be scraped twice" }}
 {{- end }}
 {{- end }}
