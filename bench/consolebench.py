@@ -53,7 +53,8 @@ def signed_in(api_url: str, admin_token: str) -> httpx.Client:
 def ask(api_url: str, admin_token: str, pages: list[tuple[str, str, str, dict[str, Any]]],
         repeats: int = 5) -> list[Question]:
     asked = []
-    with signed_in(api_url, admin_token) as client:
+    client = signed_in(api_url, admin_token)
+    try:
         for key, title, path, params in pages:
             question = Question(key=key, title=title, method="GET", path=path, params=params, sql=[])
             for _ in range(repeats):
@@ -64,4 +65,6 @@ def ask(api_url: str, admin_token: str, pages: list[tuple[str, str, str, dict[st
                     raise RuntimeError(f"{key}: {reply.status_code} {reply.text[:300]}")
                 question.answer = f"{reply.status_code}, {len(reply.content) / 1024:,.0f} KiB of HTML"
             asked.append(question)
+    finally:
+        client.close()
     return asked
