@@ -22,7 +22,7 @@ TOKEN_PAGES = [
     ("overview", "Overview: live, usable, dormant tokens, reach per provider, spend, chains", "/console", {}),
     ("tokens", "Tokens: first page, newest first", "/console/tokens", {}),
     ("tokens-dormant", "Tokens: dormant 30+ days", "/console/tokens", {"state": "active", "dormant_days": "30"}),
-    ("tokens-search", "Tokens: search by owner", "/console/tokens", {"q": "bench"}),
+    ("tokens-search", "Tokens: search by owner", "/console/tokens", {"owner": "bench"}),
     ("people", "People: first page", "/console/people", {}),
     ("teams", "Teams & policy", "/console/teams", {}),
     ("register", "The credential register (first page)", "/console/register", {}),
