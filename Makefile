@@ -19,6 +19,9 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(PIP) install -U pip
 	$(PIP) install -e '.[test,dev]'
+	# xds-protos ships an old copy of opentelemetry-proto's modules at the same paths, and whichever installs
+	# last wins: put back opentelemetry-proto's own, which the OTLP exporter needs.
+	$(PIP) install --force-reinstall --no-deps "opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -279,3 +279,13 @@ print("off")
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0 and result.stdout.strip() == "off", result.stdout + result.stderr
+
+
+def test_the_otlp_exporter_loads_beside_the_envoy_protos() -> None:
+    """xds-protos ships an old copy of opentelemetry-proto's modules at the same paths; the install
+    (Makefile, k8s/Dockerfile) puts opentelemetry-proto's own back. Without it the exporter cannot load."""
+    code = ("import envoy.service.auth.v3.external_auth_pb2\n"
+            "from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter\n"
+            "from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
