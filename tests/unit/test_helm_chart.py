@@ -26,10 +26,12 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -979,15 +981,7 @@ def test_chart_envoy_serves_its_probes_through_the_admin_socket(tmp_path: Path) 
     ops = f"http://127.0.0.1:{values['gateway']['opsPort']}"
     gateway = f"http://127.0.0.1:{values['gateway']['port']}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{ops}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None and time.monotonic() < deadline, "Envoy did not become ready"
-            time.sleep(0.1)
+        wait_until_ready(ops, process)
         assert oct(admin_socket.stat().st_mode & 0o777) == oct(0o600)
         assert "envoy_server_live" in httpx.get(f"{ops}/stats/prometheus", timeout=5).text
         for path in ("/logging?level=trace", "/quitquitquit", "/config_dump"):
@@ -1044,3 +1038,17 @@ def test_chart_envoy_serves_its_probes_through_the_admin_socket(tmp_path: Path) 
     finally:
         process.terminate()
         process.wait(10)
+
+
+def wait_until_ready(ops: str, process: subprocess.Popen, log: Path | None = None, timeout: float = 30) -> None:
+    """Until Envoy's ops listener answers /ready (it fails at once, with its log, if Envoy exits)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{ops}/ready", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert process.poll() is None, log.read_text() if log is not None and log.exists() else "Envoy exited"
+        assert time.monotonic() < deadline, "Envoy did not become ready"
+        time.sleep(0.1)

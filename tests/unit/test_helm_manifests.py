@@ -34,7 +34,6 @@ import re
 import shutil
 import subprocess
 import tarfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,8 @@ import kubernetes_validate
 import promql_parser
 import pytest
 import yaml
+
+from tests.unit.test_helm_chart import wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -1182,16 +1183,7 @@ def envoy_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
                                stderr=subprocess.DEVNULL)
     ops = f"http://127.0.0.1:{ops_port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{ops}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, log.read_text() if log.exists() else "Envoy exited"
-            assert time.monotonic() < deadline, "Envoy did not become ready"
-            time.sleep(0.1)
+        wait_until_ready(ops, process, log)
         refused = httpx.post(f"http://127.0.0.1:{gateway_port}/openai/v1/chat/completions", json={"model": "m"},
                              timeout=5)
         assert refused.status_code == 503  # no authz: fail closed (what KeywardAuthzUnavailable watches)
