@@ -32,10 +32,20 @@ import re
 import time
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+from authz.routes import DEFAULT_FAMILIES, Family
 
 if TYPE_CHECKING:
     from authz.limits import Budget, RateLimit
+
+
+class ToolPolicy(Protocol):
+    """What the Check asks of a profile's MCP tool catalog (:class:`authz.mcp.ToolCatalog`)."""
+
+    def serves(self, server: str) -> bool: ...
+
+    def allows(self, server: str, tool: str) -> bool: ...
 
 
 class ModelCatalog:
@@ -64,50 +74,81 @@ def _is_pattern(entry: str) -> bool:
 
 
 class ProfileCatalog:
-    """A team's access profile as the hot path needs it: which token environments it allows, and
-    which models each provider offers in which environment.
+    """A team's access profile as the hot path needs it: which token environments it allows, which
+    endpoint families, which models each API offers in which environment and which upstream serves
+    them, and which MCP servers and tools its agents may call.
 
-    Entries are ``(provider, pattern, environments)``; provider ``*`` means every provider and
-    ``environments`` of ``None`` means every environment the profile allows.
+    Entries are ``(api, pattern, environments, upstream)``; api ``*`` means every API, ``environments``
+    of ``None`` means every environment the profile allows and ``upstream`` of ``None`` the API's
+    default upstream. The first entry that offers a model decides its upstream.
     """
 
-    __slots__ = ("_entries", "budgets", "environments", "rate_limits")
+    __slots__ = ("_entries", "budgets", "environments", "families", "rate_limits", "tools")
 
-    def __init__(self, entries: Iterable[tuple[str, str, tuple[str, ...] | None]], environments: Iterable[str],
-                 budgets: dict[str, Budget] | None = None, rate_limits: dict[str, RateLimit] | None = None):
+    def __init__(self, entries: Iterable[tuple[str, str, tuple[str, ...] | None]
+                                         | tuple[str, str, tuple[str, ...] | None, str | None]],
+                 environments: Iterable[str], budgets: dict[str, Budget] | None = None,
+                 rate_limits: dict[str, RateLimit] | None = None, *,
+                 families: Iterable[Family] = DEFAULT_FAMILIES, tools: ToolPolicy | None = None):
         self.environments = frozenset(environments)
+        self.families = frozenset(families)
+        #: The MCP tool catalog; ``None``: no MCP server at all.
+        self.tools = tools
         #: The default budget and rate limit per scope type (see :mod:`authz.limits`).
         self.budgets: dict[str, Budget] = budgets or {}
         self.rate_limits: dict[str, RateLimit] = rate_limits or {}
         self._entries = tuple(
-            (provider, ModelCatalog([pattern]), frozenset(envs) if envs is not None else None)
-            for provider, pattern, envs in entries
+            (provider, ModelCatalog([pattern]), frozenset(envs) if envs is not None else None,
+             upstream[0] if upstream else None)
+            for provider, pattern, envs, *upstream in entries
         )
 
     def model_in(self, provider: str, environment: str, model: str) -> bool | None:
         """True: allowed here. False: offered, but only in other environments. None: not offered."""
+        found = self.route(provider, environment, model)
+        return found if found is None or found is False else True
+
+    def route(self, provider: str, environment: str, model: str) -> str | bool | None:
+        """Where the model goes: the upstream the entry names ("" for the API's default). False: offered,
+        but only in other environments. None: not offered."""
         offered = False
-        for entry_provider, catalog, envs in self._entries:
+        for entry_provider, catalog, envs, upstream in self._entries:
             if entry_provider not in ("*", provider) or not catalog.allows(model):
                 continue
             if envs is None or environment in envs:
-                return True
+                return upstream or ""
             offered = True
         return False if offered else None
 
     def only_in(self, provider: str, model: str) -> list[str]:
         found: set[str] = set()
-        for entry_provider, catalog, envs in self._entries:
+        for entry_provider, catalog, envs, _ in self._entries:
             if entry_provider in ("*", provider) and catalog.allows(model):
                 found |= envs if envs is not None else self.environments
         return sorted(found)
 
+    def offered(self, provider: str, environment: str) -> list[tuple[ModelCatalog, str]]:
+        """The catalogs (with their upstream, "" for the default) the profile offers ``provider`` in
+        ``environment``, in order: what a model listing shows."""
+        return [(catalog, upstream or "") for entry_provider, catalog, envs, upstream in self._entries
+                if entry_provider in ("*", provider) and (envs is None or environment in envs)]
+
 
 #: The profile of a token whose team has no access profile: the pipeline refuses such a token with
 #: ``team_has_no_profile`` (compared by identity), and it allows nothing anyway.
-NO_PROFILE = ProfileCatalog((), ())
+NO_PROFILE = ProfileCatalog((), (), families=())
 
 _Source = TypeVar("_Source")
+_FAMILIES = {family.value: family for family in Family}
+
+
+def family_set(names: Iterable[str]) -> frozenset[Family]:
+    """The families named; a name this authz does not know allows nothing (it errs towards refusing).
+
+    >>> sorted(f.value for f in family_set(["chat", "teleport"]))
+    ['chat']
+    """
+    return frozenset(_FAMILIES[name] for name in names if name in _FAMILIES)
 
 
 class Interner:
@@ -122,12 +163,24 @@ class Interner:
     True
     """
 
-    __slots__ = ("_catalogs", "_profiles", "_texts")
+    __slots__ = ("_catalogs", "_families", "_profiles", "_texts")
 
     def __init__(self) -> None:
         self._catalogs: dict[tuple[str, ...], ModelCatalog] = {}
         self._profiles: dict[Hashable, ProfileCatalog] = {}
         self._texts: dict[str, str] = {}
+        self._families: dict[tuple[str, ...], frozenset[Family]] = {}
+
+    def families(self, names: Iterable[str] | None) -> frozenset[Family] | None:
+        """One set per distinct list of family names (``None``: no narrowing). A name this authz does not
+        know allows nothing: it errs towards refusing."""
+        if names is None:
+            return None
+        key = tuple(names)
+        found = self._families.get(key)
+        if found is None:
+            found = self._families[key] = family_set(key)
+        return found
 
     def text(self, value: str | None) -> str | None:
         """One string object per distinct value (team and project ids repeat across many records)."""
@@ -182,6 +235,8 @@ class TokenRecord:
     owner_id: str | None = None
     project_id: str | None = None
     project: str | None = None
+    #: The token's own narrowing of its profile's endpoint families; ``None``: the profile's.
+    families: frozenset[Family] | None = None
 
     def scopes(self) -> tuple[tuple[str, str], ...]:
         """The (scope type, id) keys a request with this token counts against, narrowest first."""

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from authz.tokens import check_hash_key
+from authz.upstreams import Upstreams
 
 _ASYNCPG_SCHEME = "postgresql://"
 _SQLALCHEMY_SCHEME = "postgresql+asyncpg://"
@@ -127,6 +128,18 @@ class AuthzSettings(BaseSettings):
     #: continuing a client's ``traceparent``) is always followed.
     trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
     log_level: str = "info"
+    #: The operator's upstreams (:mod:`authz.upstreams`; JSON, no keys): authz routes to them by name.
+    upstreams: str | None = None
+
+    @field_validator("upstreams")
+    @classmethod
+    def _upstreams(cls, value: str | None) -> str | None:
+        Upstreams.parse(value)
+        return value
+
+    @property
+    def upstream_list(self) -> Upstreams:
+        return Upstreams.parse(self.upstreams)
 
     @model_validator(mode="after")
     def _staleness_outlasts_the_keepalive(self) -> AuthzSettings:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from authz.routes import Api
+from authz import mcp
+from authz.upstreams import Api
 
 
 class Outcome(enum.Enum):
     ALLOWED = "allowed"
+    #: Let through, and answered by the gateway itself (``GET …/models``, from the token's catalog): no
+    #: provider saw it, so the record does not say "allowed".
+    ANSWERED = "answered"
     TOKEN_MISSING = "token_missing"
     CREDENTIAL_AMBIGUOUS = "credential_ambiguous"
     TOKEN_MALFORMED = "token_malformed"
@@ -34,6 +38,12 @@ class Outcome(enum.Enum):
     POLICY_STALE = "policy_stale"
     BUDGET_EXCEEDED = "budget_exceeded"
     RATE_LIMITED = "rate_limit_exceeded"
+    ENDPOINT_NOT_ALLOWED = "endpoint_not_allowed"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    LENGTH_REQUIRED = "length_required"
+    BODY_NOT_FORM = "body_not_form"
+    TOOL_NOT_ALLOWED = "tool_not_allowed"
+    RPC_INVALID = "rpc_invalid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,16 +182,90 @@ DENIALS: dict[Outcome, Denial] = {
         "rate_limit_error",
         "A rate limit that applies to this API key is reached.",
     ),
+    Outcome.ENDPOINT_NOT_ALLOWED: Denial(
+        403,
+        _PERMISSION_DENIED,
+        "invalid_request_error",
+        "permission_error",
+        "This API key may not call this endpoint.",
+    ),
+    Outcome.UPSTREAM_UNAVAILABLE: Denial(
+        503,
+        _UNAVAILABLE,
+        "api_error",
+        "api_error",
+        "The gateway has no provider configured for this request; an administrator must fix the access "
+        "profile or the gateway's upstreams.",
+    ),
+    Outcome.LENGTH_REQUIRED: Denial(
+        411,
+        _INVALID_ARGUMENT,
+        "invalid_request_error",
+        "invalid_request_error",
+        "An upload must declare its size (Content-Length).",
+    ),
+    Outcome.BODY_NOT_FORM: Denial(
+        400,
+        _INVALID_ARGUMENT,
+        "invalid_request_error",
+        "invalid_request_error",
+        "The request body must be multipart/form-data.",
+    ),
+    Outcome.TOOL_NOT_ALLOWED: Denial(
+        403,
+        _PERMISSION_DENIED,
+        "invalid_request_error",
+        "permission_error",
+        "This API key may not call this MCP server or tool.",
+    ),
+    Outcome.RPC_INVALID: Denial(
+        400,
+        _INVALID_ARGUMENT,
+        "invalid_request_error",
+        "invalid_request_error",
+        "The request body must be one JSON-RPC 2.0 message (or a batch of them) the gateway can read.",
+    ),
 }
+
+#: Google's status names (``google.rpc.Code``) by HTTP status, for Gemini's error shape.
+_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                  411: "INVALID_ARGUMENT", 413: "INVALID_ARGUMENT", 429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}
+#: AWS's error types by HTTP status (boto3 reads ``x-amzn-ErrorType``; :func:`aws_error_type`).
+_AWS_TYPES = {400: "ValidationException", 401: "UnrecognizedClientException", 403: "AccessDeniedException",
+              404: "ResourceNotFoundException", 411: "ValidationException", 413: "ValidationException",
+              429: "ThrottlingException", 503: "ServiceUnavailableException"}
+#: JSON-RPC error codes for MCP denials (:mod:`authz.mcp`): a body the gateway cannot read, a tool or
+#: server outside the catalog, and every other refusal ("not authorised").
+_RPC_CODES = {Outcome.RPC_INVALID: mcp.INVALID_REQUEST, Outcome.BODY_AMBIGUOUS: mcp.INVALID_REQUEST,
+              Outcome.TOOL_NOT_ALLOWED: mcp.TOOL_NOT_ALLOWED}
+_RPC_DENIED = mcp.NOT_AUTHORISED
+
+
+def aws_error_type(outcome: Outcome) -> str:
+    """The ``x-amzn-ErrorType`` a Bedrock client reads a denial's error code from."""
+    return _AWS_TYPES.get(DENIALS[outcome].http_status, "AccessDeniedException")
 
 
 def error_body(outcome: Outcome, api: Api | None, request_id: str, detail: str | None = None,
-               limit: dict | None = None) -> dict:
-    """The provider-shaped error document for a denial (OpenAI's shape when the API is unknown).
-    ``limit`` (which budget or rate limit refused, and until when) goes inside the error object."""
+               limit: dict | None = None, rpc_id: object = None, rpc_code: int | None = None) -> dict:
+    """The provider-shaped error document for a denial (OpenAI's shape when the API is unknown; Azure's
+    and Mistral's clients read it too). ``limit`` (which budget or rate limit refused, and until when)
+    goes inside the error object. An MCP denial is a JSON-RPC error answering ``rpc_id`` (with ``rpc_code``
+    when the body itself was the problem)."""
     denial = DENIALS[outcome]
     message = f"{denial.message} {detail}" if detail else denial.message
     extra = {"limit": limit} if limit is not None else {}
+    if api is Api.GEMINI:
+        return {"error": {"code": denial.http_status, "message": message,
+                          "status": _GOOGLE_STATUS.get(denial.http_status, "UNKNOWN"),
+                          "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": outcome.value,
+                                       "domain": "keyward", "metadata": {"request_id": request_id}}]}}
+    if api is Api.BEDROCK:
+        return {"message": message, "code": outcome.value, "request_id": request_id, **extra}
+    if api is Api.MCP:
+        code = rpc_code if rpc_code is not None else _RPC_CODES.get(outcome, _RPC_DENIED)
+        return {"jsonrpc": "2.0", "id": rpc_id,
+                "error": {"code": code, "message": message, "data": {"code": outcome.value, "request_id": request_id}}}
     if api is Api.ANTHROPIC:
         return {
             "type": "error",

@@ -25,6 +25,8 @@ from decimal import Decimal
 
 import genai_prices
 
+from authz.upstreams import CACHE_APART, PRICE_PROVIDERS, Upstreams
+
 LIBRARY_VERSION = f"genai-prices {genai_prices.__version__}"
 UNPRICED = "unpriced"
 #: Model names :meth:`PriceTable.model_name` remembers before it starts again (clients choose the names).
@@ -45,14 +47,35 @@ class Usage:
         return self.input_tokens + self.output_tokens
 
 
+#: Upstream name -> the bundled table's provider id its models are priced under (an upstream not
+#: listed: its own name, as ``openai`` and ``anthropic`` are); set once at start by :func:`configure`.
+_BUNDLED: dict[str, str | None] = {}
+#: Upstreams whose input tokens leave out cache reads and writes (Anthropic's convention).
+_CACHE_APART: set[str] = {"anthropic"}
+
+
+def configure(upstreams: Upstreams) -> None:
+    """Price each configured upstream's models under its kind's provider in the bundled table (an Azure
+    upstream named ``azure-east`` as ``azure``); overrides are per upstream name."""
+    _BUNDLED.clear()
+    _BUNDLED.update({u.name: PRICE_PROVIDERS[u.kind] for u in upstreams.all})
+    _CACHE_APART.clear()
+    _CACHE_APART.update(u.name for u in upstreams.all if u.kind in CACHE_APART)
+
+
+def bundled_provider(upstream: str) -> str | None:
+    """The bundled price table's provider id for an upstream's models (None: it prices none)."""
+    return _BUNDLED.get(upstream, upstream)
+
+
 def usage_of(provider: str | None, prompt: int | None, completion: int | None, cached: int | None = None,
              cache_write: int | None = None) -> Usage:
-    """Usage as the price table counts it, from what the provider reported. Anthropic's
-    ``input_tokens`` leaves out cache reads and writes; OpenAI's ``prompt_tokens`` includes its cached
+    """Usage as the price table counts it, from what the provider reported. Anthropic's (and Bedrock's)
+    input tokens leave out cache reads and writes; OpenAI's ``prompt_tokens`` includes its cached
     tokens."""
     cached, cache_write = cached or 0, cache_write or 0
     prompt = prompt or 0
-    if provider == "anthropic":
+    if provider in _CACHE_APART:
         prompt += cached + cache_write
     return Usage(input_tokens=prompt, cached_tokens=min(cached, prompt), cache_write_tokens=cache_write,
                  output_tokens=completion or 0)
@@ -144,8 +167,11 @@ class PriceTable:
 
     @staticmethod
     def _library_rates(provider: str, model: str, at: float) -> Rates | None:
+        bundled = bundled_provider(provider)
+        if bundled is None:
+            return None
         try:
-            _, found = genai_prices.data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
+            _, found = genai_prices.data_snapshot.get_snapshot().find_provider_model(model, None, bundled, None)
         except LookupError:
             return None
         prices = found.get_prices(_when(at))
@@ -167,6 +193,9 @@ class PriceTable:
             uncached = Decimal(usage.input_tokens - usage.cached_tokens) * override.input_per_mtok / _MILLION
             output = Decimal(usage.output_tokens) * override.output_per_mtok / _MILLION
             return Cost(uncached, cached, output, uncached + cached + output, override.version)
+        bundled = bundled_provider(provider)
+        if bundled is None:
+            return None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -174,7 +203,7 @@ class PriceTable:
                     genai_prices.Usage(input_tokens=usage.input_tokens, cache_read_tokens=usage.cached_tokens,
                                        cache_write_tokens=usage.cache_write_tokens,
                                        output_tokens=usage.output_tokens),
-                    model, provider_id=provider, genai_request_timestamp=_when(at))
+                    model, provider_id=bundled, genai_request_timestamp=_when(at))
         except LookupError:
             return None
         per_cached = _mtok(getattr(calculated.model_price, "cache_read_mtok", None))
@@ -194,8 +223,11 @@ class PriceTable:
         if key not in self._names:
             if len(self._names) >= NAMES_KEPT:
                 self._names.clear()
+            bundled = bundled_provider(provider)
             try:
-                _, found = genai_prices.data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
+                if bundled is None:
+                    raise LookupError(provider)
+                _, found = genai_prices.data_snapshot.get_snapshot().find_provider_model(model, None, bundled, None)
                 self._names[key] = str(found.id)
             except LookupError:
                 self._names[key] = None

@@ -61,6 +61,7 @@ from authz.meter_sync import MeterSync
 from authz.metrics import STATE
 from authz.pipeline import Limits, Pipeline
 from authz.prices import PriceTable
+from authz.prices import configure as configure_prices
 from authz.servicer import SERVICE_NAME, AuthorizationServicer
 from authz.supervisor import BACKGROUND_SERVICE, BackgroundHealth, LoopWatch, Supervisor
 from authz.tracing import Tracing
@@ -246,6 +247,8 @@ def _serve(settings: AuthzSettings, stop: threading.Event, spool: Spool, replica
     cache = TokenCache()
     tracker = LastUsedTracker()
     limits = Limits(Meter())
+    upstreams = settings.upstream_list
+    configure_prices(upstreams)
     PriceTable().warm()  # the bundled price table loads once, here, not in the first outcome
     listener = ChangeListener(
         dsn=settings.database_url,
@@ -256,7 +259,7 @@ def _serve(settings: AuthzSettings, stop: threading.Event, spool: Spool, replica
         replica=replica,
         on_policy=_adopt(limits),
     )
-    pipeline = Pipeline(cache=cache, hash_key=settings.hash_key, usage=tracker, limits=limits)
+    pipeline = Pipeline(cache=cache, hash_key=settings.hash_key, usage=tracker, limits=limits, upstreams=upstreams)
     #: Set once the first snapshot is in and the meter knows the stored spend: Checks wait for both.
     ready = asyncio.Event()
 

@@ -6,7 +6,7 @@ decode error that would surface as a 503.
 
 Invariants:
 
-* a credential header (``authorization``, ``x-api-key``) sent twice is marked
+* a credential header (``authorization``, ``x-api-key``, ``api-key``, ``x-goog-api-key``) sent twice is marked
   :attr:`GatewayRequest.credential_ambiguous`, never resolved by "last one wins". Raw headers arrive
   one entry per header line for most names (``x-api-key`` sent twice is two entries), but Envoy's
   header map joins repeats of the headers it keeps in a fixed slot, ``authorization`` among them,
@@ -30,8 +30,12 @@ from authz.tokens import TOKEN_PREFIX
 
 _PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 _PREFIX = TOKEN_PREFIX.encode()
-_CREDENTIAL_HEADERS = ("authorization", "x-api-key")
-_WANTED = (*_CREDENTIAL_HEADERS, "content-type", "x-request-id", _PARTIAL_BODY_HEADER)
+#: Where each SDK puts its key: OpenAI, Mistral, Bedrock (its API keys) and MCP ``Authorization``,
+#: Anthropic ``x-api-key``, Azure OpenAI ``api-key``, Gemini ``x-goog-api-key``.
+_CREDENTIAL_HEADERS = ("authorization", "x-api-key", "api-key", "x-goog-api-key")
+#: The API whose SDK sends its key in that header, tried first for requests to it.
+_NATIVE = {"/anthropic/": "x-api-key", "/azure/": "api-key", "/gemini/": "x-goog-api-key"}
+_WANTED = (*_CREDENTIAL_HEADERS, "content-type", "content-length", "x-request-id", _PARTIAL_BODY_HEADER)
 
 
 @dataclass(slots=True)
@@ -43,6 +47,7 @@ class GatewayRequest:
     credential: str | None
     #: The credential header held bytes that are not ASCII.
     credential_unreadable: bool
+    #: The media type lower-cased, its parameters as sent: a multipart boundary is case-sensitive.
     content_type: str
     body: bytes
     body_truncated: bool
@@ -50,6 +55,8 @@ class GatewayRequest:
     credential_ambiguous: bool = False
     #: When Envoy received the request (seconds since the epoch), if it said.
     started: float | None = None
+    #: The declared body size (``content-length``), if the client declared one that is a number.
+    content_length: int | None = None
 
 
 def _bearer(authorization: bytes) -> bytes:
@@ -58,16 +65,18 @@ def _bearer(authorization: bytes) -> bytes:
     return value.strip() if scheme.lower() == b"bearer" else authorization.strip()
 
 
-def _credential_from(path: str, authorization: bytes | None, api_key: bytes | None) -> tuple[str | None, bool]:
+def _credential_from(path: str, presented: dict[str, bytes]) -> tuple[str | None, bool]:
     """Pick the presented PAT. Clients may send a second, provider-style credential alongside it
     (an Anthropic client with a stale ``Authorization`` header, say), so a value with the Keyward
     prefix wins; otherwise the API's native header does (``x-api-key`` for Anthropic)."""
-    from_authorization = _bearer(authorization) if authorization else b""
-    from_api_key = api_key.strip() if api_key else b""
-    native_first = (
-        (from_api_key, from_authorization) if path.startswith("/anthropic/") else (from_authorization, from_api_key)
-    )
-    candidates = [value for value in native_first if value]
+    native = next((header for prefix, header in _NATIVE.items() if path.startswith(prefix)), "authorization")
+    candidates = []
+    for header in (native, *_CREDENTIAL_HEADERS):
+        value = presented.get(header)
+        if value:
+            value = _bearer(value) if header == "authorization" else value.strip()
+            if value:
+                candidates.append(value)
     if not candidates:
         return None, False
     raw = next((value for value in candidates if value.startswith(_PREFIX)), candidates[0])
@@ -92,8 +101,8 @@ def parse(check: CheckRequest) -> GatewayRequest:
         for key in _WANTED:
             if key in http.headers:
                 wanted[key] = http.headers[key].encode()
-    authorization, api_key = wanted.get("authorization"), wanted.get("x-api-key")
-    credential, unreadable = _credential_from(http.path, authorization, api_key)
+    credential, unreadable = _credential_from(http.path, wanted)
+    length = wanted.get("content-length", b"")
     body = http.raw_body or http.body.encode()
     return GatewayRequest(
         request_id=wanted.get("x-request-id", b"").decode("utf-8", "surrogateescape") or http.id
@@ -102,12 +111,20 @@ def parse(check: CheckRequest) -> GatewayRequest:
         path=http.path,
         credential=credential,
         credential_unreadable=unreadable,
-        content_type=wanted.get("content-type", b"").decode("latin-1").lower(),
+        content_type=_content_type(wanted.get("content-type", b"")),
         body=body,
         body_truncated=wanted.get(_PARTIAL_BODY_HEADER) == b"true",
-        credential_ambiguous=repeated or b"," in (authorization or b"") or b"," in (api_key or b""),
+        credential_ambiguous=repeated or any(b"," in wanted.get(header, b"") for header in _CREDENTIAL_HEADERS),
         started=_seconds(check.attributes.request.time),
+        content_length=int(length) if length.isdigit() and len(length) < 19 else None,
     )
+
+
+def _content_type(value: bytes) -> str:
+    """Lower-case the media type only. A boundary lower-cased here would let the gateway read one form
+    while the provider reads another (parts under the real boundary, behind a decoy "preamble")."""
+    media_type, separator, parameters = value.decode("latin-1").partition(";")
+    return media_type.lower() + separator + parameters
 
 
 def _seconds(stamp: Timestamp) -> float | None:

@@ -28,17 +28,25 @@ from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.protobuf.struct_pb2 import Struct
 from google.rpc.status_pb2 import Status
 
-from authz.outcomes import DENIALS, error_body
+from authz.listing import listing
+from authz.outcomes import DENIALS, Outcome, aws_error_type, error_body
 from authz.pipeline import Decision
+from authz.upstreams import ROUTE_HEADER, Api, Upstreams
 
-#: Every header through which a client could present a credential to a provider.
+#: Every header through which a client could present a credential to a provider (an AWS session token
+#: included: Envoy signs Bedrock requests with its own credentials).
 CLIENT_CREDENTIAL_HEADERS = (
     "authorization",
     "x-api-key",
     "api-key",
     "x-goog-api-key",
     "proxy-authorization",
+    "x-amz-security-token",
 )
+
+#: Query parameters through which a client could present a credential (Gemini's ``?key=``, and kin): removed
+#: from every allowed request, so neither a PAT nor a client's own provider key rides to an upstream in a URL.
+CLIENT_CREDENTIAL_PARAMETERS = ("key", "api_key", "api-key", "access_token")
 
 _JSON = HeaderValueOption(header=HeaderValue(key="content-type", value="application/json"))
 STREAM_USAGE_HEADER = "x-keyward-stream-usage"
@@ -62,7 +70,9 @@ def _metadata(decision: Decision) -> Struct:
             fields["team"] = record.team
         if record.project:
             fields["project"] = record.project
-    if decision.api is not None:
+    if decision.upstream is not None:
+        fields["provider"] = decision.upstream
+    elif decision.api is not None:
         fields["provider"] = decision.api.value
     if decision.model is not None:
         fields["model"] = decision.model
@@ -85,17 +95,27 @@ def _limit(decision: Decision) -> dict | None:
     return found
 
 
-def build(decision: Decision, request_id: str) -> CheckResponse:
+def build(decision: Decision, request_id: str, upstreams: Upstreams | None = None) -> CheckResponse:
+    if decision.outcome is Outcome.ANSWERED:
+        return _listing(decision, upstreams)
     if decision.allowed:
-        ok = OkHttpResponse(headers_to_remove=CLIENT_CREDENTIAL_HEADERS)
+        ok = OkHttpResponse(headers_to_remove=CLIENT_CREDENTIAL_HEADERS,
+                            query_parameters_to_remove=CLIENT_CREDENTIAL_PARAMETERS)
+        if decision.upstream is not None:
+            ok.headers.append(HeaderValueOption(header=HeaderValue(key=ROUTE_HEADER, value=decision.upstream),
+                                                append_action=HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
         if decision.headers:
             ok.response_headers_to_add.extend(_headers(decision.headers))
         if decision.stream_usage:
             ok.headers.append(_STREAM_USAGE)
         return CheckResponse(status=Status(code=0), ok_response=ok, dynamic_metadata=_metadata(decision))
     denial = DENIALS[decision.outcome]
-    body = json.dumps(error_body(decision.outcome, decision.api, request_id, decision.detail, _limit(decision)))
+    body = json.dumps(error_body(decision.outcome, decision.api, request_id, decision.detail, _limit(decision),
+                                 decision.rpc_id, decision.rpc_code))
     headers = [_JSON]
+    if decision.api is Api.BEDROCK:
+        headers.append(HeaderValueOption(header=HeaderValue(key="x-amzn-errortype",
+                                                            value=aws_error_type(decision.outcome))))
     if denial.http_status == 401:
         headers.append(_WWW_AUTHENTICATE)
     if decision.hit is not None:
@@ -110,5 +130,18 @@ def build(decision: Decision, request_id: str) -> CheckResponse:
             headers=headers,
             body=body,
         ),
+        dynamic_metadata=_metadata(decision),
+    )
+
+
+def _listing(decision: Decision, upstreams: Upstreams | None) -> CheckResponse:
+    """``GET …/models`` answered here, from the token's catalog (:mod:`authz.listing`): Envoy sends the
+    body as the reply (a denied response with status 200; the audit log records it as allowed)."""
+    assert decision.api is not None and decision.record is not None
+    body = listing(decision.record, decision.api, upstreams if upstreams is not None else Upstreams.parse(None))
+    headers = [_JSON, *_headers(decision.headers)]
+    return CheckResponse(
+        status=Status(code=7, message="answered by the gateway"),
+        denied_response=DeniedHttpResponse(status=HttpStatus(code=200), headers=headers, body=body.decode()),
         dynamic_metadata=_metadata(decision),
     )

@@ -78,7 +78,7 @@ class AuthorizationServicer:
             if traced is not None:
                 traced.end(decision, gateway_request)
         self._counters[decision.outcome].inc()
-        response = response_codec.build(decision, gateway_request.request_id)
+        response = response_codec.build(decision, gateway_request.request_id, self._pipeline.upstreams)
         self._durations[decision.outcome].observe(time.perf_counter() - started)
         return response
 

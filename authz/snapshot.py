@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from authz.cache import NO_PROFILE, Interner, ProfileCatalog, TokenRecord, revoked_key
+from authz.cache import NO_PROFILE, Interner, ProfileCatalog, TokenRecord, family_set, revoked_key
 from authz.limits import Policy, defaults_from, policy_from
+from authz.mcp import ToolCatalog
 from authz.prices import Override, PriceTable
 
 #: One row per token with everything a Check needs: the owner's state (a user or a service account),
@@ -39,7 +40,8 @@ RECORD_SELECT = """
                 WHEN t.user_id IS NOT NULL THEN m.user_id IS NOT NULL
                 ELSE sa.team_id = t.team_id END AS member,
            t.team_id::text AS team_id, t.service_account_id::text AS service_account_id,
-           t.project_id::text AS project_id, pj.name AS project
+           t.project_id::text AS project_id, pj.name AS project,
+           p.endpoints AS profile_endpoints, p.tools::text AS profile_tools, t.endpoints AS token_endpoints
 """
 #: The tables :data:`RECORD_SELECT` reads, with its aliases (``t``, ``m``, ``u``, ``sa``, ``tm``, ``p``, ``pj``).
 RECORD_FROM = """
@@ -74,11 +76,15 @@ AFFECTED_KINDS = tuple(_AFFECTED_SQL)
 
 
 def _compile_profile(row: asyncpg.Record) -> ProfileCatalog:
-    entries = [(e["provider"], e["pattern"], tuple(e["environments"]) if e.get("environments") else None)
+    entries = [(e["provider"], e["pattern"], tuple(e["environments"]) if e.get("environments") else None,
+                e.get("upstream") or None)
                for e in json.loads(row["catalog"])]
     budgets, rate_limits = defaults_from(json.loads(row["budget_defaults"] or "{}"),
                                          json.loads(row["rate_limit_defaults"] or "{}"))
-    return ProfileCatalog(entries, row["profile_environments"], budgets, rate_limits)
+    tools = json.loads(row["profile_tools"] or "[]")
+    return ProfileCatalog(entries, row["profile_environments"], budgets, rate_limits,
+                          families=family_set(row["profile_endpoints"] or ()),
+                          tools=ToolCatalog([(t["server"], t["tools"]) for t in tools]) if tools else None)
 
 
 def _profile(row: asyncpg.Record, interner: Interner) -> ProfileCatalog | None:
@@ -111,6 +117,7 @@ def record_from_row(row: asyncpg.Record, interner: Interner) -> TokenRecord:
         owner_id=interner.text(account) if account else row["user_id"],
         project_id=interner.text(row["project_id"]),
         project=interner.text(row["project"]),
+        families=interner.families(row["token_endpoints"]),
     )
 
 

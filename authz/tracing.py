@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from authz.audit.records import seconds_of
-from authz.routes import Api, match
+from authz.routes import Family, ModelSource, match
 
 if TYPE_CHECKING:
     from contextvars import Token
@@ -67,11 +67,11 @@ _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 #: ``gen_ai.operation.name`` by (API, endpoint); other endpoints (listing models, counting tokens,
 #: moderation) are no GenAI operation and get no GenAI span.
 _OPERATIONS = {
-    (Api.OPENAI, "chat/completions"): "chat",
-    (Api.OPENAI, "responses"): "chat",
-    (Api.OPENAI, "completions"): "text_completion",
-    (Api.OPENAI, "embeddings"): "embeddings",
-    (Api.ANTHROPIC, "messages"): "chat",
+    Family.CHAT: "chat",
+    Family.RESPONSES: "chat",
+    Family.COMPLETIONS: "text_completion",
+    Family.EMBEDDINGS: "embeddings",
+    Family.TOOLS: "execute_tool",
 }
 
 
@@ -179,11 +179,11 @@ class Tracing:
         if parent is None or parent is _UNSAMPLED:
             return  # no trace to join, or one that is not recorded
         provider, model = _text(document.get("provider")), _text(document.get("model"))
-        endpoint, _ = match(_text(document.get("method")) or "", _text(document.get("route")) or "")
-        if endpoint is None or provider is None:
+        found = match(_text(document.get("method")) or "", _text(document.get("route")) or "")
+        if found is None or provider is None:
             return
-        operation = _OPERATIONS.get((endpoint.api, (line.get("route") or "").split("/v1/", 1)[-1].rstrip("/")))
-        if operation is None:
+        operation = _OPERATIONS.get(found.endpoint.family)
+        if operation is None or found.endpoint.model_source is ModelSource.NONE:
             return
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": operation, "gen_ai.provider.name": provider, "gen_ai.system": provider,

@@ -73,6 +73,9 @@ class Code(enum.StrEnum):
     PROFILE_NOT_FOUND = "profile_not_found"
     PROFILE_EXISTS = "profile_exists"
     PROFILE_DAYS = "profile_days"
+    UPSTREAM_UNKNOWN = "upstream_unknown"
+    UPSTREAM_WRONG_API = "upstream_wrong_api"
+    MCP_SERVER_UNKNOWN = "mcp_server_unknown"
     SERVICE_ACCOUNT_NOT_FOUND = "service_account_not_found"
     SERVICE_ACCOUNT_EXISTS = "service_account_exists"
     SERVICE_ACCOUNT_DISABLED = "service_account_disabled"
@@ -92,6 +95,7 @@ class Code(enum.StrEnum):
     ENVIRONMENT_NOT_ALLOWED = "environment_not_allowed"
     LIFETIME_TOO_LONG = "lifetime_too_long"
     MODEL_NOT_IN_PROFILE = "model_not_in_profile"
+    ENDPOINT_NOT_IN_PROFILE = "endpoint_not_in_profile"
     WIDENING_REQUIRES_NEW_TOKEN = "widening_requires_new_token"
     # spend policy: projects, budgets, rate limits
     PROJECT_NOT_FOUND = "project_not_found"

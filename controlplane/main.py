@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from authz import prices as price_table
 from authz.config import asyncpg_dsn
 from controlplane import errors, metrics, tracing
 from controlplane.api.routes import (
@@ -249,6 +250,9 @@ def create_app() -> FastAPI:
     # own lines too (controlplane.logging).
     configure_logging(settings.log_level)
     signing.install(signing.Signer(settings.audit_signing_key))
+    # Spend reports and budgets price an upstream's models under its kind's provider (an Azure upstream's
+    # under azure), as authz does when it meters them.
+    price_table.configure(settings.upstream_list)
     app = FastAPI(
         title="Keyward control plane",
         version="0.1.0",

@@ -82,6 +82,10 @@ class AccessProfile(Base):
     #: How often its tokens must be rotated (days); opt-in: revoke them this long past it.
     rotation_days: Mapped[int | None] = mapped_column(Integer)
     rotation_disable_days: Mapped[int | None] = mapped_column(Integer)
+    #: The endpoint families (:class:`authz.routes.Family` values) its teams' tokens may call.
+    endpoints: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    #: The MCP tool catalog: ``[{"server": <MCP upstream>, "tools": <tool name or shell-style pattern>}]``.
+    tools: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
@@ -197,6 +201,8 @@ class Token(Base):
     secret_location: Mapped[str | None] = mapped_column(String(32))
     #: For a personal token: who answers for it when its owner cannot.
     backup_owner_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("users.id"))
+    #: Its own narrowing of its profile's endpoint families; NULL: the profile's, whatever they become.
+    endpoints: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
 
 
 class Event(Base):

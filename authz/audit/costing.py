@@ -22,6 +22,7 @@ from typing import Any
 from authz.audit.records import seconds_of, storable
 from authz.cache import TokenCache
 from authz.metrics import gen_ai_labels, observe_gen_ai
+from authz.outcomes import Outcome
 from authz.pipeline import Limits
 from authz.prices import UNPRICED, usage_of
 from authz.routes import match
@@ -46,6 +47,9 @@ class Costing:
     def annotate(self, line: dict[str, Any], document: dict[str, Any]) -> None:
         """Add the request's cost and spend dimensions to its outcome ``line`` (from Envoy's ``document``)."""
         token_id = _text(document.get("token_id"))
+        if document.get("decision") == Outcome.ANSWERED.value:  # the gateway answered: nothing was spent
+            line.update(cost_usd="0", cost_input_usd="0", cost_cached_usd="0", cost_output_usd="0")
+            return
         if token_id is None or document.get("decision") != "allowed":
             return  # refused, or answered without a decision: nothing reached a provider on its behalf
         # Client-chosen text (the model) is made storable like every other: one hostile name must not
@@ -57,8 +61,8 @@ class Costing:
             spend.update(owner_type=record.owner_type, owner_id=record.owner_id, team_id=record.team_id,
                          project_id=record.project_id, environment=record.environment)
         line["spend"] = spend
-        endpoint, _ = match(_text(document.get("method")) or "", _text(document.get("route")) or "")
-        if line["upstream_status"] is None or endpoint is None or endpoint.free:
+        found = match(_text(document.get("method")) or "", _text(document.get("route")) or "")
+        if line["upstream_status"] is None or found is None or found.endpoint.free:
             line.update(cost_usd="0", cost_input_usd="0", cost_cached_usd="0", cost_output_usd="0")
             spend.update(input_tokens=0, cached_tokens=0, output_tokens=0, cost_usd=0.0)
             return

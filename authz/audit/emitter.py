@@ -54,7 +54,8 @@ class AuditEmitter:
         if self._late is not None and self._late(request.started):
             LATE_CHECKS.inc()
             return decision
-        status = None if decision.allowed else DENIALS[decision.outcome].http_status
+        status = None if decision.allowed else 200 if decision.outcome is Outcome.ANSWERED \
+            else DENIALS[decision.outcome].http_status
         try:
             self._spool.append(decision_line(decision, request, self._clock(), status))
         except OSError as exc:

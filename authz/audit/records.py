@@ -100,7 +100,8 @@ def decision_line(decision: Decision, request: GatewayRequest, at: float, status
         "user_email": record.user_email if record else None,
         "team": record.team if record else None,
         "environment": record.environment if record else None,
-        "provider": decision.api.value if decision.api else None,
+        # The upstream the request went to (``azure-east`` for a routed OpenAI call), else the API it named.
+        "provider": decision.upstream or (decision.api.value if decision.api else None),
         "method": method,
         "route": route,
         "model": model,

@@ -5,7 +5,7 @@ makes a self-hosted model free from now on."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 
@@ -14,7 +14,8 @@ from controlplane.cli.options import AllPages, CursorOpt, JsonOut, PageSize
 from controlplane.cli.output import Columns, at, key, print_json, render_table, say, show_page, show_record
 
 app = typer.Typer(help="Prices: what each model costs, and admins' overrides.", no_args_is_help=True)
-Provider = Literal["openai", "anthropic"]
+#: A configured upstream's name (openai, anthropic, azure-east, …): the API refuses others.
+Provider = str
 
 COLUMNS: Columns = [("PROVIDER", key("provider")), ("MODEL", key("model")), ("SOURCE", key("source")),
                     ("INPUT /MTOK", key("input_per_mtok")), ("CACHED /MTOK", key("cached_input_per_mtok")),

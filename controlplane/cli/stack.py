@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from authz.upstreams import Api
 from controlplane.cli.output import out
 
 if TYPE_CHECKING:
@@ -48,16 +49,25 @@ def _banner(info: StackInfo, settings: StackSettings, link: str) -> str:
         if info.admin_token_is_new
         else f"from KEYWARD_ADMIN_TOKEN or {settings.data_dir / 'secrets/admin_token'}"
     )
+    names = ("openai", "anthropic", *(u.name for u in settings.extra_upstreams()))
     providers = ", ".join(
         f"{name}: {'mock ' + (info.mock_url or '') if name in info.mocked else 'real (key in Envoy secret)'}"
-        for name in ("openai", "anthropic")
+        for name in names
     )
+    bases = {Api.AZURE: 'AzureOpenAI: azure_endpoint="{}/azure"', Api.GEMINI: 'google-genai: base_url="{}/gemini"',
+             Api.BEDROCK: 'AnthropicBedrock / boto3: base_url / endpoint_url="{}/bedrock"',
+             Api.MISTRAL: 'Mistral SDK:  server_url="{}/mistral"'}
+    served = {api for u in settings.extra_upstreams() for api in u.apis}
+    more = "".join(f"\n                 {line.format(info.gateway_url)}"
+                   for api, line in bases.items() if api in served)
+    more += "".join(f'\n                 MCP server {u.name}: "{info.gateway_url}/mcp/{u.name}"'
+                    for u in settings.extra_upstreams() if Api.MCP in u.apis)
     api = info.api_url
     return f"""Keyward is up.
 
   Gateway      {info.gateway_url}
                  OpenAI SDK:    base_url="{info.gateway_url}/openai/v1"
-                 Anthropic SDK: base_url="{info.gateway_url}/anthropic"
+                 Anthropic SDK: base_url="{info.gateway_url}/anthropic"{more}
   Console      {link}
   Admin API    {api}/api/v1   (OpenAPI docs: {api}/docs)
   Admin token  {token_line}

@@ -28,10 +28,13 @@ from controlplane.cli.output import (
 )
 from controlplane.cli.register import ClearOpt, LocationOpt, PurposeOpt, WorkloadOpt, register_fields
 from controlplane.cli.scopes import project_id
-from controlplane.cli.vocabulary import SERVICE_ACCOUNTS, TEAMS, USERS, Env
+from controlplane.cli.vocabulary import FAMILIES, SERVICE_ACCOUNTS, TEAMS, USERS, Env, parse_endpoints
 
 app = typer.Typer(help="Personal access tokens: mint, list, narrow, rotate, revoke.", no_args_is_help=True)
 TokenId = Annotated[str, typer.Argument(help="Token id.", metavar="TOKEN_ID")]
+EndpointsOpt = Annotated[list[str] | None, typer.Option(
+    "--endpoints", help=f"Narrow to these endpoint families, comma-separated (of {', '.join(FAMILIES)}; each one the "
+                        "team's profile allows). Default: the profile's, as they change.")]
 TokenSort = Literal["created_at", "-created_at", "last_used_at", "-last_used_at", "expires_at", "-expires_at",
                     "name", "-name"]
 
@@ -67,6 +70,7 @@ def tokens_mint(
     env: Annotated[Env, typer.Option(help="Token environment.")] = Env.dev,
     models: Annotated[list[str] | None, typer.Option(
         "--model", help="Narrow to these models or patterns, repeatable (default: all the profile offers).")] = None,
+    endpoints: EndpointsOpt = None,
     scopes: Annotated[list[str] | None, typer.Option("--scope", help="Scope, repeatable.")] = None,
     expires_in_days: Annotated[int | None, typer.Option(min=1, help="Default: the profile's default.")] = None,
     quiet: QuietOpt = False,
@@ -80,7 +84,8 @@ def tokens_mint(
                    service_account_id=api.id_of(SERVICE_ACCOUNTS, service_account) if service_account else None,
                    team_id=api.id_of(TEAMS, team) if team else None,
                    project_id=project_id(api, project, team) if project else None, name=name, environment=str(env),
-                   models=models or None, scopes=scopes or None, expires_in_days=expires_in_days)
+                   models=models or None, endpoints=parse_endpoints(endpoints), scopes=scopes or None,
+                   expires_in_days=expires_in_days)
     issued = api.post("/tokens", body)
     show_secret(issued, as_json, quiet, _summary(api, "Minted token", issued))
 
@@ -174,21 +179,27 @@ def tokens_narrow(
     token_id: TokenId,
     models: Annotated[list[str] | None, typer.Option("--model", help="The new, narrower model list, "
                                                                      "repeatable.")] = None,
+    endpoints: Annotated[list[str] | None, typer.Option(
+        "--endpoints", help="The new, narrower endpoint families, comma-separated: each one the token may call "
+                            "now.")] = None,
     expires_at: Annotated[datetime | None, typer.Option(help="An earlier expiry (UTC unless an offset is "
                                                              "given).")] = None,
     expires_in_days: Annotated[float | None, typer.Option(min=0, help="An earlier expiry, from now.")] = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Narrow a live token in place (fewer models, an earlier expiry); widening needs a new token."""
+    """Narrow a live token in place (fewer models or endpoint families, an earlier expiry); widening needs a
+    new token."""
     if expires_at and expires_in_days is not None:
         usage("give --expires-at or --expires-in-days, not both")
     if expires_in_days is not None:
         expires_at = datetime.now(UTC) + timedelta(days=expires_in_days)
     if expires_at and expires_at.tzinfo is None:
         expires_at = expires_at.replace(tzinfo=UTC)
-    body = payload(models=models or None, expires_at=expires_at.isoformat() if expires_at else None)
+    body = payload(models=models or None, endpoints=parse_endpoints(endpoints),
+                   expires_at=expires_at.isoformat() if expires_at else None)
     if not body:
-        usage("nothing to narrow: give --model or an earlier expiry")
+        usage("nothing to narrow: give --model, --endpoints or an earlier expiry")
     token = connect().patch(f"/tokens/{token_id}", body)
+    families = cell(token["endpoints"]) if token.get("endpoints") is not None else "the profile's"
     done(as_json, token, f"Narrowed token {token['name']} ({token['hint']}): models "
-                         f"{cell(token['models'])}, expires {when(token['expires_at'])}.")
+                         f"{cell(token['models'])}, endpoints {families}, expires {when(token['expires_at'])}.")

@@ -1,5 +1,5 @@
-"""The API's words as the CLI knows them: environments, roles, providers, the catalog-entry syntax, and
-the resources a command may name by email or name.
+"""The API's words as the CLI knows them: environments, roles, providers, endpoint families, the
+catalog-entry and tool-entry syntaxes, and the resources a command may name by email or name.
 
 The enums repeat :mod:`controlplane.schemas` so the CLI starts without importing pydantic;
 tests/e2e/test_cli.py checks they still match.
@@ -28,31 +28,77 @@ class Role(StrEnum):
     owner = "owner"
 
 
-PROVIDERS = ("openai", "anthropic", "*")
+PROVIDERS = ("openai", "anthropic", "azure", "gemini", "bedrock", "mistral", "*")
+
+#: The endpoint families a profile allows and a token narrows (authz.routes.Family).
+FAMILIES = ("chat", "responses", "completions", "embeddings", "moderations", "images", "audio", "files", "batches",
+            "models", "count_tokens", "tools")
+
+MODEL_SYNTAX = "PROVIDER:PATTERN[@env1,env2][=UPSTREAM]"
 
 
 def parse_model(spec: str) -> dict[str, Any]:
-    """``PROVIDER:PATTERN[@env1,env2]`` → a catalog entry. The ``@…`` suffix is read as environments
-    only when each item is one (a model name may contain ``@``).
+    """``PROVIDER:PATTERN[@env1,env2][=UPSTREAM]`` → a catalog entry. ``=UPSTREAM`` names the configured
+    upstream that serves the models (no model name contains ``=``). The ``@…`` suffix is read as
+    environments only when each item is one (a model name may contain ``@``).
 
     >>> parse_model("anthropic:claude-*@dev,ci")
     {'provider': 'anthropic', 'pattern': 'claude-*', 'environments': ['dev', 'ci']}
+    >>> parse_model("openai:gpt-4o*@prod=azure-east")
+    {'provider': 'openai', 'pattern': 'gpt-4o*', 'environments': ['prod'], 'upstream': 'azure-east'}
     """
     provider, sep, rest = spec.partition(":")
-    if not sep or provider not in PROVIDERS or not rest:
-        usage(f"--model {spec!r}: expected PROVIDER:PATTERN[@env1,env2] with PROVIDER one of "
-              f"{', '.join(PROVIDERS)} (e.g. openai:gpt-4o* or anthropic:claude-*@dev,ci)")
+    rest, equals, upstream = rest.partition("=")
+    if not sep or provider not in PROVIDERS or not rest or (equals and not upstream):
+        usage(f"--model {spec!r}: expected {MODEL_SYNTAX} with PROVIDER one of {', '.join(PROVIDERS)} "
+              "(e.g. openai:gpt-4o*, anthropic:claude-*@dev,ci or openai:gpt-4o=azure-east)")
+    routed = {"upstream": upstream} if equals else {}
     pattern, at_sign, envs = rest.rpartition("@")
     names = envs.split(",")
     if at_sign and pattern and all(name in Env.__members__ for name in names):
-        return {"provider": provider, "pattern": pattern, "environments": names}
-    return {"provider": provider, "pattern": rest}
+        return {"provider": provider, "pattern": pattern, "environments": names, **routed}
+    return {"provider": provider, "pattern": rest, **routed}
 
 
 def model_spec(entry: dict[str, Any]) -> str:
-    """A catalog entry back in the ``PROVIDER:PATTERN[@env1,env2]`` syntax."""
-    envs = entry.get("environments")
-    return f"{entry.get('provider')}:{entry.get('pattern')}" + (f"@{','.join(envs)}" if envs else "")
+    """A catalog entry back in the ``PROVIDER:PATTERN[@env1,env2][=UPSTREAM]`` syntax."""
+    envs, upstream = entry.get("environments"), entry.get("upstream")
+    return (f"{entry.get('provider')}:{entry.get('pattern')}" + (f"@{','.join(envs)}" if envs else "")
+            + (f"={upstream}" if upstream else ""))
+
+
+def parse_tool(spec: str) -> dict[str, str]:
+    """``SERVER:PATTERN`` → a tool-catalog entry: the MCP server's upstream name, a tool name or pattern.
+
+    >>> parse_tool("docs:search_*")
+    {'server': 'docs', 'tools': 'search_*'}
+    """
+    server, sep, tools = spec.partition(":")
+    if not sep or not server or not tools:
+        usage(f"--tool {spec!r}: expected SERVER:PATTERN, an MCP server and a tool name or pattern "
+              "(e.g. docs:search_* or github:*)")
+    return {"server": server, "tools": tools}
+
+
+def tool_spec(entry: dict[str, Any]) -> str:
+    return f"{entry.get('server')}:{entry.get('tools')}"
+
+
+def parse_endpoints(specs: list[str] | None) -> list[str] | None:
+    """``--endpoints chat,embeddings`` (repeatable) → the families, each once, in the order given; None
+    when none is given.
+
+    >>> parse_endpoints(["chat,embeddings", "tools"])
+    ['chat', 'embeddings', 'tools']
+    """
+    if not specs:
+        return None
+    names = [name.strip() for spec in specs for name in spec.split(",") if name.strip()]
+    unknown = [name for name in names if name not in FAMILIES]
+    if unknown or not names:
+        usage(f"--endpoints {','.join(specs)!r}: expected comma-separated endpoint families, of "
+              f"{', '.join(FAMILIES)}")
+    return list(dict.fromkeys(names))
 
 
 SCOPES = ("token", "user", "service_account", "project", "team")

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Shared with authz, which must not import control-plane code: one definition of each rule.
 from authz.config import check_otlp_endpoint, sqlalchemy_url
 from authz.tokens import check_hash_key
+from authz.upstreams import Upstreams
 from controlplane.core.keys import check_private_key
 
 
@@ -99,6 +100,9 @@ class Settings(OidcSettings, BaseSettings):
     #: collector, ``http(s)://host:port``; unset or empty: off. Sampling as authz's.
     otlp_endpoint: str | None = None
     trace_sample_ratio: float = Field(default=1.0, ge=0, le=1)
+    #: The operator's upstreams (:mod:`authz.upstreams`: JSON names, kinds and URLs, never a key), as authz
+    #: and Envoy get them: catalog entries and MCP tool entries may only name these.
+    upstreams: str | None = None
 
     #: Signs the short-lived sign-in state cookie and derives CSRF tokens (the runner generates one).
     session_secret: str | None = Field(default=None, min_length=32)
@@ -114,6 +118,12 @@ class Settings(OidcSettings, BaseSettings):
     @classmethod
     def _otlp_endpoint(cls, value: str | None) -> str | None:
         return check_otlp_endpoint(value)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _upstreams(cls, value: str | None) -> str | None:
+        Upstreams.parse(value)
+        return value
 
     @field_validator("token_hash_key")
     @classmethod
@@ -150,6 +160,12 @@ class Settings(OidcSettings, BaseSettings):
         raw = {"admin": self.oidc_admin_groups, "auditor": self.oidc_auditor_groups,
                "finance": self.oidc_finance_groups}[role]
         return {group.strip() for group in raw.split(",") if group.strip()}
+
+    @property
+    def upstream_list(self) -> Upstreams:
+        """The configured upstreams (``openai`` and ``anthropic`` always among them). Only names, kinds and
+        the APIs they serve matter here: the URLs of the two built-in ones are Envoy's business."""
+        return Upstreams.parse(self.upstreams)
 
     @property
     def hash_key(self) -> bytes:

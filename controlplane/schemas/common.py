@@ -6,7 +6,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from authz.routes import Family
 
 UserStatus = Literal["active", "suspended", "deprovisioned"]
 
@@ -49,7 +51,29 @@ class Page(BaseModel, Generic[T]):
     next_cursor: str | None = Field(description="Pass as ?cursor= to get the next page; null on the last page.")
 
 
-Provider = Literal["openai", "anthropic", "*"]
+#: The API a catalog entry applies to: each model API the gateway speaks (:class:`authz.upstreams.Api`, MCP
+#: aside: tools have a catalog of their own), or ``*`` for all of them.
+Provider = Literal["openai", "anthropic", "azure", "gemini", "bedrock", "mistral", "*"]
+
+#: The name of a configured upstream (``KEYWARD_UPSTREAMS``, plus the built-in ``openai`` and ``anthropic``), by
+#: :data:`authz.upstreams.NAME`'s rule, restated for pydantic's regex engine (``$`` ends the text there).
+UpstreamName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")]
+
+
+def _unique(families: list[Family]) -> list[Family]:
+    repeated = sorted({f.value for f in families if families.count(f) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} given more than once")
+    return families
+
+
+#: A list of endpoint families (chat, embeddings, files, batches, tools, …), each at most once.
+Families = Annotated[list[Family], Field(min_length=1, max_length=len(Family)), AfterValidator(_unique)]
+
+
+def family_values(families: list[Family]) -> list[str]:
+    """Families as stored: their names, in one order (so equal sets are equal lists, in rows and events)."""
+    return sorted(f.value for f in families)
 
 Role = Literal["admin", "auditor", "finance", "owner"]
 

@@ -8,9 +8,11 @@ from typing import Annotated, Literal
 
 from pydantic import EmailStr, Field, StringConstraints, model_validator
 
+from authz.routes import DEFAULT_FAMILIES
 from controlplane.schemas.common import (
     BudgetDefaults,
     Environment,
+    Families,
     Input,
     MemberRole,
     ModelPattern,
@@ -19,6 +21,7 @@ from controlplane.schemas.common import (
     Provider,
     RateLimitDefaults,
     RevocationStatus,
+    UpstreamName,
     UserStatus,
 )
 from controlplane.schemas.register import EmploymentType, Purpose, Workload
@@ -55,11 +58,39 @@ class UserPublic(Output):
 
 
 class CatalogEntry(Input):
-    provider: Provider = Field(description="'*' for every provider.")
+    """Models a profile offers through one API. Stored as given, and without ``upstream`` when it has none,
+    so entries that name no upstream keep the shape they always had."""
+
+    provider: Provider = Field(description="The API clients call these models through (openai, anthropic, azure, "
+                                           "gemini, bedrock, mistral); '*' for every one.")
     pattern: ModelPattern
     environments: list[Environment] | None = Field(
         default=None, description="Token environments that may use these models; null: all the profile allows."
     )
+    upstream: UpstreamName | None = Field(
+        default=None, exclude_if=lambda value: value is None,
+        description="The configured upstream that serves these models (e.g. an Azure OpenAI resource behind the "
+                    "OpenAI API); it must serve the entry's API (for '*', some model API). Null: the API's default "
+                    "upstream.")
+
+
+#: The most tool entries a profile holds (as many as catalog entries).
+MAX_TOOL_ENTRIES = 500
+
+
+class ToolEntry(Input):
+    """MCP tools a profile offers on one server."""
+
+    server: UpstreamName = Field(description="A configured upstream of kind mcp (reached at /mcp/<server>).")
+    tools: ModelPattern = Field(description="A tool name, or a shell-style pattern of them (search_*, or * for "
+                                            "every tool the server has, now and later).")
+
+
+_ENDPOINTS_HELP = ("The endpoint families its teams' tokens may call: chat, responses, completions, embeddings, "
+                   "moderations, images, audio, files, batches, models, count_tokens, tools. Files, batches and "
+                   "tools (MCP servers) are granted by name only.")
+_TOOLS_HELP = (f"The MCP tool catalog (at most {MAX_TOOL_ENTRIES} entries). It takes effect only with the 'tools' "
+               "endpoint family: without it, tokens reach no MCP server whatever this lists.")
 
 
 class ProfileCreate(Input):
@@ -79,6 +110,9 @@ class ProfileCreate(Input):
     rotation_disable_days: int | None = Field(
         default=None, gt=0, le=3650, description="Opt-in, with rotation_days: revoke tokens this many days past "
                                                  "their rotation due date.")
+    endpoints: Families = Field(default_factory=lambda: sorted(DEFAULT_FAMILIES, key=lambda f: f.value),
+                                description=_ENDPOINTS_HELP + " Default: every family that acts on one model.")
+    tools: list[ToolEntry] = Field(default_factory=list, max_length=MAX_TOOL_ENTRIES, description=_TOOLS_HELP)
 
     @model_validator(mode="after")
     def _lifetimes(self) -> ProfileCreate:
@@ -89,7 +123,7 @@ class ProfileCreate(Input):
 
 class ProfileUpdate(Input):
     _not_null = ("name", "catalog", "environments", "default_token_days", "max_token_days", "budget_defaults",
-                 "rate_limit_defaults")
+                 "rate_limit_defaults", "endpoints", "tools")
 
     name: Name | None = None
     description: Annotated[str, StringConstraints(max_length=2000)] | None = None
@@ -102,6 +136,9 @@ class ProfileUpdate(Input):
     rate_limit_defaults: RateLimitDefaults | None = None
     rotation_days: int | None = Field(default=None, gt=0, le=3650)
     rotation_disable_days: int | None = Field(default=None, gt=0, le=3650)
+    endpoints: Families | None = Field(default=None, description=_ENDPOINTS_HELP + " Replaces the whole list.")
+    tools: list[ToolEntry] | None = Field(default=None, max_length=MAX_TOOL_ENTRIES,
+                                          description=_TOOLS_HELP + " Replaces the whole list.")
 
 
 class ProfilePublic(Output):
@@ -117,6 +154,9 @@ class ProfilePublic(Output):
     rate_limit_defaults: dict
     rotation_days: int | None = None
     rotation_disable_days: int | None = None
+    endpoints: list[str] = Field(description="The endpoint families its teams' tokens may call.")
+    tools: list[dict] = Field(description="The MCP tool catalog: {server, tools} entries; used only with the "
+                                          "'tools' family.")
     created_at: datetime
     updated_at: datetime
 

@@ -35,8 +35,9 @@ ProjectStatus = Literal["open", "closed"]
 #: (Python, PostgreSQL, the price table) can compute with.
 Moment = Annotated[AwareDatetime, Field(ge=datetime(2000, 1, 1, tzinfo=UTC), lt=datetime(3000, 1, 1, tzinfo=UTC))]
 
-#: A provider a request is priced for (a catalog's ``*`` is no provider of its own).
-PricedProvider = Literal["openai", "anthropic"]
+#: A provider a request is priced for: a configured upstream's name (``openai``, ``anthropic``, ``azure-east``,
+#: a vLLM server's; a catalog's ``*`` is no provider of its own).
+PricedProvider = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$")]
 
 #: An exact model name as the provider reports it (no pattern characters).
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:/@-]+$")]

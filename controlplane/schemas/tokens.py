@@ -8,7 +8,16 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, computed_field, model_validator
 
-from controlplane.schemas.common import Environment, Input, ModelPattern, Name, Output, Reason, RevocationStatus
+from controlplane.schemas.common import (
+    Environment,
+    Families,
+    Input,
+    ModelPattern,
+    Name,
+    Output,
+    Reason,
+    RevocationStatus,
+)
 from controlplane.schemas.identities import UserPublic
 from controlplane.schemas.register import Purpose, SecretLocation, Workload
 
@@ -33,6 +42,9 @@ class TokenCreate(Input):
         max_length=200,
         description="Narrows the team profile's catalog (names or shell-style patterns); ['*'] keeps all of it.",
     )
+    endpoints: Families | None = Field(
+        default=None, description="Narrows the team profile's endpoint families (each must be one the profile "
+                                  "allows); null: the profile's, as they are now and as they change.")
     scopes: list[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.:-]{0,63}$")]] = Field(
         default_factory=list, max_length=50
     )
@@ -55,13 +67,18 @@ class TokenCreate(Input):
 class TokenNarrow(Input):
     """Narrow a live token without re-issuing it. Widening needs a new token."""
 
+    # Null endpoints would mean "the profile's, whatever they become": a widening, not a narrowing.
+    _not_null = ("endpoints",)
+
     models: list[ModelPattern] | None = Field(default=None, min_length=1, max_length=200)
+    endpoints: Families | None = Field(
+        default=None, description="A narrower list of endpoint families: each must be one the token may call now.")
     expires_at: AwareDatetime | None = None
 
 
 class TokenUpdate(TokenNarrow):
-    """Narrow a live token (``models``, ``expires_at``) and/or set its register fields; null clears a
-    register field."""
+    """Narrow a live token (``models``, ``endpoints``, ``expires_at``) and/or set its register fields; null
+    clears a register field."""
 
     purpose: Purpose | None = None
     workload: Workload | None = None
@@ -100,6 +117,8 @@ class TokenPublic(Output):
     project_id: uuid.UUID | None
     environment: Environment
     models: list[str]
+    endpoints: list[str] | None = Field(default=None, description="Its own narrowing of the profile's endpoint "
+                                                                  "families; null: the profile's.")
     scopes: list[str]
     created_at: datetime
     created_by: str
@@ -154,6 +173,8 @@ class MyTokenCreate(BaseModel):
     environment: Environment = "dev"
     models: list[ModelPattern] = Field(default_factory=lambda: ["*"], min_length=1, max_length=200,
                                                description="Narrows the team profile's catalog; ['*'] keeps it.")
+    endpoints: Families | None = Field(default=None, description="Narrows the team profile's endpoint families "
+                                                                 "(e.g. ['chat', 'embeddings']); null keeps them.")
     expires_in_days: int | None = Field(default=None, gt=0, le=3650,
                                         description="Defaults to the profile's default lifetime; at most its maximum.")
 

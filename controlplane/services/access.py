@@ -18,7 +18,6 @@ answer for a model, so each such group is asked once.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections import defaultdict
@@ -36,15 +35,27 @@ from authz.cache import Interner, TokenRecord
 from authz.limits import DAY
 from authz.meter import Hit, Meter
 from authz.outcomes import DENIALS, Outcome
-from authz.pipeline import Limits, judge, token_refusal
+from authz.pipeline import Limits, families_of, judge, token_refusal
+from authz.prices import bundled_provider
 from authz.request import GatewayRequest
-from authz.routes import Api
+from authz.routes import Family, probe
 from authz.snapshot import RECORD_FROM, RECORD_SELECT, load_policy, record_from_row
+from authz.upstreams import Api, Upstreams
+from controlplane.core.config import get_settings
 from controlplane.services.mirror import mirror
 
-PROVIDERS = tuple(api.value for api in Api)
-#: The path a question about a provider's model is asked on: its main endpoint.
-_PATHS = {"openai": "/openai/v1/chat/completions", "anthropic": "/anthropic/v1/messages"}
+
+def upstreams() -> Upstreams:
+    return Upstreams.parse(get_settings().upstreams)
+
+
+def providers() -> tuple[str, ...]:
+    """The model APIs this gateway serves (an API with an upstream), which the report covers."""
+    served = upstreams()
+    return tuple(api.value for api in Api if api is not Api.MCP and served.default(api) is not None)
+
+
+
 #: Stored as live: not revoked. (An expired token is stored as expired: the report says so apart.)
 _LIVE = " WHERE t.revoked_at IS NULL"
 
@@ -93,17 +104,21 @@ async def limits(session: AsyncSession, now: float) -> Limits:
 
 async def universe(session: AsyncSession) -> dict[str, list[str]]:
     """The models questions are asked about, per provider (see the module docstring)."""
-    found: dict[str, set[str]] = {provider: set() for provider in PROVIDERS}
+    served = upstreams()
+    every = providers()
+    found: dict[str, set[str]] = {provider: set() for provider in every}
+    priced_as = {provider: {bundled_provider(u.name) for u in served.serving(Api(provider))} for provider in every}
     for bundled in genai_prices.data_snapshot.get_snapshot().providers:
-        if bundled.id in found:
-            found[bundled.id].update(model.id for model in bundled.models)
+        for provider, ids in priced_as.items():
+            if bundled.id in ids:
+                found[provider].update(model.id for model in bundled.models)
     rows = await session.execute(text("SELECT catalog FROM access_profiles"))
     for (catalog,) in rows:
         for entry in catalog or []:
             pattern = str(entry.get("pattern", ""))
             if pattern and not any(c in pattern for c in "*?["):
                 named = str(entry.get("provider"))
-                for provider in (PROVIDERS if named == "*" else (named,)):
+                for provider in (every if named == "*" else (named,)):
                     if provider in found:
                         found[provider].add(pattern)
     seen = await session.execute(text(
@@ -114,9 +129,14 @@ async def universe(session: AsyncSession) -> dict[str, list[str]]:
     return {provider: sorted(models) for provider, models in found.items()}
 
 
-def _request(provider: str, model: str) -> GatewayRequest:
-    body = json.dumps({"model": model, "max_tokens": 1, "messages": []}).encode()
-    return GatewayRequest(request_id=f"access-{uuid.uuid4()}", method="POST", path=_PATHS[provider], credential=None,
+def _request(provider: str, families: frozenset[Family], model: str) -> GatewayRequest | None:
+    """The question "may this token use ``model``" as a request to ``provider``'s API, through the first of
+    the token's endpoint families that names a model; None when it has none."""
+    asked = probe(Api(provider), families, model)
+    if asked is None:
+        return None
+    method, path, body = asked
+    return GatewayRequest(request_id=f"access-{uuid.uuid4()}", method=method, path=path, credential=None,
                           credential_unreadable=False, content_type="application/json", body=body,
                           body_truncated=False)
 
@@ -137,33 +157,43 @@ class Verdict:
     usable: bool = False
 
 
-def _group(record: TokenRecord) -> tuple[int, int, str]:
-    # Records built through one Interner share their compiled profile and model list.
-    return id(record.profile), id(record.catalog), record.environment
+def _group(record: TokenRecord) -> tuple[int, int, int, str]:
+    # Records built through one Interner share their compiled profile, model list and family narrowing.
+    return id(record.profile), id(record.catalog), id(record.families), record.environment
 
 
 class Judge:
     """Asks :func:`authz.pipeline.judge` and the dry budget check, once per token group and model."""
 
-    def __init__(self, models: dict[str, list[str]], limits: Limits, now: float) -> None:
+    def __init__(self, models: dict[str, list[str]], limits: Limits, now: float,
+                 served: Upstreams | None = None) -> None:
         self._models = models
         self._limits = limits
         self._now = self.now = now
-        self._allowed: dict[tuple[tuple[int, int, str], str], list[str]] = {}
-        self._requests = {(provider, model): _request(provider, model)
-                          for provider, names in models.items() for model in names}
+        self._upstreams = served if served is not None else upstreams()
+        self._providers = tuple(models)
+        self._allowed: dict[tuple[tuple[int, int, int, str], str], list[str]] = {}
+        #: The question for each (provider, families, model), shared by every group asking it.
+        self._requests: dict[tuple[str, frozenset[Family], str], GatewayRequest | None] = {}
         #: Each budget scope's answer, shared by the tokens of one team, project or owner.
         self._budgets: dict[Any, Hit | None] = {}
         #: Each group's models per provider, shared by its tokens' verdicts.
-        self._by_group: dict[tuple[int, int, str], dict[str, list[str]]] = {}
+        self._by_group: dict[tuple[int, int, int, str], dict[str, list[str]]] = {}
+
+    def _allows(self, record: TokenRecord, families: frozenset[Family], provider: str, model: str) -> bool:
+        key = (provider, families, model)
+        if key not in self._requests:
+            self._requests[key] = _request(provider, families, model)
+        request = self._requests[key]
+        return request is not None and judge(record, request, self._now, self._upstreams).allowed
 
     def _group_models(self, record: TokenRecord, provider: str) -> list[str]:
         key = (_group(record), provider)
         found = self._allowed.get(key)
         if found is None:
-            found = self._allowed[key] = [
-                model for model in self._models.get(provider, ())
-                if judge(record, self._requests[(provider, model)], self._now).allowed]
+            families = families_of(record)
+            found = self._allowed[key] = [model for model in self._models.get(provider, ())
+                                          if self._allows(record, families, provider, model)]
         return found
 
     def verdict(self, record: TokenRecord) -> Verdict:
@@ -174,7 +204,7 @@ class Judge:
         models = self._by_group.get(group)
         if models is None:
             models = self._by_group[group] = {provider: self._group_models(record, provider)
-                                              for provider in PROVIDERS}
+                                              for provider in self._providers}
         if not any(models.values()):
             return Verdict(record, None, models)
         if self._limits.exhausted(record, self._now, self._budgets) is not None:
@@ -288,7 +318,8 @@ def summary(verdicts: Iterable[Verdict]) -> dict[str, Any]:
                 per_provider[provider].add(verdict.record.token_id)
                 people[provider].add(f"{verdict.record.owner_type}:{verdict.record.owner_id}")
     return {"tokens_stored_live": total, "tokens_usable": usable, "tokens_refused": dict(refused),
-            "by_provider": {p: {"tokens": len(per_provider[p]), "identities": len(people[p])} for p in PROVIDERS}}
+            "by_provider": {p: {"tokens": len(per_provider[p]), "identities": len(people[p])}
+                            for p in providers()}}
 
 
 def token_access(verdict: Verdict, now: float) -> dict[str, Any]:

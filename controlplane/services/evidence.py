@@ -106,7 +106,7 @@ async def reach(session: AsyncSession) -> tuple[dict[str, Any], dict[str, Any]]:
     verdicts, judging = await access.judged(session)
     as_of = datetime.fromtimestamp(judging.now, tz=UTC)
     providers: dict[str, Any] = {}
-    for provider in access.PROVIDERS:
+    for provider in access.providers():
         grants = access.reach(verdicts, provider=provider, model=None, environment=None)
         identities: dict[str, dict[str, Any]] = {}
         for grant in grants:

@@ -3,9 +3,12 @@ expire and retire dormant tokens, each step recorded as an event in the transact
 
 The policy rule: a token acts for one team and gets that team's access profile. It is minted for an
 active user who belongs to the team, or for an active service account the team owns; its lifetime
-is bounded by the profile and its model list can only narrow the profile's catalog. It may carry one
+is bounded by the profile, its model list can only narrow the profile's catalog and its endpoint
+families (null: the profile's, as they change) only the profile's families. It may carry one
 of the team's open projects (a service account's token, the account's project unless told otherwise),
 which its spend rolls up to. A live token can be narrowed in place; anything wider needs a new token.
+Narrowing endpoint families is judged against what the token may call now: its own list within its
+profile's current one.
 
 Register fields (purpose, workload, declared secret location, and for a personal token a backup owner:
 an active user other than its owner) are set at mint or later, each change an event. A service account
@@ -24,6 +27,7 @@ from sqlalchemy import Select, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authz.cache import ModelCatalog
+from authz.routes import LEGACY_FAMILIES
 from controlplane import schemas
 from controlplane.audit.events import Actor, record_event
 from controlplane.errors import Code, Conflict, Invalid, NotFound
@@ -163,6 +167,14 @@ async def mint(
     missing = [m for m in data.models if not _offered(profile, m)]
     if missing:
         raise Invalid(Code.MODEL_NOT_IN_PROFILE, f"Not in profile {profile.name}: {', '.join(missing)}.")
+    # A rotation's successor keeps its predecessor's list as it is: never wider than the predecessor, and
+    # the gateway bounds it by the profile's current families anyway.
+    if data.endpoints is not None and rotated_from is None:
+        outside = [f.value for f in data.endpoints if f.value not in profile.endpoints]
+        if outside:
+            raise Invalid(Code.ENDPOINT_NOT_IN_PROFILE,
+                          f"Profile {profile.name} does not allow {', '.join(outside)} (it allows "
+                          f"{', '.join(profile.endpoints)}).")
     project_id = await _project(session, data, team.id, inherit=rotated_from is None)
     issued = credentials.issue(credentials.PAT, hash_key)
     token = Token(
@@ -176,6 +188,7 @@ async def mint(
         project_id=project_id,
         environment=data.environment,
         models=list(dict.fromkeys(data.models)),
+        endpoints=schemas.family_values(data.endpoints) if data.endpoints is not None else None,
         scopes=sorted(set(data.scopes)),
         created_by=actor.name,
         expires_at=datetime.now(UTC) + timedelta(days=days),
@@ -295,6 +308,7 @@ async def rotate(
     request = schemas.TokenCreate(
         user_id=old.user_id, service_account_id=old.service_account_id, team_id=old.team_id,
         name=data.name or old.name, environment=old.environment, models=old.models, scopes=old.scopes,  # type: ignore[arg-type]
+        endpoints=old.endpoints,  # type: ignore[arg-type]
         project_id=old.project_id, purpose=old.purpose, workload=old.workload,
         secret_location=old.secret_location,  # type: ignore[arg-type]
         backup_owner_id=old.backup_owner_id,
@@ -318,6 +332,20 @@ def _covered(current: list[str], pattern: str) -> bool:
     return ModelCatalog(current).allows(pattern)
 
 
+async def families_now(session: AsyncSession, token: Token) -> list[str]:
+    """The endpoint families the token may call now, as the gateway reckons them: its profile's (a token
+    from before teams: the legacy set; a team without a profile: none), narrowed by its own list."""
+    if token.team_id is None:
+        allowed = {f.value for f in LEGACY_FAMILIES}
+    else:
+        team = await session.get(Team, token.team_id)
+        profile = await session.get(AccessProfile, team.profile_id) if team and team.profile_id else None
+        allowed = set(profile.endpoints) if profile is not None else set()
+    if token.endpoints is not None:
+        allowed &= set(token.endpoints)
+    return sorted(allowed)
+
+
 async def narrow(session: AsyncSession, *, actor: Actor, token_id: uuid.UUID, data: schemas.TokenNarrow) -> Token:
     token = await get_token(session, token_id=token_id)
     if token.revoked_at is not None:
@@ -329,6 +357,14 @@ async def narrow(session: AsyncSession, *, actor: Actor, token_id: uuid.UUID, da
             raise Invalid(Code.WIDENING_REQUIRES_NEW_TOKEN,
                           f"{', '.join(wider)} would widen this token; mint a new token instead.")
         token.models = list(dict.fromkeys(data.models))
+    if data.endpoints is not None:
+        now = await families_now(session, token)
+        wider = [f.value for f in data.endpoints if f.value not in now]
+        if wider:
+            raise Invalid(Code.WIDENING_REQUIRES_NEW_TOKEN,
+                          f"{', '.join(wider)} would widen this token (it may call {', '.join(now) or 'nothing'}); "
+                          "mint a new token instead.")
+        token.endpoints = schemas.family_values(data.endpoints)
     if data.expires_at is not None:
         if token.expires_at is not None and data.expires_at > token.expires_at:
             raise Invalid(Code.WIDENING_REQUIRES_NEW_TOKEN, "A later expiry would widen this token; mint a new one.")
@@ -346,9 +382,10 @@ REGISTER_FIELDS = ("purpose", "workload", "secret_location", "backup_owner_id")
 async def update_token(session: AsyncSession, *, actor: Actor, token_id: uuid.UUID, data: schemas.TokenUpdate) -> Token:
     """Narrow a live token (``token.narrowed``) and/or change its register fields (``token.updated``)."""
     given = data.model_fields_set
-    if given & {"models", "expires_at"}:
+    narrowed = [name for name in ("models", "endpoints", "expires_at") if name in given]
+    if narrowed:
         await narrow(session, actor=actor, token_id=token_id,
-                     data=schemas.TokenNarrow(models=data.models, expires_at=data.expires_at))
+                     data=schemas.TokenNarrow(**{name: getattr(data, name) for name in narrowed}))
     token = await get_token(session, token_id=token_id)
     changes = {name: getattr(data, name) for name in REGISTER_FIELDS if name in given}
     if not changes:

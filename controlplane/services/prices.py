@@ -16,18 +16,36 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any, get_args
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authz.prices import Override, PriceTable
+from authz.upstreams import Api, Kind
 from controlplane import schemas
 from controlplane.audit.events import Actor, record_event
+from controlplane.core.config import get_settings
+from controlplane.errors import Code, Invalid
 from controlplane.models import AccessProfile, PriceOverride, SpendDaily
 from controlplane.services.rows import paginate, public, sort_key
 
-PROVIDERS: tuple[str, ...] = get_args(schemas.PricedProvider)
+
+def priced_providers() -> tuple[str, ...]:
+    """The providers requests are priced for: every configured upstream but the MCP servers."""
+    return tuple(u.name for u in get_settings().upstream_list.all if u.kind is not Kind.MCP)
+
+
+def _priced_as(entry: dict[str, Any]) -> str | None:
+    """The upstream a catalog entry's models are priced at: the one it names, or its API's default."""
+    if entry.get("upstream"):
+        return str(entry["upstream"])
+    try:
+        upstream = get_settings().upstream_list.default(Api(str(entry.get("provider", ""))))
+    except ValueError:
+        return None  # "*": every provider
+    return upstream.name if upstream is not None else None
+
 #: How far back a model used by requests is listed.
 SEEN_DAYS = 30
 _MILLION = Decimal(1_000_000)
@@ -83,17 +101,18 @@ async def _named(session: AsyncSession, table: PriceTable, overrides: list[Price
         if why not in reasons:
             reasons.append(why)
 
+    providers = priced_providers()
     for catalog in (await session.scalars(select(AccessProfile.catalog))).all():
         for entry in catalog or []:
-            model, provider = str(entry.get("pattern", "")), str(entry.get("provider", ""))
+            model, provider = str(entry.get("pattern", "")), _priced_as(entry)
             if not model or _PATTERN & set(model):
                 continue
-            if provider in PROVIDERS:
+            if provider is not None:
                 add(provider, model, "catalog")
                 continue
             # Any provider: listed where a table prices it, or under every provider if none does.
-            priced = [p for p in PROVIDERS if table.rates(p, model, now.timestamp()) is not None]
-            for each in priced or PROVIDERS:
+            priced = [p for p in providers if table.rates(p, model, now.timestamp()) is not None]
+            for each in priced or providers:
                 add(each, model, "catalog")
     since = (now - timedelta(days=SEEN_DAYS)).astimezone(UTC).date()
     seen = await session.execute(select(SpendDaily.provider, SpendDaily.model).distinct().where(
@@ -125,6 +144,9 @@ async def override_price(session: AsyncSession, *, actor: Actor, data: schemas.P
     """Price ``provider``'s ``model`` from ``effective_from`` (default: now) on; authz prices requests
     with it from then (it hears of the new row at once). The event's ``before`` is the price this
     replaces at that moment."""
+    if data.provider not in priced_providers():
+        raise Invalid(Code.UPSTREAM_UNKNOWN, f"No upstream named {data.provider!r} serves models here: "
+                                             f"{', '.join(priced_providers())}.")
     effective_from = data.effective_from or datetime.now(UTC)
     overrides = await _overrides(session)
     table = PriceTable(_override(row) for row in overrides)

@@ -497,15 +497,26 @@ async def _live_tokens(session: AsyncSession, team_ids: Sequence[uuid.UUID]) -> 
     return [("token", ident) for ident in ids]
 
 
+def _more_permissions(before: dict[str, Any] | None, after: AccessProfile) -> dict[str, list]:
+    """The endpoint families and MCP tool entries ``after`` grants that ``before`` did not."""
+    families = sorted(set(after.endpoints or ()) - set((before or {}).get("endpoints") or ()))
+    old_tools = {(t.get("server"), t.get("tools")) for t in (before or {}).get("tools") or ()}
+    tools = [t for t in after.tools or () if (t.get("server"), t.get("tools")) not in old_tools]
+    return {key: value for key, value in (("gained_endpoints", families), ("gained_tools", tools)) if value}
+
+
 async def on_profile_change(session: AsyncSession, *, actor: Actor, profile: AccessProfile,
                             before: dict[str, Any]) -> None:
-    """A profile's catalog gained entries: every live token of every team using it is reviewed."""
+    """A profile's catalog gained entries, or it grants more endpoint families or MCP tools: every live
+    token of every team using it is reviewed."""
     trigger, gained = _widening(before.get("catalog"), profile.catalog)
-    if trigger:
+    more = _more_permissions(before, profile)
+    if trigger or more:
         teams = (await session.scalars(select(Team.id).where(Team.profile_id == profile.id,
                                                              Team.deleted_at.is_(None)))).all()
-        await triggered(session, actor=actor, trigger=trigger, subjects=await _live_tokens(session, teams),
-                        detail={"profile_id": str(profile.id), "gained": gained})
+        await triggered(session, actor=actor, trigger=trigger or "scope_widening",
+                        subjects=await _live_tokens(session, teams),
+                        detail={"profile_id": str(profile.id), "gained": gained, **more})
 
 
 async def on_team_profile_change(session: AsyncSession, *, actor: Actor, team: Team,

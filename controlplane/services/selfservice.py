@@ -61,7 +61,7 @@ async def recent_tokens(session: AsyncSession, user_id: uuid.UUID, *, limit: int
 async def mint_mine(session: AsyncSession, *, user_id: uuid.UUID, actor: Actor, data: schemas.MyTokenCreate,
                     hash_key: bytes) -> tuple[Token, str]:
     request = schemas.TokenCreate(user_id=user_id, team_id=data.team_id, project_id=data.project_id, name=data.name,
-                                  environment=data.environment, models=data.models,
+                                  environment=data.environment, models=data.models, endpoints=data.endpoints,
                                   expires_in_days=data.expires_in_days)
     team_id = await lifecycle.resolve_team(session, request)
     return await lifecycle.mint(session, actor=actor, data=request, team_id=team_id, hash_key=hash_key)

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import yaml
+
+from authz import routes, upstreams
+from authz.upstreams import Api, Kind
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "envoy" / "gateway.yaml"
 
@@ -92,12 +96,15 @@ def _mapper(
     if flags:
         filters.append({"response_flag_filter": {"flags": flags}})
     if details:
-        # Envoy's own reason for the reply; tells "authz unreachable" from an authz denial with a body.
+        # Envoy's own reason for the reply; tells "authz unreachable" from an authz denial with a body
+        # ("!ext_authz_denied": any reply but an authz denial, which carries its own body and shape).
+        expression = (f"response.code_details != '{details[1:]}'" if details.startswith("!")
+                      else f"response.code_details == '{details}'")
         filters.append({"extension_filter": {
             "name": "envoy.access_loggers.extension_filters.cel",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
-                "expression": f"response.code_details == '{details}'",
+                "expression": expression,
             },
         }})
     if anthropic:
@@ -124,8 +131,8 @@ def local_reply_mappers() -> list[dict]:
         _mapper(404, openai_404, anthropic=False, flags=["NR"]),
         _mapper(503, anthropic_503, anthropic=True, flags=["UAEX"], details="ext_authz_error"),
         _mapper(503, openai_503, anthropic=False, flags=["UAEX"], details="ext_authz_error"),
-        _mapper(413, anthropic_413, anthropic=True),
-        _mapper(413, openai_413, anthropic=False),
+        _mapper(413, anthropic_413, anthropic=True, details="!ext_authz_denied"),
+        _mapper(413, openai_413, anthropic=False, details="!ext_authz_denied"),
         _mapper(
             None, _with_message(_anthropic_error("api_error"), _GENERIC_MESSAGE), anthropic=True, flags=_ENVOY_FLAGS
         ),
@@ -150,10 +157,24 @@ _USAGE_PATHS = [
     (("message", "usage", "cache_read_input_tokens"), "cached_tokens"),
     (("usage", "cache_creation_input_tokens"), "cache_write_tokens"),
     (("message", "usage", "cache_creation_input_tokens"), "cache_write_tokens"),
+    # OpenAI's Responses API streams its usage in the response.completed event.
+    (("response", "usage", "input_tokens"), "prompt_tokens"),
+    (("response", "usage", "output_tokens"), "completion_tokens"),
+    (("response", "usage", "input_tokens_details", "cached_tokens"), "cached_tokens"),
+    # Gemini: usageMetadata in the answer and in every streamed chunk (cumulative: the last one counts).
+    (("usageMetadata", "promptTokenCount"), "prompt_tokens"),
+    (("usageMetadata", "candidatesTokenCount"), "completion_tokens"),
+    (("usageMetadata", "cachedContentTokenCount"), "cached_tokens"),
+    # Bedrock's Converse API (its stream is AWS's binary event stream: BEDROCK_STREAM_USAGE_LUA reads that).
+    (("usage", "inputTokens"), "prompt_tokens"),
+    (("usage", "outputTokens"), "completion_tokens"),
+    (("usage", "cacheReadInputTokens"), "cached_tokens"),
+    (("usage", "cacheWriteInputTokens"), "cache_write_tokens"),
 ]
 #: The model that answered (JSON bodies, OpenAI's stream chunks, Anthropic's message_start), for the
 #: GenAI span's ``gen_ai.response.model`` (:mod:`authz.tracing`).
-_RESPONSE_MODEL_PATHS = [(("model",), "response_model"), (("message", "model"), "response_model")]
+_RESPONSE_MODEL_PATHS = [(("model",), "response_model"), (("message", "model"), "response_model"),
+                         (("response", "model"), "response_model"), (("modelVersion",), "response_model")]
 
 
 #: Envoy's Lua filter: asks the provider for a stream's usage when authz says the client did not.
@@ -177,6 +198,115 @@ function envoy_on_request(handle)
   body:setBytes(patched)
   if headers:get("content-length") ~= nil then
     headers:replace("content-length", tostring(string.len(patched)))
+  end
+end
+"""
+
+
+#: Envoy's Lua filter on Bedrock's routes: its streams are AWS's binary event stream, which no JSON or
+#: SSE parser reads, so this reads the usage from the stream's last event (``metadata``: ``"usage":
+#: {"inputTokens":…}`` in Converse, ``"amazon-bedrock-invocationMetrics"`` in InvokeModel's) as the
+#: chunks pass, without holding them back.
+BEDROCK_STREAM_USAGE_LUA = """
+local names = {
+  {"inputTokens", "prompt_tokens"}, {"outputTokens", "completion_tokens"},
+  {"cacheReadInputTokens", "cached_tokens"}, {"cacheWriteInputTokens", "cache_write_tokens"},
+  {"inputTokenCount", "prompt_tokens"}, {"outputTokenCount", "completion_tokens"},
+  {"cacheReadInputTokenCount", "cached_tokens"}, {"cacheWriteInputTokenCount", "cache_write_tokens"},
+}
+local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+local function unbase64(text)
+  local bits = text:gsub("[^%w%+/]", ""):gsub(".", function(c)
+    local index = alphabet:find(c, 1, true) - 1
+    local out = ""
+    for i = 6, 1, -1 do
+      out = out .. (index % 2 ^ i - index % 2 ^ (i - 1) > 0 and "1" or "0")
+    end
+    return out
+  end)
+  return (bits:gsub("%d%d%d?%d?%d?%d?%d?%d?", function(byte)
+    if #byte ~= 8 then
+      return ""
+    end
+    local value = 0
+    for i = 1, 8 do
+      value = value + (byte:sub(i, i) == "1" and 2 ^ (8 - i) or 0)
+    end
+    return string.char(value)
+  end))
+end
+local function scan(text, found)
+  for _, pair in ipairs(names) do
+    for value in string.gmatch(text, '"' .. pair[1] .. '"%s*:%s*(%d+)') do
+      found[pair[2]] = tonumber(value)
+    end
+  end
+end
+function envoy_on_response(handle)
+  local kind = handle:headers():get("content-type") or ""
+  if string.find(kind, "eventstream", 1, true) == nil then
+    return
+  end
+  local found = {}
+  local pending = ""
+  for chunk in handle:bodyChunks() do
+    pending = pending .. chunk:getBytes(0, chunk:length())
+    -- Whole events only: an event's JSON payload ends with "}" before the frame's CRC.
+    local last = 0
+    for stop in string.gmatch(pending, "()}") do
+      last = stop
+    end
+    if last > 0 then
+      local complete = string.sub(pending, 1, last)
+      scan(complete, found)
+      for encoded in string.gmatch(complete, '"bytes"%s*:%s*"([%w%+/=]+)"') do
+        local decoded = unbase64(encoded)
+        if string.find(decoded, "invocationMetrics", 1, true) then
+          scan(decoded, found)
+        end
+      end
+      pending = string.sub(pending, last + 1)
+    end
+  end
+  local metadata = handle:streamInfo():dynamicMetadata()
+  for key, value in pairs(found) do
+    metadata:set("keyward.usage", key, value)
+  end
+end
+"""
+
+
+#: Envoy's Lua filter on Anthropic's routes: a message batch names its results by absolute URL
+#: (``results_url``, at the provider's host), which the Anthropic SDK follows with the client's
+#: credentials, so the client's PAT would go straight to the provider. The URL is rewritten to the same
+#: path at the gateway, as the client reached it. Only message-batch answers are read (small JSON);
+#: streams pass untouched.
+ANTHROPIC_BATCH_LUA = """
+function envoy_on_request(handle)
+  local path = handle:headers():get(":path") or ""
+  if string.find(path, "/messages/batches", 1, true) == nil then
+    return
+  end
+  local scheme = handle:headers():get("x-forwarded-proto") or "http"
+  local authority = handle:headers():get(":authority") or ""
+  handle:streamInfo():dynamicMetadata():set("keyward.batch", "base", scheme .. "://" .. authority .. "/anthropic")
+end
+function envoy_on_response(handle)
+  local found = handle:streamInfo():dynamicMetadata():get("keyward.batch")
+  if found == nil or found["base"] == nil then
+    return
+  end
+  local body = handle:body()
+  if body == nil then
+    return
+  end
+  local text = body:getBytes(0, body:length())
+  local base = string.gsub(found["base"], "%%", "%%%%")
+  local at_provider = '("results_url"%s*:%s*")[^"]-(/v1/messages/batches/)'
+  local rewritten, count = string.gsub(text, at_provider, "%1" .. base .. "%2")
+  if count > 0 then
+    body:setBytes(rewritten)
+    handle:headers():replace("content-length", tostring(string.len(rewritten)))
   end
 end
 """
@@ -254,9 +384,32 @@ def openai_headers(organization: str | None, project: str | None) -> list[dict]:
     ]
 
 
-def provider_cluster(name: str, upstream: Upstream, *, secret_file: Path, header: str) -> dict:
-    """A provider cluster whose upstream filter injects the provider key from an SDS file."""
-    injector = {
+def aws_signing(region: str, credentials_file: Path) -> dict:
+    """Envoy's AWS request-signing filter (SigV4 for Bedrock, payload included) with credentials from a
+    shared-credentials file in Envoy's secrets directory, re-read when it is replaced (rotation without a
+    restart). Only this provider is asked: not the environment, not an instance profile."""
+    return {
+        "name": "envoy.filters.http.aws_request_signing",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.aws_request_signing.v3.AwsRequestSigning",
+            "service_name": "bedrock",
+            "region": region,
+            "use_unsigned_payload": False,
+            "credential_provider": {
+                "custom_credential_provider_chain": True,
+                "credentials_file_provider": {
+                    "credentials_data_source": {"filename": str(credentials_file),
+                                                "watched_directory": {"path": str(credentials_file.parent)}},
+                    "profile": "default",
+                },
+            },
+        },
+    }
+
+
+def credential_injector(name: str, *, secret_file: Path, header: str) -> dict:
+    """The upstream filter that sets ``header`` to the provider key from an SDS file."""
+    return {
         "name": "envoy.filters.http.credential_injector",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
@@ -280,6 +433,17 @@ def provider_cluster(name: str, upstream: Upstream, *, secret_file: Path, header
             },
         },
     }
+
+
+def provider_cluster(name: str, upstream: Upstream, *, secret_file: Path, header: str | None = None,
+                     aws_region: str | None = None) -> dict:
+    """A provider cluster whose upstream filter injects the provider key from an SDS file (``header``), or
+    signs each request with AWS SigV4 (``aws_region``: Bedrock, credentials from ``secret_file``)."""
+    if aws_region is not None:
+        injector = aws_signing(aws_region, secret_file)
+    else:
+        assert header is not None
+        injector = credential_injector(name, secret_file=secret_file, header=header)
     cluster: dict = {
         "name": name,
         "type": "STRICT_DNS" if not _is_ip(upstream.host) else "STATIC",
@@ -422,10 +586,15 @@ def write_secret(path: Path, name: str, value: str) -> None:
             }
         ]
     }
+    _write_private(path, json.dumps(document))
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     staging = path.with_suffix(".tmp")
     fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump(document, handle)
+        handle.write(text)
     os.replace(staging, path)
 
 
@@ -452,6 +621,89 @@ class GatewayLayout:
     #: OpenTelemetry traces to this OTLP/gRPC collector (``http(s)://host:port``); ``None``: no tracer.
     otlp_endpoint: str | None = None
     trace_sample_ratio: float = 1.0
+    #: The operator's other upstreams (Azure, Gemini, Bedrock, Mistral, OpenAI-compatible servers, MCP
+    #: servers), each where Envoy reaches it.
+    extra: tuple[Target, ...] = ()
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return (Target(upstreams.Upstream("openai", Kind.OPENAI, ""), self.openai),
+                Target(upstreams.Upstream("anthropic", Kind.ANTHROPIC, ""), self.anthropic), *self.extra)
+
+
+@dataclass(frozen=True)
+class Target:
+    """An upstream (:mod:`authz.upstreams`) and where Envoy reaches it (its URL, or the mock provider's)."""
+
+    upstream: upstreams.Upstream
+    url: Upstream
+
+
+#: How much of an upload's body authz sees: enough for the form fields the SDKs send before the file.
+UPLOAD_HEAD_BYTES = 65_536
+
+
+def _header_is(name: str) -> list[dict]:
+    return [{"name": upstreams.ROUTE_HEADER, "string_match": {"exact": name}}]
+
+
+def upstream_routes(targets: tuple[Target, ...]) -> list[dict]:
+    """One route per upstream and API it serves, chosen by authz's routing header (after ext_authz, whose
+    ``clear_route_cache`` makes Envoy match again): the upstream's cluster, its path and its host."""
+    routes = []
+    for target in targets:
+        upstream, url = target.upstream, target.url
+        for api in upstream.apis:
+            suffix = upstreams.UPSTREAM_PATHS[upstream.kind][api]
+            if api is Api.MCP:
+                match: dict = {"path_separated_prefix": f"/mcp/{upstream.name}"}
+                rewrite = url.path or "/"
+            else:
+                match = {"prefix": upstreams.PREFIXES[api]}
+                rewrite = url.path + suffix
+            found: dict = {
+                "match": {**match, "headers": _header_is(upstream.name)},
+                "route": {"cluster": upstream.name, "prefix_rewrite": rewrite, "host_rewrite_literal": url.host_header,
+                          "timeout": "600s"},
+            }
+            script = {Kind.BEDROCK: BEDROCK_STREAM_USAGE_LUA, Kind.ANTHROPIC: ANTHROPIC_BATCH_LUA}.get(upstream.kind)
+            if script is not None:
+                found["typed_per_filter_config"] = {"envoy.filters.http.lua": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+                    "source_code": {"inline_string": script}}}
+            routes.append(found)
+    return routes
+
+
+def _upload_matches() -> list[dict]:
+    """A route match for every upload path (:data:`authz.routes.SERVED` endpoints with an upload limit)."""
+    matches: list[dict] = []
+    for api, method, rest, _ in routes.SERVED:
+        found = routes.match(method, upstreams.PREFIXES[api] + rest.replace("{model}", "m").replace("{id}", "i"))
+        if found is None or found.endpoint.upload_limit is None:
+            continue
+        path = upstreams.PREFIXES[api] + rest
+        if "{" not in path:
+            matches.append({"path": path})
+        else:
+            regex = re.escape(path).replace(r"\{model\}", "[^/]+").replace(r"\{id\}", "[^/]+")
+            matches.append({"safe_regex": {"regex": regex}})
+    return matches
+
+
+def entry_routes() -> list[dict]:
+    """The routes a request matches before authz has chosen its upstream. They decide only how much of
+    the body authz sees (an upload: its head, the rest streams through) and never forward anything: a
+    request that authz allowed without naming an upstream gets a 503 (fail closed)."""
+    unchosen = {"direct_response": {"status": 503, "body": {"inline_string": "No upstream was chosen."}}}
+    head = {"envoy.filters.http.ext_authz": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+        "check_settings": {"with_request_body": {"max_request_bytes": UPLOAD_HEAD_BYTES,
+                                                 "allow_partial_message": True, "pack_as_bytes": True}},
+    }}
+    entries = [{"match": match, **unchosen, "typed_per_filter_config": head} for match in _upload_matches()]
+    entries += [{"match": {"prefix": prefix}, **unchosen} for prefix in upstreams.PREFIXES.values()]
+    return entries
 
 
 def render(layout: GatewayLayout) -> dict:
@@ -467,10 +719,7 @@ def render(layout: GatewayLayout) -> dict:
         local_reply_mappers=json.dumps(local_reply_mappers()),
         authz_timeout=layout.authz_timeout,
         max_body_bytes=layout.max_body_bytes,
-        openai_path_prefix=layout.openai.path + "/",
-        openai_host=layout.openai.host_header,
-        anthropic_path_prefix=layout.anthropic.path + "/",
-        anthropic_host=layout.anthropic.host_header,
+        routes=json.dumps(upstream_routes(layout.targets) + entry_routes()),
         authz_address=json.dumps(_address(layout.authz_address)),
         json_usage_rules=json.dumps(usage_rules()),
         sse_usage_rules=json.dumps([{"rule": rule} for rule in usage_rules()]),
@@ -491,19 +740,42 @@ def render(layout: GatewayLayout) -> dict:
                       for listener in config["static_resources"]["listeners"] if listener["name"] == "gateway"]
         gateway["tracing"] = tracing(layout.trace_sample_ratio)
         clusters.append(otlp_cluster(layout.otlp_endpoint))
-    clusters.append(
-        provider_cluster(
-            "openai", layout.openai, secret_file=layout.secrets_dir / "openai.json", header="Authorization"
-        )
-    )
-    clusters.append(
-        provider_cluster(
-            "anthropic", layout.anthropic, secret_file=layout.secrets_dir / "anthropic.json", header="x-api-key"
-        )
-    )
+    for target in layout.targets:
+        clusters.append(upstream_cluster(target, layout.secrets_dir))
     return config
 
 
+def secret_file(secrets_dir: Path, upstream: upstreams.Upstream) -> Path:
+    """Where an upstream's key lives in Envoy's secrets directory (Bedrock's: an AWS credentials file)."""
+    return secrets_dir / (f"{upstream.name}.credentials" if upstream.kind is Kind.BEDROCK else f"{upstream.name}.json")
+
+
+def upstream_cluster(target: Target, secrets_dir: Path) -> dict:
+    upstream = target.upstream
+    key_header = upstreams.KEY_HEADERS[upstream.kind]
+    return provider_cluster(upstream.name, target.url, secret_file=secret_file(secrets_dir, upstream),
+                            header=key_header[0] if key_header else None,
+                            aws_region=upstream.region if upstream.kind is Kind.BEDROCK else None)
+
+
+def write_upstream_key(secrets_dir: Path, upstream: upstreams.Upstream, key: str) -> None:
+    """Write an upstream's key where its cluster reads it (mode 0600, replaced atomically). Bedrock's key
+    is ``<access key id>:<secret access key>[:<session token>]``."""
+    path = secret_file(secrets_dir, upstream)
+    key_header = upstreams.KEY_HEADERS[upstream.kind]
+    if key_header is None:
+        access_key, _, rest = key.partition(":")
+        secret, _, session = rest.partition(":")
+        if not access_key or not secret:
+            raise ValueError(f"the key of {upstream.name} must be <access key id>:<secret access key>")
+        lines = ["[default]", f"aws_access_key_id = {access_key}", f"aws_secret_access_key = {secret}"]
+        if session:
+            lines.append(f"aws_session_token = {session}")
+        _write_private(path, "\n".join(lines) + "\n")
+        return
+    write_secret(path, f"{upstream.name}-key", key_header[1].format(key=key))
+
+
 def write_provider_secrets(secrets_dir: Path, *, openai_key: str, anthropic_key: str) -> None:
-    write_secret(secrets_dir / "openai.json", "openai-key", f"Bearer {openai_key}")
-    write_secret(secrets_dir / "anthropic.json", "anthropic-key", anthropic_key)
+    write_upstream_key(secrets_dir, upstreams.Upstream("openai", Kind.OPENAI, ""), openai_key)
+    write_upstream_key(secrets_dir, upstreams.Upstream("anthropic", Kind.ANTHROPIC, ""), anthropic_key)

@@ -28,6 +28,7 @@ Envoy's configuration live in their own modules.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -49,12 +50,21 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from authz.config import check_otlp_endpoint
+from authz.upstreams import Kind, Upstreams, key_variable
+from authz.upstreams import Upstream as UpstreamConfig
 from controlplane.audit import signing
 from controlplane.core.config import OidcSettings
 from controlplane.logging import ENVOY_LOG_FORMAT, json_line
 from controlplane.migrate import upgrade
 from controlplane.stack.embedded_pg import EmbeddedPostgres
-from controlplane.stack.envoy_config import GatewayLayout, Upstream, render, write_provider_secrets
+from controlplane.stack.envoy_config import (
+    GatewayLayout,
+    Target,
+    Upstream,
+    render,
+    write_provider_secrets,
+    write_upstream_key,
+)
 from controlplane.stack.redact import LogFile, Redactor, private_dir
 from controlplane.stack.supervisor import Service, Supervisor, describe_exit, leftover, stop_leftover
 
@@ -66,7 +76,7 @@ _PRIVATE_ENV = frozenset({
     "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "DATABASE_URL", "KEYWARD_MIGRATION_DATABASE_URL", "KEYWARD_ADMIN_TOKEN",
     "KEYWARD_TOKEN_HASH_KEY", "KEYWARD_INGEST_TOKEN", "KEYWARD_SESSION_SECRET", "KEYWARD_AUDIT_SIGNING_KEY",
 })
-_PRIVATE_PREFIXES = ("MOCK_", "KEYWARD_OIDC_")
+_PRIVATE_PREFIXES = ("MOCK_", "KEYWARD_OIDC_", "KEYWARD_UPSTREAM_KEY_")
 #: Start order; stop order is the reverse (Envoy first, Postgres last).
 _ORDER = ("postgres", "mock-provider", "controlplane", "authz", "envoy")
 #: A header value Envoy may send as is: visible ASCII, no spaces.
@@ -106,6 +116,9 @@ class StackSettings(OidcSettings, BaseSettings):
     anthropic_api_key: str | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
     openai_upstream: str = "https://api.openai.com"
     anthropic_upstream: str = "https://api.anthropic.com"
+    #: More upstreams (:mod:`authz.upstreams`: JSON, no keys). Each one's key is read from
+    #: ``KEYWARD_UPSTREAM_KEY_<NAME>``; without it the mock provider stands in (an MCP server needs its key).
+    upstreams: str | None = None
     #: The OpenAI organization and project the gateway sends (openai-organization / openai-project);
     #: whatever a client sends in those headers is removed either way.
     openai_organization: str | None = Field(default=None, pattern=_HEADER_VALUE)
@@ -133,6 +146,16 @@ class StackSettings(OidcSettings, BaseSettings):
     @classmethod
     def _otlp_endpoint(cls, value: str | None) -> str | None:
         return check_otlp_endpoint(value)
+
+    @field_validator("upstreams")
+    @classmethod
+    def _upstreams(cls, value: str | None) -> str | None:
+        Upstreams.parse(value)
+        return value
+
+    def extra_upstreams(self) -> tuple[UpstreamConfig, ...]:
+        """The operator's upstreams besides openai and anthropic."""
+        return Upstreams.parse(self.upstreams).all[2:]
 
     # Sign-in with OpenID Connect: the OidcSettings fields, passed to the control plane as KEYWARD_OIDC_*
     # (the redirect base defaults to http://127.0.0.1:<api_port>).
@@ -186,6 +209,7 @@ class _PairContext:
     openai: Upstream
     anthropic: Upstream
     secrets_dir: Path
+    extra: tuple[Target, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -203,6 +227,8 @@ class _Keys:
     #: The embedded Postgres's superuser password, and the application role's.
     postgres_password: str
     app_database_password: str
+    #: The operator's upstreams' real keys (from ``KEYWARD_UPSTREAM_KEY_<NAME>``), by upstream name.
+    upstream_keys: dict[str, str] = field(default_factory=dict)
 
 
 def _accepts(path: str) -> bool:
@@ -248,6 +274,13 @@ def _read_or_create(path: Path, make: Callable[[], str]) -> tuple[str, bool]:
     with os.fdopen(fd, "w") as handle:
         handle.write(value + "\n")
     return value, True
+
+
+def _mock_key(kind: Kind | None) -> str:
+    """A key the mock provider insists on: for Bedrock an AWS access key id and secret, which Envoy signs with."""
+    if kind is Kind.BEDROCK:
+        return f"AKIAMOCK{secrets.token_hex(6).upper()}:{secrets.token_urlsafe(30)}"
+    return "mock-" + secrets.token_hex(16)
 
 
 def _upstream(url: str) -> Upstream:
@@ -316,7 +349,9 @@ class Stack:
         private_dir(self.logs_dir)
         keys = self._keys()
         self._redactor = Redactor([
-            s.openai_api_key, s.anthropic_api_key, *keys.mock.values(), keys.ingest_token, keys.admin_token,
+            s.openai_api_key, s.anthropic_api_key, *keys.mock.values(), *keys.upstream_keys.values(),
+            *(part for key in (*keys.mock.values(), *keys.upstream_keys.values()) for part in key.split(":")[1:]),
+            keys.ingest_token, keys.admin_token,
             keys.hash_key, keys.session_secret, keys.audit_key, keys.postgres_password, keys.app_database_password,
             s.oidc_client_secret, _password(s.database_url),
             _password(s.migration_database_url),
@@ -359,11 +394,20 @@ class Stack:
         audit_key, _ = _read_or_create(secrets_dir / "audit_signing_key", signing.new_private_key)
         _write_public(secrets_dir / "audit_public_key", signing.Signer(audit_key).public_key)
         mocked = [name for name, key in (("openai", s.openai_api_key), ("anthropic", s.anthropic_api_key)) if not key]
+        upstream_keys = {u.name: os.environ.get(key_variable(u.name), "") for u in s.extra_upstreams()}
+        for upstream in s.extra_upstreams():
+            if upstream_keys[upstream.name]:
+                continue
+            if upstream.kind is Kind.MCP:
+                raise StackError(f"the MCP server {upstream.name} needs its key in {key_variable(upstream.name)}")
+            mocked.append(upstream.name)
+        kinds = {u.name: u.kind for u in s.extra_upstreams()}
         postgres_password, _ = _read_or_create(secrets_dir / "postgres_password", lambda: secrets.token_urlsafe(32))
         app_password, _ = _read_or_create(secrets_dir / "app_database_password", lambda: secrets.token_urlsafe(32))
         return _Keys(hash_key=hash_key, admin_token=admin_token, admin_token_is_new=admin_new,
                      ingest_token=ingest_token, session_secret=session_secret, audit_key=audit_key,
-                     mock={name: "mock-" + secrets.token_hex(16) for name in mocked},
+                     mock={name: _mock_key(kinds.get(name)) for name in mocked},
+                     upstream_keys={name: key for name, key in upstream_keys.items() if key},
                      postgres_password=postgres_password, app_database_password=app_password)
 
     def _start(self, keys: _Keys, deadline: float) -> StackInfo:
@@ -402,11 +446,15 @@ class Stack:
                  "--host", "127.0.0.1", "--port", str(s.mock_port), "--no-access-log"],
                 {**base_env, "MOCK_OPENAI_KEY": mock_keys.get("openai", ""),
                  "MOCK_ANTHROPIC_KEY": mock_keys.get("anthropic", ""),
+                 "MOCK_UPSTREAMS": json.dumps({u.name: {"kind": u.kind.value, "key": mock_keys[u.name],
+                                                        "region": u.region}
+                                               for u in s.extra_upstreams() if u.name in mock_keys}),
                  "MOCK_STREAM_INTERVAL": str(s.mock_stream_interval)},
             )
 
         common = {**base_env, "DATABASE_URL": database_url, "KEYWARD_TOKEN_HASH_KEY": keys.hash_key,
-                  "KEYWARD_INGEST_TOKEN": keys.ingest_token, **self._tracing_env()}
+                  "KEYWARD_INGEST_TOKEN": keys.ingest_token, **self._tracing_env(),
+                  **({"KEYWARD_UPSTREAMS": s.upstreams} if s.upstreams else {})}
         self._add(
             "controlplane",
             [python, "-m", "uvicorn", "--factory", "controlplane.main:create_app",
@@ -427,6 +475,13 @@ class Stack:
             openai_key=s.openai_api_key or mock_keys["openai"],
             anthropic_key=s.anthropic_api_key or mock_keys["anthropic"],
         )
+        extra = []
+        for upstream in s.extra_upstreams():
+            mocked_here = upstream.name in mock_keys
+            write_upstream_key(envoy_dir / "secrets", upstream,
+                               mock_keys[upstream.name] if mocked_here else keys.upstream_keys[upstream.name])
+            extra.append(Target(upstream, Upstream.parse(f"{mock_url}/x/{upstream.name}" if mocked_here
+                                                         else upstream.url)))
         self._pairs = _PairContext(
             authz_env={**common, "KEYWARD_INGEST_URL": f"http://127.0.0.1:{s.api_port}/api/v1/audit/ingest",
                        "KEYWARD_ENVOY_AUTHZ_TIMEOUT_SECONDS": str(s.authz_timeout_seconds)},
@@ -434,6 +489,7 @@ class Stack:
             openai=Upstream.parse(mock_url) if "openai" in mocked else _upstream(s.openai_upstream),
             anthropic=Upstream.parse(mock_url) if "anthropic" in mocked else _upstream(s.anthropic_upstream),
             secrets_dir=envoy_dir / "secrets",
+            extra=tuple(extra),
         )
         self._gateway_pair("", s.gateway_port, s.authz_address or f"unix:{data / 'authz.sock'}",
                            self.envoy_admin_address)
@@ -497,6 +553,7 @@ class Stack:
             secrets_dir=ctx.secrets_dir,
             openai=ctx.openai,
             anthropic=ctx.anthropic,
+            extra=ctx.extra,
             max_body_bytes=s.max_body_bytes,
             openai_organization=s.openai_organization,
             openai_project=s.openai_project,

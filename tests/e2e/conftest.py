@@ -7,9 +7,12 @@ Connect provider (tests/e2e/oidc, started first) when Node.js is installed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -20,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from authz.upstreams import key_variable
 from controlplane.stack.runner import Stack, StackInfo, StackSettings
 from tests.e2e.oidc.harness import OidcProvider, node_problem
 
@@ -223,4 +227,97 @@ def gateway(oidc_provider: OidcProvider | None) -> Iterator[Gateway]:
     finally:
         stack.stop()
         if not os.environ.get("KEYWARD_TEST_KEEP_DATA"):  # set it to read the stack's logs after a run
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# -- a second stack with every kind of upstream and two real MCP servers ---------------------------
+
+#: The operator's upstreams of the provider stack, every one served by the mock provider (no key is set).
+MOCKED_UPSTREAMS = [
+    {"name": "azure", "kind": "azure", "url": "https://keyward-test.openai.azure.com"},
+    {"name": "gemini", "kind": "gemini", "url": "https://generativelanguage.googleapis.com"},
+    {"name": "gemini-compat", "kind": "gemini-openai", "url": "https://generativelanguage.googleapis.com"},
+    {"name": "bedrock", "kind": "bedrock", "url": "https://bedrock-runtime.us-east-1.amazonaws.com",
+     "region": "us-east-1"},
+    {"name": "mistral", "kind": "mistral", "url": "https://api.mistral.ai"},
+    {"name": "vllm", "kind": "openai-compatible", "url": "http://vllm.internal:8000"},
+]
+#: The MCP servers behind the provider stack (real ones: tests/e2e/mcp_server.py).
+MCP_SERVERS = ("docs", "code")
+
+
+@dataclass
+class McpServer:
+    name: str
+    key: str
+    port: int
+    process: subprocess.Popen
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def received(self) -> list[dict]:
+        return httpx.get(f"http://127.0.0.1:{self.port}/__mcp__/requests", timeout=5).json()
+
+    def forget_received(self) -> None:
+        httpx.delete(f"http://127.0.0.1:{self.port}/__mcp__/requests", timeout=5)
+
+
+class ProviderGateway(Gateway):
+    """The provider stack: :class:`Gateway`'s helpers, plus its MCP servers and every upstream's mock key."""
+
+    def __init__(self, stack: Stack, info: StackInfo, mcp: dict[str, McpServer]) -> None:
+        super().__init__(stack, info)
+        self.mcp = mcp
+
+    @property
+    def upstream_keys(self) -> dict[str, str]:
+        """Every key Envoy injects: the mock's, by upstream name, and the MCP servers'."""
+        env = self.stack.services["mock-provider"].env
+        mocked = {name: entry["key"] for name, entry in json.loads(env["MOCK_UPSTREAMS"]).items()}
+        return {**self.provider_keys, **mocked, **{name: server.key for name, server in self.mcp.items()}}
+
+
+def _start_mcp_server(name: str) -> McpServer:
+    key = "mcp-" + uuid.uuid4().hex
+    process = subprocess.Popen([sys.executable, "-m", "tests.e2e.mcp_server", "--port", "0", "--key", key,
+                                "--name", name], stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parents[2])
+    assert process.stdout is not None
+    port = int(process.stdout.readline().strip())
+    return McpServer(name, key, port, process)
+
+
+@pytest.fixture(scope="session")
+def providers() -> Iterator[ProviderGateway]:
+    """A stack whose gateway serves every kind of upstream (mocked) and two MCP servers: started on first
+    use, once per session, beside the main one."""
+    servers = {name: _start_mcp_server(name) for name in MCP_SERVERS}
+    data_dir = Path(tempfile.mkdtemp(prefix="keyward-e2e-providers-"))
+    upstreams = MOCKED_UPSTREAMS + [{"name": s.name, "kind": "mcp", "url": s.url} for s in servers.values()]
+    keys = {key_variable(s.name): s.key for s in servers.values()}
+    settings = StackSettings(
+        data_dir=data_dir, gateway_port=free_port(), api_port=free_port(), mock_port=free_port(), admin_token=None,
+        openai_api_key=None, anthropic_api_key=None, database_url=None, mock_stream_interval=0.02,
+        envoy_concurrency=1, upstreams=json.dumps(upstreams))
+    stack = Stack(settings=settings)
+    os.environ.update(keys)  # the runner reads each upstream's key from its environment, as make up does
+    try:
+        info = stack.start(timeout=90)
+    finally:
+        for variable in keys:
+            os.environ.pop(variable, None)
+    try:
+        gateway = ProviderGateway(stack, info, servers)
+        yield gateway
+        gateway.close()
+    finally:
+        stack.stop()
+        for server in servers.values():
+            server.process.terminate()
+            server.process.wait(timeout=10)
+            if server.process.stdout is not None:
+                server.process.stdout.close()
+        if not os.environ.get("KEYWARD_TEST_KEEP_DATA"):
             shutil.rmtree(data_dir, ignore_errors=True)

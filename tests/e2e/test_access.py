@@ -16,6 +16,7 @@ import random
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from fnmatch import fnmatchcase
 from typing import Any
 
 import httpx
@@ -152,7 +153,7 @@ class Population:
         remaining = [e for e in profile["environments"] if e != "prod"] or ["staging"]
         _made(gateway.admin.patch(f"/profiles/{profile['id']}", json={"environments": remaining}), 200)
         # A team whose hard monthly budget is spent (as authz would have counted it).
-        team, _ = teams[2]
+        team, profile = teams[2]
         _made(gateway.admin.put(f"/budgets/team/{team['id']}", json={"amount_usd": "1.00", "posture": "hard"}),
               200)
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -163,9 +164,28 @@ class Population:
             ON CONFLICT (scope_type, scope_id, bucket, bucket_start) DO UPDATE SET cost_usd = EXCLUDED.cost_usd,
                 updated_at = now()
         """, team["id"], today, Decimal("5"))
-        # Everything above reached authz before this token does (one ordered notification stream), and the
-        # spend above within the meter's sync interval.
+        # The spend above reaches authz with its next meter sync (every 0.25 s), not with the notification
+        # stream: wait until the gateway itself refuses a token of that team for its budget.
+        self.await_spent_budget(team, profile)
+        # Everything above reached authz before this token does (one ordered notification stream).
         gateway.mint()
+
+    def await_spent_budget(self, team: dict, profile: dict) -> None:
+        gateway = self.gateway
+        offered = [(environment, provider, model) for environment in profile["environments"]
+                   for provider, models in PROBES.items() for model in models
+                   if any(entry["provider"] in ("*", provider) and fnmatchcase(model, entry["pattern"])
+                          and (not entry["environments"] or environment in entry["environments"])
+                          for entry in profile["catalog"])]
+        environment, provider, model = offered[0]
+        probe_user = gateway.user(display_name="budget probe")
+        gateway.join(probe_user, team)
+        probe = _made(gateway.admin.post("/tokens", json={
+            "user_id": probe_user["id"], "team_id": team["id"], "name": _name("probe"), "environment": environment}))
+        gateway.wait_until(lambda: gateway.known(probe["token"]), what="the probe token to reach authz")
+        gateway.wait_until(lambda: ask(gateway, probe["token"], provider, model)[1] == "budget_exceeded",
+                           timeout=10, what="authz to count the team's spent budget")
+        _made(gateway.admin.post(f"/tokens/{probe['id']}/revoke", json={"reason": "probe done"}), 200)
 
 
 def reach_of(gateway: Gateway, provider: str, model: str) -> set[str]:

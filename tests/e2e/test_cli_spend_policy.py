@@ -36,7 +36,8 @@ def test_the_spend_vocabularies_match_the_api() -> None:
     assert vocabulary.POSTURES == get_args(schemas.Posture)
     assert get_args(budgets.Posture) == get_args(schemas.Posture)
     assert get_args(budgets.Period) == get_args(schemas.Period)
-    assert get_args(prices.Provider) == get_args(schemas.PricedProvider)
+    # A provider is any configured upstream's name (the API checks it against the configuration).
+    assert prices.Provider is str and get_args(schemas.PricedProvider)[0] is str
     assert get_args(projects.Status) == get_args(schemas.ProjectStatus)
 
 

@@ -210,7 +210,8 @@ def test_unauthenticated_garbage_gets_401_not_400(gateway: Gateway) -> None:
 
 def test_unknown_endpoint_is_404_and_never_forwarded(gateway: Gateway) -> None:
     secret = gateway.mint().secret
-    response = gateway.http.post("/openai/v1/files", headers={"Authorization": f"Bearer {secret}"}, json={})
+    response = gateway.http.post("/openai/v1/fine_tuning/jobs", headers={"Authorization": f"Bearer {secret}"},
+                                 json={})
     assert_openai_error(response, 404, "route_unknown")
     # Outside the provider prefixes Envoy has no route at all and answers by itself.
     response = gateway.http.get("/somewhere/else", headers={"Authorization": f"Bearer {secret}"})

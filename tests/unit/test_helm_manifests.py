@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import Any
 
 import helm_python as helm
-import jsonschema
-import kubernetes_validate
+import jsonschema  # type: ignore[import-untyped]
+import kubernetes_validate  # type: ignore[import-untyped]
 import promql_parser
 import pytest
 import yaml
 
-from tests.unit.test_helm_chart import wait_until_ready
+from tests.unit.test_helm_chart import _EVERY_KIND, _KEYS, wait_until_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -142,6 +142,10 @@ VALUE_SETS: dict[str, tuple[dict[str, Any], str | None]] = {
         "metrics": {"podMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
                     "grafanaDashboard": {"enabled": True}, "prometheusRule": {"enabled": True}},
     }), "1.29"),
+    # One upstream of every kind besides OpenAI and Anthropic, each key inline (the chart makes the Secret).
+    "upstreams": ({"database": {"existingSecret": "keyward-database"},
+                   "providers": {"openai": {"apiKey": _KEYS["openai"]}, "anthropic": {"apiKey": _KEYS["anthropic"]}},
+                   "upstreams": [{**entry, "apiKey": _KEYS[entry["name"]]} for entry in _EVERY_KIND]}, None),
 }
 
 
@@ -157,7 +161,7 @@ def _rendered(name: str) -> dict[str, str]:
 
 
 def _documents(rendered: dict[str, str]) -> list[dict[str, Any]]:
-    docs = []
+    docs: list[dict[str, Any]] = []
     for path, text in sorted(rendered.items()):
         if path.endswith("NOTES.txt"):
             continue
@@ -260,24 +264,10 @@ def test_what_each_value_set_creates() -> None:
     assert "Ingress" not in gateway_api and "ServiceMonitor" not in gateway_api
     inline = _kinds(_manifests("inline"))
     assert inline["Secret"] == [f"{PREFIX}-database", f"{PREFIX}-keys", f"{PREFIX}-provider-keys"]
+    assert _kinds(_manifests("upstreams"))["Secret"] == [f"{PREFIX}-keys", f"{PREFIX}-provider-keys"]
     for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "ServiceAccount",
                  "ServiceMonitor", "Ingress"):
         assert kind not in inline, kind
-
-
-@pytest.mark.parametrize("upstreams", ["defaults", "custom", "organization"])
-def test_the_envoy_config_checked_against_the_local_stack_is_what_helm_renders(upstreams: str) -> None:
-    """test_helm_chart.py compares the chart's Envoy configuration with the local stack's after filling in
-    its {{ }} expressions with a small renderer of its own; Helm renders the same document."""
-    import textwrap
-
-    from tests.unit import test_helm_chart
-
-    values = test_helm_chart._UPSTREAMS[upstreams]
-    small = yaml.safe_load(textwrap.dedent(test_helm_chart._Renderer(values).render(test_helm_chart._envoy_block())))
-    rendered = _render(_merge(values, VALUE_SETS["defaults"][0]))
-    real = yaml.safe_load(_find(_documents(rendered), "ConfigMap", f"{PREFIX}-envoy")["data"]["envoy.yaml"])
-    assert small == real
 
 
 # -- Kubernetes schemas -----------------------------------------------------------------------------
@@ -672,6 +662,134 @@ def test_incomplete_settings_are_refused_at_render_time() -> None:
                                                          "podMonitor": {"enabled": True}}}))
 
 
+# -- upstreams ---------------------------------------------------------------------------------------
+
+
+def _listed(name: str) -> list[dict[str, Any]]:
+    """A value set's upstreams as the operator listed them, without their keys."""
+    return [{key: value for key, value in entry.items() if key != "apiKey"}
+            for entry in _merge(VALUES, VALUE_SETS[name][0])["upstreams"]]
+
+
+def test_upstreams_reach_authz_and_the_control_plane_without_their_keys() -> None:
+    """KEYWARD_UPSTREAMS (authz/upstreams.py) goes to authz and the control plane: the upstreams as listed,
+    keys left out; Envoy gets none (its configuration has them). No key appears outside the provider key
+    Secret, whose files are exactly the ones the gateway mounts."""
+    from authz.upstreams import Upstreams
+
+    docs = _manifests("upstreams")
+    listed = _listed("upstreams")
+    assert {entry["kind"] for entry in listed} >= {"azure", "gemini", "gemini-openai", "bedrock", "mistral",
+                                                   "openai-compatible", "mcp"}
+    values = []
+    for workload, name in ((f"{PREFIX}-gateway", "authz"), (f"{PREFIX}-controlplane", "controlplane")):
+        value = _env(_container(docs, workload, name))["KEYWARD_UPSTREAMS"]["value"]
+        assert json.loads(value) == listed, name
+        values.append(value)
+    assert values[0] == values[1]
+    assert Upstreams.parse(values[0]).names() == ["openai", "anthropic", *(entry["name"] for entry in listed)]
+    assert "KEYWARD_UPSTREAMS" not in _env(_container(docs, f"{PREFIX}-gateway", "envoy"))
+    for name in VALUE_SETS:
+        if not _listed(name):  # as the local stack, which leaves it unset without any
+            for workload, container in ((f"{PREFIX}-gateway", "authz"), (f"{PREFIX}-controlplane", "controlplane")):
+                assert "KEYWARD_UPSTREAMS" not in _env(_container(_manifests(name), workload, container)), name
+    outside = json.dumps([doc for doc in docs if doc["kind"] != "Secret"])
+    for upstream, key in _KEYS.items():
+        for part in key.split(":"):
+            assert part not in outside, upstream
+    secret = _find(docs, "Secret", f"{PREFIX}-provider-keys")
+    spec = _pod_spec(_find(docs, "Deployment", f"{PREFIX}-gateway"))
+    assert spec is not None
+    (volume,) = [volume for volume in spec["volumes"] if volume["name"] == "provider-keys"]
+    assert sorted(item["key"] for item in volume["secret"]["items"]) == sorted(secret["data"])
+    assert len(secret["data"]) == 2 + len(listed)
+    # The notes say where clients reach them.
+    notes = _rendered("upstreams")["keyward/templates/NOTES.txt"]
+    for line in ("azure-east (azure): $KEYWARD_GATEWAY_URL/azure", "gemini (gemini): $KEYWARD_GATEWAY_URL/gemini",
+                 "bedrock-east (bedrock): $KEYWARD_GATEWAY_URL/bedrock", "docs (mcp): an MCP server at "
+                 "$KEYWARD_GATEWAY_URL/mcp/docs", "vllm (openai-compatible): $KEYWARD_GATEWAY_URL/openai/v1"):
+        assert line in notes, line
+
+
+def test_gateway_egress_reaches_every_upstream() -> None:
+    """The gateway's NetworkPolicy opens each upstream's port (once), the operator's as the providers'."""
+    from controlplane.stack.envoy_config import Upstream
+
+    values = _merge(VALUES, VALUE_SETS["upstreams"][0])
+    urls = [values["providers"]["openai"]["url"], values["providers"]["anthropic"]["url"],
+            *(entry["url"] for entry in values["upstreams"])]
+    expected = {Upstream.parse(url).port for url in urls}
+    assert len(expected) > 2
+    egress = _find(_manifests("upstreams"), "NetworkPolicy", f"{PREFIX}-gateway")["spec"]["egress"]
+    (rule,) = [rule for rule in egress if {"port": 443, "protocol": "TCP"} in rule["ports"]]
+    ports = [port["port"] for port in rule["ports"]]
+    assert sorted(ports) == sorted(expected)
+
+
+def test_upstreams_are_checked_as_authz_checks_them() -> None:
+    """The chart refuses, naming the entry and the rule, every upstream that authz and the control plane
+    would refuse to start with (authz/upstreams.py) or the local stack could not render; and where a key
+    would be missing, or would sit in the release record beside an existing Secret."""
+    from authz.upstreams import Upstreams
+    from controlplane.stack.envoy_config import Upstream
+
+    base = VALUE_SETS["defaults"][0]
+    azure = {"name": "azure-east", "kind": "azure", "url": "https://east.openai.azure.com"}
+    bedrock = {"name": "bedrock", "kind": "bedrock", "url": "https://bedrock-runtime.us-east-1.amazonaws.com",
+               "region": "us-east-1"}
+    refused_by_authz: list[tuple[Any, str]] = [
+        ({**azure, "kind": "azure-openai"}, "upstreams[0].kind must be one of anthropic, azure, bedrock, gemini"),
+        ({**azure, "kind": None}, "upstreams[0].kind must be one of"),
+        ({**azure, "name": "Azure"}, "upstreams[0].name must be lower-case letters, digits and dashes"),
+        ({**azure, "name": "a"}, "upstreams[0].name must be"),
+        ({**azure, "name": "azure-"}, "upstreams[0].name must be"),
+        ({**azure, "name": "a" * 33}, "upstreams[0].name must be"),
+        ({**azure, "name": 7}, "upstreams[0].name must be"),
+        ({**azure, "name": "openai"}, "upstreams[0].name cannot be openai"),
+        ({**bedrock, "region": None}, "upstreams[0].region must be an AWS region (us-east-1) for bedrock"),
+        ({key: value for key, value in bedrock.items() if key != "region"}, "upstreams[0].region must be an AWS"),
+        ({**bedrock, "region": "US-EAST-1"}, "upstreams[0].region must be an AWS region"),
+        ({**azure, "region": "us-east-1"}, "upstreams[0].region applies to bedrock only"),
+        ({**azure, "url": "ftp://east.openai.azure.com"}, "upstreams[0].url must be http(s)://host[:port][/path]"),
+        ({**azure, "url": "https://"}, "upstreams[0].url must be http(s)://host[:port][/path]"),
+        ({**azure, "url": 443}, "upstreams[0].url must be http(s)://host[:port][/path]"),
+        ({**azure, "url": "https://user:pw@east.openai.azure.com"}, "without credentials, a query or a fragment"),
+        ({**azure, "url": "https://east.openai.azure.com/?api-version=1"}, "without credentials, a query"),
+        ({**azure, "url": "https://east.openai.azure.com/#x"}, "without credentials, a query or a fragment"),
+        ({**azure, "secret": "x"}, "upstreams[0] has unknown fields: secret"),
+        ("azure-east", "upstreams[0] must be a mapping with name, kind and url"),
+    ]
+    for entry, message in refused_by_authz:
+        refusal = _refusal(_merge(base, {"upstreams": [entry]}))
+        assert message in refusal, (entry, refusal)
+        with pytest.raises(ValueError):
+            Upstreams.parse(json.dumps([entry]))
+    assert "names an upstream twice" in _refusal(_merge(base, {"upstreams": [azure, {**azure, "kind": "mistral"}]}))
+    with pytest.raises(ValueError):
+        Upstreams.parse(json.dumps([azure, azure]))
+    assert "upstreams must be a list" in _refusal(_merge(base, {"upstreams": {"azure-east": azure}}))
+    # What the local stack could not render either: a port out of range.
+    assert "port from 1 to 65535" in _refusal(_merge(base, {"upstreams": [{**azure, "url": "https://e.com:70000"}]}))
+    with pytest.raises(ValueError):
+        Upstream.parse("https://e.com:70000")
+    # The chart's own: a name its tracing cluster has; the keys.
+    assert "the gateway's tracing cluster" in _refusal(
+        _merge(base, {"upstreams": [{**azure, "name": "opentelemetry"}]}))
+    assert ("upstreams[0].apiKey is only used without providers.existingSecret: put the key in that Secret as "
+            "bedrock.credentials") in _refusal(_merge(base, {"upstreams": [{**bedrock, "apiKey": "AKIA:secret"}]}))
+    inline = VALUE_SETS["inline"][0]
+    assert "upstreams[0].apiKey is required without providers.existingSecret" in _refusal(
+        _merge(inline, {"upstreams": [azure]}))
+    assert "upstreams[0].apiKey is required" in _refusal(_merge(inline, {"upstreams": [{**azure, "apiKey": "a b"}]}))
+    for key in ("AKIA", "AKIA:", ":secret", "AKIA:secret:"):
+        assert "<access key id>:<secret access key>[:<session token>]" in _refusal(
+            _merge(inline, {"upstreams": [{**bedrock, "apiKey": key}]})), key
+    # What the chart accepts, authz accepts.
+    accepted = [azure, bedrock, {**azure, "name": "az", "url": "http://10.0.0.1:8080/proxy/"}]
+    _render(_merge(base, {"upstreams": accepted}))
+    assert len(Upstreams.parse(json.dumps(accepted)).all) == 5
+
+
 def test_ingress_and_routes_publish_both_services() -> None:
     docs = _manifests("everything")
     for component, host, secret, port in (("gateway", "llm.example.com", "llm-example-com-tls", 80),
@@ -829,7 +947,7 @@ def test_processes_accept_the_chart_environment(name: str, monkeypatch: pytest.M
             monkeypatch.delenv(variable)
         for variable, value in env.items():
             monkeypatch.setenv(variable, value)
-        settings(_env_file=None)  # raises on anything it refuses
+        settings(_env_file=None)  # type: ignore[call-arg]  # raises on anything it refuses
 
 
 # -- dashboard and alert rules ------------------------------------------------------------------
@@ -1006,7 +1124,7 @@ def _rules() -> list[dict[str, Any]]:
 
 
 def _rule_jobs() -> set[str]:
-    jobs = set()
+    jobs: set[str] = set()
     for rule in _rules():
         for selector in _selectors(promql_parser.parse(rule["expr"])):
             jobs.update(m.value for m in selector.matchers.matchers if m.name == "job")

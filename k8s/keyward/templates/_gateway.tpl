@@ -165,6 +165,8 @@ it except these, which they share through that group:
       value: {{ .Values.metrics.authzPort | int64 | quote }}
     {{- end }}
     {{- include "keyward.otelEnv" . | nindent 4 }}
+    # The operator's upstreams (names, kinds, URLs; no key), which authz routes to by name.
+    {{- include "keyward.upstreamsEnv" . | nindent 4 }}
     - name: KEYWARD_LOG_LEVEL
       value: {{ .Values.keyward.logLevel | quote }}
   # Started: the gRPC server answers (NOT_SERVING while it loads its token snapshot is an answer).

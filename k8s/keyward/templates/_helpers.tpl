@@ -294,29 +294,147 @@ optional while OIDC is off (without it the console is off) and required with OID
 {{- end }}
 
 {{/*
-A provider's upstream, parsed from its URL like controlplane/stack/envoy_config.py's Upstream.parse:
-scheme, hostname, port (default 443/80), path without trailing slash, the Host header to send, and the
-Envoy cluster type (STATIC for an IPv4 address, STRICT_DNS otherwise). Returned as YAML for fromYaml.
+An upstream's URL, parsed like controlplane/stack/envoy_config.py's Upstream.parse (Python's urlsplit):
+scheme, hostname (lower-case), port (default 443/80), path without trailing slashes, the Host header to
+send, and the Envoy cluster type (STATIC for an IPv4 address, STRICT_DNS otherwise). Returned as YAML for
+fromYaml.
 */}}
 {{- define "keyward.upstream" -}}
 {{- $url := urlParse . }}
-{{- if not (has $url.scheme (list "http" "https")) }}
-{{- fail (printf "provider URL must be http(s)://host[:port][/path], got %q" .) }}
-{{- end }}
-{{- if not $url.hostname }}
-{{- fail (printf "provider URL must be http(s)://host[:port][/path], got %q" .) }}
+{{- if or (not (has $url.scheme (list "http" "https"))) (not $url.hostname) }}
+{{- fail (printf "upstream URL must be http(s)://host[:port][/path], got %q" .) }}
 {{- end }}
 {{- $default := ternary "443" "80" (eq $url.scheme "https") }}
 {{- $port := $default }}
 {{- if ne $url.host $url.hostname }}
-{{- $port = last (splitList ":" $url.host) }}
+{{- $port = last (splitList ":" $url.host) | default $default }}
 {{- end }}
+{{- if or (not (regexMatch "^[0-9]{1,5}$" $port)) (lt (int $port) 1) (gt (int $port) 65535) }}
+{{- fail (printf "upstream URL must be http(s)://host[:port][/path] with a port from 1 to 65535, got %q" .) }}
+{{- end }}
+{{- $port = toString (int $port) }}
+{{- $hostname := lower $url.hostname }}
 scheme: {{ $url.scheme | quote }}
-hostname: {{ $url.hostname | quote }}
+hostname: {{ $hostname | quote }}
 port: {{ $port | quote }}
-path: {{ trimSuffix "/" $url.path | quote }}
-hostHeader: {{ ternary $url.hostname (printf "%s:%s" $url.hostname $port) (eq $port $default) | quote }}
-clusterType: {{ ternary "STATIC" "STRICT_DNS" (regexMatch "^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$" $url.hostname) | quote }}
+path: {{ regexReplaceAll "/+$" $url.path "" | quote }}
+hostHeader: {{ ternary $hostname (printf "%s:%s" $hostname $port) (eq $port $default) | quote }}
+clusterType: {{ ternary "STATIC" "STRICT_DNS" (regexMatch "^[0-9]+\\.[0-9]+\\.[0-9]+\\.[0-9]+$" $hostname) | quote }}
+{{- end }}
+
+{{/*
+What the chart knows of each kind of upstream (files/upstream-kinds.json, generated from
+authz/upstreams.py by k8s/sync_envoy_files.py): the routes it gets, the header its key goes in, the forms
+of a name and of a region.
+*/}}
+{{- define "keyward.upstreamKinds" -}}
+{{- .Files.Get "files/upstream-kinds.json" }}
+{{- end }}
+
+{{/*
+Every upstream Envoy serves, in the local stack's order: openai and anthropic (providers.*), then the
+operator's (the upstreams value). Each is name, kind, url, region (bedrock) and apiKey (inline, trials),
+as JSON for fromJsonArray.
+*/}}
+{{- define "keyward.upstreams" -}}
+{{- $builtin := list (dict "name" "openai" "kind" "openai" "url" .Values.providers.openai.url "apiKey" .Values.providers.openai.apiKey)
+                     (dict "name" "anthropic" "kind" "anthropic" "url" .Values.providers.anthropic.url "apiKey" .Values.providers.anthropic.apiKey) }}
+{{- toJson (concat $builtin .Values.upstreams) }}
+{{- end }}
+
+{{/*
+The file an upstream's key is in, in the provider key Secret and in Envoy's provider-keys directory, as
+controlplane/stack/envoy_config.py's secret_file names it: Bedrock's AWS shared-credentials file
+<name>.credentials, everyone else's SDS file <name>.json. Called with the upstream.
+*/}}
+{{- define "keyward.upstreamKeyFile" -}}
+{{- printf "%s.%s" .name (ternary "credentials" "json" (eq .kind "bedrock")) }}
+{{- end }}
+
+{{/*
+KEYWARD_UPSTREAMS, the operator's upstreams for authz and the control plane (authz/upstreams.py): names,
+kinds, URLs and regions as JSON, never a key. Absent without any, as the local stack leaves it.
+*/}}
+{{- define "keyward.upstreamsEnv" -}}
+{{- if .Values.upstreams }}
+{{- $list := list }}
+{{- range .Values.upstreams }}
+{{- $list = append $list (pick . "name" "kind" "url" "region") }}
+{{- end }}
+- name: KEYWARD_UPSTREAMS
+  value: {{ toJson $list | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+Checks of the upstreams value (part of keyward.validate), as authz/upstreams.py checks KEYWARD_UPSTREAMS
+(authz and the control plane would refuse to start on what it refuses), plus where each key comes from.
+*/}}
+{{- define "keyward.validateUpstreams" -}}
+{{- $table := include "keyward.upstreamKinds" . | fromJson }}
+{{- if not (kindIs "slice" .Values.upstreams) }}
+{{- fail "upstreams must be a list of {name, kind, url, region, apiKey} (see values.yaml)" }}
+{{- end }}
+{{- $names := $table.builtin }}
+{{- range $index, $upstream := .Values.upstreams }}
+{{- $at := printf "upstreams[%d]" $index }}
+{{- if not (kindIs "map" $upstream) }}
+{{- fail (printf "%s must be a mapping with name, kind and url (and region for bedrock), got %s" $at (toJson $upstream)) }}
+{{- end }}
+{{- $unknown := without (keys $upstream) "name" "kind" "url" "region" "apiKey" }}
+{{- if $unknown }}
+{{- fail (printf "%s has unknown fields: %s (it takes name, kind, url, region, apiKey)" $at (join ", " (sortAlpha $unknown))) }}
+{{- end }}
+{{- $name := $upstream.name }}
+{{- if not (and (kindIs "string" $name) (regexMatch $table.namePattern $name)) }}
+{{- fail (printf "%s.name must be lower-case letters, digits and dashes (2 to 32, starting with a letter, not ending with a dash), got %s" $at (toJson $name)) }}
+{{- end }}
+{{- if has $name $table.builtin }}
+{{- fail (printf "%s.name cannot be %s: that upstream is providers.%s" $at $name $name) }}
+{{- end }}
+{{- if has $name $names }}
+{{- fail (printf "%s.name %s names an upstream twice" $at $name) }}
+{{- end }}
+{{- /* The one valid name that is already a cluster of the chart's Envoy (otel.endpoint's). */}}
+{{- if eq $name "opentelemetry" }}
+{{- fail (printf "%s.name cannot be opentelemetry: the gateway's tracing cluster has that name" $at) }}
+{{- end }}
+{{- $names = append $names $name }}
+{{- if not (and (kindIs "string" $upstream.kind) (hasKey $table.kinds (toString $upstream.kind))) }}
+{{- fail (printf "%s.kind must be one of %s, got %s" $at (join ", " (keys $table.kinds | sortAlpha)) (toJson $upstream.kind)) }}
+{{- end }}
+{{- if not (kindIs "string" $upstream.url) }}
+{{- fail (printf "%s.url must be http(s)://host[:port][/path], got %s" $at (toJson $upstream.url)) }}
+{{- end }}
+{{- $url := urlParse $upstream.url }}
+{{- if or (not (has $url.scheme (list "http" "https"))) (not $url.hostname) $url.userinfo (contains "?" $upstream.url) (contains "#" $upstream.url) }}
+{{- fail (printf "%s.url must be http(s)://host[:port][/path], without credentials, a query or a fragment, got %q" $at $upstream.url) }}
+{{- end }}
+{{- $port := ternary "" (last (splitList ":" $url.host)) (eq $url.host $url.hostname) }}
+{{- if and $port (or (not (regexMatch "^[0-9]{1,5}$" $port)) (lt (int $port) 1) (gt (int $port) 65535)) }}
+{{- fail (printf "%s.url must have a port from 1 to 65535, got %q" $at $upstream.url) }}
+{{- end }}
+{{- if eq $upstream.kind "bedrock" }}
+{{- if not (and (kindIs "string" $upstream.region) (regexMatch $table.regionPattern (toString $upstream.region))) }}
+{{- fail (printf "%s.region must be an AWS region (us-east-1) for bedrock, got %s" $at (toJson $upstream.region)) }}
+{{- end }}
+{{- else if not (kindIs "invalid" $upstream.region) }}
+{{- fail (printf "%s.region applies to bedrock only" $at) }}
+{{- end }}
+{{- if $.Values.providers.existingSecret }}
+{{- if $upstream.apiKey }}
+{{- fail (printf "%s.apiKey is only used without providers.existingSecret: put the key in that Secret as %s (k8s/README.md)" $at (include "keyward.upstreamKeyFile" $upstream)) }}
+{{- end }}
+{{- else }}
+{{- $key := $upstream.apiKey }}
+{{- if not (and (kindIs "string" $key) (regexMatch "^[!-~]+$" (toString $key))) }}
+{{- fail (printf "%s.apiKey is required without providers.existingSecret (printable ASCII, no spaces); better, set providers.existingSecret (k8s/README.md)" $at) }}
+{{- end }}
+{{- if and (eq $upstream.kind "bedrock") (not (regexMatch "^[^:]+:[^:]+(:.+)?$" $key)) }}
+{{- fail (printf "%s.apiKey of bedrock must be <access key id>:<secret access key>[:<session token>]" $at) }}
+{{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -338,7 +456,7 @@ so one value serves both and they cannot disagree.
 {{- end }}
 {{- if not .Values.providers.existingSecret }}
 {{- if or (not .Values.providers.openai.apiKey) (not .Values.providers.anthropic.apiKey) }}
-{{- fail "set providers.existingSecret (a Secret with openai.json and anthropic.json, see k8s/README.md) or both providers.*.apiKey" }}
+{{- fail "set providers.existingSecret (a Secret with openai.json, anthropic.json and a file per upstream, see k8s/README.md) or both providers.*.apiKey" }}
 {{- end }}
 {{- end }}
 {{- if lt (int .Values.gateway.terminationGracePeriodSeconds) (add (int .Values.gateway.preStopSleepSeconds) (int .Values.gateway.drainSeconds) 10) }}
@@ -364,6 +482,7 @@ so one value serves both and they cannot disagree.
 {{- fail (printf "providers.openai.%s must be printable ASCII without spaces (it is sent as an HTTP header)" $name) }}
 {{- end }}
 {{- end }}
+{{- include "keyward.validateUpstreams" . }}
 {{- include "keyward.validateExposure" . }}
 {{- end }}
 

@@ -37,4 +37,4 @@ async def reach_page(request: Request, console: SignedConsole,
     rows = access.reach(verdicts, provider=provider or None, model=model or None, environment=environment or None)
     rows.sort(key=lambda row: (row["owner"] or "", row["token_name"]))
     return page(request, console, "console/reach.html", title="Who can reach", rows=rows[:500], total=len(rows),
-                providers=access.PROVIDERS)
+                providers=access.providers())

@@ -27,6 +27,7 @@ from controlplane.api.routes.console._forms import a_day, not_understood
 from controlplane.audit import exports
 from controlplane.core.db import get_sessionmaker
 from controlplane.services import spend
+from controlplane.services.prices import priced_providers
 from controlplane.web import charts
 
 router = APIRouter(include_in_schema=False)
@@ -45,7 +46,6 @@ PAGE = 50
 #: Longest window the page charts by day; a longer one is charted by month.
 DAILY_DAYS = 92
 LONGEST_DAYS = 731
-PROVIDERS = ("openai", "anthropic")
 ENVIRONMENTS = ("dev", "staging", "prod", "ci")
 _IDS = ("team_id", "project_id", "user_id")
 _TEXTS = ("model", "provider", "environment")
@@ -196,7 +196,7 @@ async def spend_page(request: Request, console: SignedConsole) -> HTMLResponse:
              if total["cost_usd"] else Decimal(0)} for row in found["items"]]
     return page(request, console, "console/spend.html", title="Spend", question=question, rows=rows, total=total,
                 next_cursor=found["next_cursor"], chart=drawn, groupings=GROUPINGS,
-                providers=[(p, p) for p in PROVIDERS], environments=[(e, e) for e in ENVIRONMENTS],
+                providers=[(p, p) for p in priced_providers()], environments=[(e, e) for e in ENVIRONMENTS],
                 key_column=spend.ID_COLUMNS.get(question.group, question.group),
                 last_day=question.end - timedelta(days=1), plural=PLURALS)
 

@@ -91,13 +91,14 @@ def _rate_spec(form: PostedForm) -> schemas.RateLimitSet:
 
 
 def catalog_of(profile: Any) -> list[dict[str, Any]]:
-    """A profile's catalog per provider: each provider's model patterns and where they may be used."""
+    """A profile's catalog per provider: each provider's model patterns, where they may be used, and the
+    upstream that serves them (None: the API's default one)."""
     by_provider: dict[str, list[dict[str, Any]]] = {}
     for entry in profile.catalog:
         environments = entry.get("environments")
         by_provider.setdefault(entry["provider"], []).append(
             {"pattern": entry["pattern"], "environments": ", ".join(environments) if environments else "every "
-             "environment the profile allows"})
+             "environment the profile allows", "upstream": entry.get("upstream")})
     return [{"provider": "every provider" if name == "*" else name, "entries": entries}
             for name, entries in sorted(by_provider.items(), key=lambda item: (item[0] == "*", item[0]))]
 

@@ -151,9 +151,10 @@ async def token_page(request: Request, console: SignedConsole, token_id: uuid.UU
         shown = schemas.TokenPublic.model_validate(token)
         labels = await token_search.names(session, [token])
         later = [schemas.TokenPublic.model_validate(t) for t in await token_search.successors(session, token_id)]
+        families = await lifecycle.families_now(session, token)
     effective = shown.effective_status or "token_unknown"
     return page(request, console, "console/token.html", title=f"Token {shown.name}", token=shown, labels=labels,
-                successors=later, reason=None if effective == "usable" else access.reason(effective),
+                successors=later, families=families, reason=None if effective == "usable" else access.reason(effective),
                 may_act=console.may(*MANAGERS) and console.caller.may_manage(token.team_id))
 
 
