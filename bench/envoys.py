@@ -5,8 +5,9 @@ admin ``/listeners`` endpoint, so nothing races another process for a port.
 
 Plain Envoy is the gateway's own configuration (``controlplane.stack.envoy_config.render``) with the
 ext_authz filter and the authz cluster taken out: same listener, connection manager, access log, local
-reply mappers, route rewrite and credential-injecting provider cluster. The only difference left
-between (b) and (c) is the authorization call.
+reply mappers, route rewrite and credential-injecting provider cluster; each API's route goes to its default
+upstream without waiting for authz to name it. The only difference left between (b) and (c) is the
+authorization call (and the second route match its routing header makes Envoy do).
 """
 
 from __future__ import annotations
@@ -120,11 +121,23 @@ def plain_config(work: Path, upstream_url: str) -> dict:
                 before = len(hcm["http_filters"])
                 hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != _EXT_AUTHZ]
                 removed += before - len(hcm["http_filters"])
+                if before != len(hcm["http_filters"]):
+                    _route_without_authz(hcm)
     if removed != 1:  # the gateway listener has it; the control listener has none
         raise RuntimeError("gateway template changed: expected exactly one ext_authz filter")
     clusters = config["static_resources"]["clusters"]
     config["static_resources"]["clusters"] = [c for c in clusters if c["name"] != "keyward_authz"]
     return config
+
+
+def _route_without_authz(hcm: dict) -> None:
+    """Without authz nobody names the upstream (``x-keyward-upstream``): each API's routes go to its default
+    upstream as they would once authz has named it, and the routes that wait for authz's answer go."""
+    for host in hcm["route_config"]["virtual_hosts"]:
+        routed = [route for route in host["routes"] if "route" in route and route["match"].get("headers")]
+        for route in routed:
+            del route["match"]["headers"]
+        host["routes"] = routed
 
 
 @dataclass
