@@ -38,7 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from authz.cache import ModelCatalog
-from authz.strict_json import RepeatedKey, unique_keys
+from authz.strict_json import RepeatedKey, is_text, unique_keys
 
 # JSON-RPC 2.0's own error codes (https://www.jsonrpc.org/specification#error_object).
 PARSE_ERROR = -32700
@@ -197,14 +197,6 @@ def _is_json_media_type(content_type: str) -> bool:
     return True
 
 
-def _is_text(value: str) -> bool:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _valid_id(value: object) -> bool:
     if value is None or isinstance(value, str):
         return True
@@ -223,7 +215,7 @@ def _message(document: object) -> tuple[RpcMessage | None, RpcRefusal | None, Rp
     ident = document.get("id")
     if not _valid_id(ident):
         return None, RpcRefusal.NOT_RPC, None
-    if isinstance(ident, str) and not _is_text(ident):
+    if isinstance(ident, str) and not is_text(ident):
         return None, RpcRefusal.NOT_TEXT, None
     method = document.get("method")
     has_result, has_error = "result" in document, "error" in document
@@ -234,7 +226,7 @@ def _message(document: object) -> tuple[RpcMessage | None, RpcRefusal | None, Rp
         return RpcMessage(MessageKind.RESPONSE, None, ident), None, ident
     if not isinstance(method, str) or not method or has_result or has_error:
         return None, RpcRefusal.NOT_RPC, ident
-    if not _is_text(method):
+    if not is_text(method):
         return None, RpcRefusal.NOT_TEXT, ident
     kind = MessageKind.REQUEST if has_id else MessageKind.NOTIFICATION
     if method != "tools/call":
@@ -244,7 +236,7 @@ def _message(document: object) -> tuple[RpcMessage | None, RpcRefusal | None, Rp
     tool = params.get("name") if isinstance(params, dict) else None
     if not isinstance(tool, str) or not tool or len(tool) > MAX_TOOL_NAME_CHARS:
         return None, RpcRefusal.TOOL_NAME, ident
-    if not _is_text(tool):
+    if not is_text(tool):
         return None, RpcRefusal.NOT_TEXT, ident
     return RpcMessage(kind, method, ident, tool), None, ident
 

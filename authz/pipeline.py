@@ -29,7 +29,7 @@ from authz.metrics import count_refusal
 from authz.outcomes import Outcome
 from authz.request import GatewayRequest
 from authz.routes import LEGACY_FAMILIES, Family, Match, ModelSource, api_of, family_of_target, match
-from authz.strict_json import RepeatedKey, unique_keys
+from authz.strict_json import RepeatedKey, is_text, unique_keys
 from authz.tokens import hash_token, is_well_formed
 from authz.upstreams import Api, Kind, Upstreams
 
@@ -346,7 +346,7 @@ def check_model(request: GatewayRequest, found: Match, record: TokenRecord) -> D
         if named is None or not all(_is_model(model) for model in named):
             return Decision(Outcome.MODEL_MISSING, api, record)
         models = [model for model in named if isinstance(model, str)]
-        if not all(_is_text(model) for model in models):
+        if not all(is_text(model) for model in models):
             return Decision(Outcome.BODY_NOT_JSON, api, record)
     upstream = ""
     for model in dict.fromkeys(models):
@@ -473,12 +473,3 @@ def _json_body(request: GatewayRequest) -> tuple[dict | None, Outcome | None]:
     if not isinstance(document, dict):
         return None, Outcome.BODY_NOT_JSON
     return document, None
-
-
-def _is_text(value: str) -> bool:
-    try:
-        # JSON allows lone surrogates ("\ud800"); they are not text and cannot go into metadata.
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True

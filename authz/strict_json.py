@@ -19,3 +19,13 @@ def unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     if len(document) != len(pairs):
         raise RepeatedKey
     return document
+
+
+def is_text(value: str) -> bool:
+    """Whether a decoded JSON string is text: JSON allows lone surrogates (``"\\ud800"``), which cannot be
+    encoded, stored or put into metadata."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
